@@ -1,0 +1,5 @@
+"""``python -m autolabel`` runs the command line."""
+
+from autolabel.cli import main
+
+raise SystemExit(main())

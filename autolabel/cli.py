@@ -1,0 +1,63 @@
+"""The ``autolabel`` command line: one sub-command per module in :mod:`autolabel.commands`.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and sets
+``handler`` to a function ``(argparse.Namespace) -> int``. Heavy imports (torch, nibabel)
+happen inside the handlers, so ``autolabel --help`` stays fast.
+
+Exit codes are decided here and nowhere else:
+
+* 0 -- everything done;
+* 1 -- some tasks failed (see the ledger / summary);
+* 2 -- usage or configuration error;
+* 3 -- authentication failed or RedBrick unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from autolabel.errors import AuthError, AutolabelError, ConfigError, TransportError
+
+#: Command modules, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = ("autolabel.commands.emulator",)
+
+EXIT_OK = 0
+EXIT_TASKS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="autolabel",
+        description="Pre-label medical images in RedBrick AI projects with segmentation models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"autolabel: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (AuthError, TransportError) as exc:
+        print(f"autolabel: error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except AutolabelError as exc:
+        print(f"autolabel: error: {exc}", file=sys.stderr)
+        return EXIT_TASKS_FAILED
+    except KeyboardInterrupt:
+        print("autolabel: interrupted", file=sys.stderr)
+        return 130
+    return code

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``autolabel`` command line, one module each."""
