@@ -1,0 +1,611 @@
+"""The ledger: what autolabel did to which task, with which model, in an SQLite file.
+
+The ledger lives in the work folder (``<work>/ledger.sqlite``). It is a record of our own
+actions, not the truth: RedBrick is. The pipeline uses it to skip work that the same model
+version already did, to resume after a crash, and ``autolabel status`` to report.
+
+Contents
+--------
+* ``runs``: one row per invocation (run id, start and finish time, mode ``draft`` / ``final``
+  / ``dry-run``, the command line and options **without secrets**, the model).
+* ``events``: append-only (triggers refuse ``UPDATE`` and ``DELETE``). One row per state
+  change of a task under a model: run id, task id and name, :class:`ModelKey`, mode, state,
+  time, input checksum, a ``detail`` JSON object and, for failures, the error type and
+  message. By convention ``detail["seconds"]`` is the duration of the step that led to the
+  state (fetch, inference, conversion, write); :meth:`Ledger.summary` totals them.
+
+States and exactly-once writes
+------------------------------
+``queued → fetched → predicted → converted → writing → draft_saved | submitted``, plus
+``skipped`` (with ``detail["reason"]``), ``failed`` (with the error) and ``dry_run`` (the
+payload was kept locally instead of written). The write protocol:
+
+1. record ``writing`` -- the intent -- and let it commit *before* sending the write request;
+2. send the request;
+3. record ``draft_saved`` or ``submitted``.
+
+The ledger refuses a written state unless the latest event of that task and model is
+``writing``. After a crash, :meth:`Ledger.in_doubt_writes` lists the tasks stuck at step 2:
+the pipeline re-reads each from RedBrick to learn whether the write landed, then records the
+outcome or writes again. Every other task is either done (skip it) or was never written
+(redo it), so a ``kill -9`` at any moment followed by a re-run writes each task exactly once.
+
+Durability and concurrency
+--------------------------
+Every :meth:`Run.record` is its own committed transaction. The database is in WAL mode.
+With ``power_safe=True`` (the default, ``synchronous=FULL``) each commit is fsynced, so it
+survives a power cut as well; with ``power_safe=False`` (``synchronous=NORMAL``) a commit
+survives the process being killed (``kill -9``, a crash) but the last commits may be lost if
+the machine loses power. One :class:`Ledger` may be shared by threads (a lock serialises
+its one connection); several processes may open the same file (writes take SQLite's write
+lock, waiting up to ``timeout`` seconds for it).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autolabel.errors import LedgerError
+
+#: File name of the ledger inside the work folder.
+LEDGER_FILENAME = "ledger.sqlite"
+#: Version of the schema below, kept in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+#: Marks the file as an autolabel ledger (``PRAGMA application_id``; "AlLg").
+APPLICATION_ID = 0x416C4C67
+#: The run modes.
+MODES: tuple[str, ...] = ("draft", "final", "dry-run")
+
+
+class TaskState(str, enum.Enum):
+    """State of a task under one model; see the module docstring for the protocol."""
+
+    QUEUED = "queued"
+    FETCHED = "fetched"
+    PREDICTED = "predicted"
+    CONVERTED = "converted"
+    WRITING = "writing"
+    DRAFT_SAVED = "draft_saved"
+    SUBMITTED = "submitted"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+
+
+#: States that mean "this mode's work is done" for :meth:`Ledger.is_done`.
+DONE_STATES: dict[str, frozenset[TaskState]] = {
+    "draft": frozenset({TaskState.DRAFT_SAVED, TaskState.SUBMITTED}),
+    "final": frozenset({TaskState.SUBMITTED}),
+    "dry-run": frozenset({TaskState.DRY_RUN}),
+}
+_WRITTEN = (TaskState.DRAFT_SAVED, TaskState.SUBMITTED)
+
+_SCHEMA = f"""
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL DEFAULT 'running',
+    mode TEXT NOT NULL CHECK (mode IN ({", ".join(repr(m) for m in MODES)})),
+    command TEXT NOT NULL DEFAULT '[]',
+    options TEXT NOT NULL DEFAULT '{{}}',
+    model_name TEXT, model_version TEXT, weights_hash TEXT
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    task_id TEXT NOT NULL,
+    task_name TEXT NOT NULL DEFAULT '',
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    weights_hash TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s.value) for s in TaskState)})),
+    at REAL NOT NULL,
+    input_checksum TEXT,
+    detail TEXT NOT NULL DEFAULT '{{}}',
+    error_type TEXT,
+    error_message TEXT
+);
+CREATE INDEX events_by_task ON events (task_id, model_name, model_version, weights_hash, seq);
+CREATE INDEX events_by_run ON events (run_id, seq);
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
+"""
+
+_EVENT_COLUMNS = (
+    "seq, run_id, task_id, task_name, model_name, model_version, weights_hash, mode, state, "
+    "at, input_checksum, detail, error_type, error_message"
+)
+_MODEL_MATCH = "model_name = ? AND model_version = ? AND weights_hash = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelKey:
+    """Identity of a model: name, version and the hash of its weights (may be empty)."""
+
+    name: str
+    version: str
+    weights_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.version:
+            raise ValueError(
+                f"a model needs a name and a version, got {self.name!r}, {self.version!r}"
+            )
+
+    def __str__(self) -> str:
+        suffix = f" ({self.weights_hash[:12]})" if self.weights_hash else ""
+        return f"{self.name} {self.version}{suffix}"
+
+    def _params(self) -> tuple[str, str, str]:
+        return (self.name, self.version, self.weights_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One state change of a task under a model, as stored (``at`` in Unix seconds)."""
+
+    seq: int
+    run_id: str
+    task_id: str
+    task_name: str
+    model: ModelKey
+    mode: str
+    state: TaskState
+    at: float
+    input_checksum: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One invocation of autolabel as recorded in the ledger."""
+
+    run_id: str
+    started_at: float
+    finished_at: float | None
+    status: str
+    mode: str
+    command: tuple[str, ...]
+    options: Mapping[str, Any]
+    model: ModelKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepTiming:
+    """Durations (``detail["seconds"]``) of the steps that ended in one state."""
+
+    count: int
+    total_seconds: float
+    max_seconds: float
+
+    @property
+    def mean_seconds(self) -> float:
+        """Average duration, 0 when nothing was timed."""
+        return self.total_seconds / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSummary:
+    """Latest state of each (task, model) pair, over one run or the whole ledger.
+
+    ``counts`` maps a state value to the number of pairs whose latest event has it;
+    ``failures`` are the latest events of the pairs that ended ``failed``; ``timings`` holds
+    the recorded step durations per state over all events considered.
+    """
+
+    counts: Mapping[str, int]
+    failures: tuple[TaskEvent, ...]
+    timings: Mapping[str, StepTiming]
+    runs: tuple[RunInfo, ...]
+
+    @property
+    def total(self) -> int:
+        """Number of (task, model) pairs."""
+        return sum(self.counts.values())
+
+
+class Run:
+    """A handle on one run: records task events with the run's id, mode and model."""
+
+    def __init__(self, ledger: Ledger, run_id: str, mode: str, model: ModelKey | None) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self.mode = mode
+        self.model = model
+
+    def record(
+        self,
+        task_id: str,
+        state: TaskState | str,
+        *,
+        task_name: str = "",
+        model: ModelKey | None = None,
+        input_checksum: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        error: BaseException | None = None,
+    ) -> TaskEvent:
+        """Append one event and commit it before returning (see :meth:`Ledger.record`)."""
+        return self.ledger.record(
+            self.run_id,
+            task_id,
+            state,
+            task_name=task_name,
+            model=model or self.model,
+            input_checksum=input_checksum,
+            detail=detail,
+            error=error,
+        )
+
+    def finish(self, status: str = "finished") -> None:
+        """Stamp the run's finish time and status (``finished``, ``interrupted``, ``failed``)."""
+        self.ledger.finish_run(self.run_id, status=status)
+
+
+class Ledger:
+    """The ledger file at ``path`` (see the module docstring for its contract).
+
+    ``create=False`` refuses to make a new file (for read-only users such as
+    ``autolabel status``). Any file that is not a readable autolabel ledger, and any SQLite
+    failure later, raises :class:`~autolabel.errors.LedgerError` naming the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        timeout: float = 30.0,
+        power_safe: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        if not create and not self.path.is_file():
+            raise LedgerError(f"no ledger at {self.path}: nothing has run with this work folder")
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from exc
+        try:
+            self._setup(timeout, power_safe)
+        except LedgerError:
+            self._db.close()
+            raise
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _setup(self, timeout: float, power_safe: bool) -> None:
+        with self._translate("open"):
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            # Reading the header fails here for a file that is not SQLite.
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            app_id = int(self._db.execute("PRAGMA application_id").fetchone()[0])
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise LedgerError(f"the ledger {self.path} cannot use WAL mode (got {mode})")
+            self._db.execute(f"PRAGMA synchronous = {'FULL' if power_safe else 'NORMAL'}")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            if version == 0 and app_id == 0:
+                self._create_schema()
+            elif app_id != APPLICATION_ID:
+                raise LedgerError(
+                    f"{self.path} is an SQLite file but not an autolabel ledger; "
+                    "point --work at another folder or move the file aside"
+                )
+            elif version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"the ledger {self.path} has schema version {version}, newer than this "
+                    f"autolabel understands ({SCHEMA_VERSION}); upgrade autolabel"
+                )
+
+    def _create_schema(self) -> None:
+        with self._transaction() as db:
+            # Another process may have created it while we waited for the write lock.
+            if int(db.execute("PRAGMA application_id").fetchone()[0]) == APPLICATION_ID:
+                return
+            if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise LedgerError(
+                    f"{self.path} is an SQLite file but not an autolabel ledger; "
+                    "point --work at another folder or move the file aside"
+                )
+            for statement in _SCHEMA.split(";\n"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LedgerError(
+                f"cannot {action} the ledger {self.path}: {exc}. If the file is damaged, move "
+                "it aside and run again (RedBrick stays the truth; finished tasks are "
+                "recognised there)"
+            ) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front."""
+        with self._lock, self._translate("write"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, self._translate("read"):
+            return list(self._db.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        """Close the connection; the ledger must not be used afterwards."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        mode: str,
+        command: Sequence[str] = (),
+        options: Mapping[str, Any] | None = None,
+        model: ModelKey | None = None,
+    ) -> Run:
+        """Record the start of a run and return its handle.
+
+        ``command`` and ``options`` are stored as given: callers must leave secrets (the API
+        key) out of both. ``mode`` is one of :data:`MODES`.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+        params = model._params() if model else (None, None, None)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, started_at, mode, command, options, model_name, "
+                "model_version, weights_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, time.time(), mode, json.dumps(list(command)),
+                 _to_json(options or {}), *params),
+            )  # fmt: skip
+        return Run(self, run_id, mode, model)
+
+    def finish_run(self, run_id: str, *, status: str = "finished") -> None:
+        """Stamp the finish time and status of a run."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?",
+                (time.time(), status, run_id),
+            )
+            if cursor.rowcount != 1:
+                raise ValueError(f"unknown run {run_id!r}")
+
+    def record(
+        self,
+        run_id: str,
+        task_id: str,
+        state: TaskState | str,
+        *,
+        model: ModelKey | None,
+        task_name: str = "",
+        input_checksum: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        error: BaseException | None = None,
+    ) -> TaskEvent:
+        """Append one event for ``task_id`` under ``model`` in run ``run_id``; commit it.
+
+        * The mode is the run's. ``writing`` is refused in a dry run, ``dry_run`` outside one.
+        * ``draft_saved`` / ``submitted`` are refused (``ValueError``) unless the latest event
+          of this task and model is ``writing``: the intent must be on disk before a write.
+        * ``failed`` needs ``error``; its type name and message are stored.
+        * ``detail`` must be JSON-serialisable; ``detail["seconds"]`` is a step duration.
+        """
+        state = TaskState(state)
+        if model is None:
+            raise ValueError("record() needs a model (none given and the run has none)")
+        if state is TaskState.FAILED and error is None:
+            raise ValueError("a failed event needs the error")
+        error_type = type(error).__name__ if error is not None else None
+        message = str(error) if error is not None else None
+        with self._transaction() as db:
+            row = db.execute("SELECT mode FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise ValueError(f"unknown run {run_id!r}")
+            mode = str(row[0])
+            _check_transition(db, task_id, model, mode, state)
+            now = time.time()
+            cursor = db.execute(
+                "INSERT INTO events (run_id, task_id, task_name, model_name, model_version, "
+                "weights_hash, mode, state, at, input_checksum, detail, error_type, "
+                "error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, task_id, task_name, *model._params(), mode, state.value, now,
+                 input_checksum, _to_json(detail or {}), error_type, message),
+            )  # fmt: skip
+            seq = int(cursor.lastrowid or 0)
+        return TaskEvent(
+            seq, run_id, task_id, task_name, model, mode, state, now, input_checksum,
+            dict(detail or {}), error_type, message,
+        )  # fmt: skip
+
+    # -- queries ------------------------------------------------------------------------
+
+    def latest(self, task_id: str, model: ModelKey) -> TaskEvent | None:
+        """The latest event of ``task_id`` under ``model`` in any mode, or ``None``."""
+        rows = self._query(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE task_id = ? AND {_MODEL_MATCH} "
+            "ORDER BY seq DESC LIMIT 1",
+            (task_id, *model._params()),
+        )
+        return _event(rows[0]) if rows else None
+
+    def history(self, task_id: str, model: ModelKey | None = None) -> list[TaskEvent]:
+        """Every event of ``task_id`` (under ``model`` when given), oldest first."""
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE task_id = ?"
+        params: tuple[str, ...] = (task_id,)
+        if model is not None:
+            sql, params = sql + f" AND {_MODEL_MATCH}", params + model._params()
+        return [_event(row) for row in self._query(sql + " ORDER BY seq", params)]
+
+    def is_done(self, task_id: str, model: ModelKey, mode: str) -> bool:
+        """Whether this exact model (name, version, weights) already did ``mode`` for the task.
+
+        Done means some event of the task under the model reached a state of
+        :data:`DONE_STATES` for ``mode`` (a submitted task is also done for drafts). A later
+        failure of a forced redo does not undo it: the earlier write is on RedBrick.
+        """
+        return task_id in self.done_task_ids(model, mode, task_ids=(task_id,))
+
+    def done_task_ids(
+        self, model: ModelKey, mode: str, *, task_ids: Sequence[str] | None = None
+    ) -> set[str]:
+        """The task ids (among ``task_ids`` when given) for which :meth:`is_done` is true."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        states = sorted(s.value for s in DONE_STATES[mode])
+        sql = (
+            f"SELECT DISTINCT task_id FROM events WHERE {_MODEL_MATCH} "
+            f"AND state IN ({', '.join('?' * len(states))})"
+        )
+        found = {str(row[0]) for row in self._query(sql, (*model._params(), *states))}
+        return found if task_ids is None else found & set(task_ids)
+
+    def in_doubt_writes(self, model: ModelKey | None = None) -> list[TaskEvent]:
+        """The ``writing`` events not followed by an outcome: writes that may or may not have
+        landed. Dry-run events are ignored. The pipeline must re-read these tasks from
+        RedBrick before deciding anything about them."""
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN (SELECT max(seq) FROM events "
+            "WHERE mode != 'dry-run' GROUP BY task_id, model_name, model_version, weights_hash)"
+            " AND state = 'writing'"
+        )
+        events = [_event(row) for row in self._query(sql + " ORDER BY seq")]
+        return [e for e in events if model is None or e.model == model]
+
+    def runs(self, limit: int | None = None) -> list[RunInfo]:
+        """Recorded runs, newest first."""
+        sql = "SELECT * FROM runs ORDER BY started_at DESC, rowid DESC"
+        rows = self._query(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
+        return [_run(row) for row in rows]
+
+    def summary(self, run_id: str | None = None) -> LedgerSummary:
+        """Counts of latest states, failures and step timings, for one run or all of them."""
+        where, params = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        latest = [
+            _event(row)
+            for row in self._query(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN (SELECT max(seq) FROM events "
+                f"{where} GROUP BY task_id, model_name, model_version, weights_hash) ORDER BY seq",
+                params,
+            )
+        ]
+        counts: dict[str, int] = {}
+        for event in latest:
+            counts[event.state.value] = counts.get(event.state.value, 0) + 1
+        timings: dict[str, StepTiming] = {}
+        timing_sql = (
+            "SELECT state, count(*), total(s), max(s) FROM (SELECT state, "
+            f"json_extract(detail, '$.seconds') AS s FROM events {where}) "
+            "WHERE s IS NOT NULL GROUP BY state"
+        )
+        for state, count, total, longest in self._query(timing_sql, params):
+            timings[str(state)] = StepTiming(int(count), float(total), float(longest))
+        runs = [r for r in self.runs() if run_id is None or r.run_id == run_id]
+        failures = tuple(e for e in latest if e.state is TaskState.FAILED)
+        return LedgerSummary(counts, failures, timings, tuple(runs))
+
+
+def ledger_path(work_dir: str | os.PathLike[str]) -> Path:
+    """Where the ledger of a work folder lives."""
+    return Path(work_dir) / LEDGER_FILENAME
+
+
+def _check_transition(
+    db: sqlite3.Connection, task_id: str, model: ModelKey, mode: str, state: TaskState
+) -> None:
+    if state is TaskState.WRITING and mode == "dry-run":
+        raise ValueError("a dry run never writes to RedBrick: 'writing' is refused")
+    if state is TaskState.DRY_RUN and mode != "dry-run":
+        raise ValueError(f"'dry_run' can only be recorded in a dry run, not in {mode!r}")
+    if state in _WRITTEN:
+        row = db.execute(
+            f"SELECT state FROM events WHERE task_id = ? AND {_MODEL_MATCH} "
+            "AND mode != 'dry-run' ORDER BY seq DESC LIMIT 1",
+            (task_id, *model._params()),
+        ).fetchone()
+        if row is None or row[0] != TaskState.WRITING.value:
+            raise ValueError(
+                f"task {task_id}: '{state.value}' needs a preceding 'writing' event "
+                "(record the intent before sending the write)"
+            )
+
+
+def _to_json(value: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(dict(value), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"ledger detail must be plain JSON: {exc}") from exc
+
+
+def _event(row: tuple[Any, ...]) -> TaskEvent:
+    (seq, run_id, task_id, task_name, name, version, weights, mode, state, at, checksum,
+     detail, error_type, message) = row  # fmt: skip
+    return TaskEvent(
+        int(seq), str(run_id), str(task_id), str(task_name), ModelKey(name, version, weights),
+        str(mode), TaskState(state), float(at), checksum, json.loads(detail), error_type, message,
+    )  # fmt: skip
+
+
+def _run(row: tuple[Any, ...]) -> RunInfo:
+    run_id, started, finished, status, mode, command, options, name, version, weights = row
+    model = ModelKey(name, version, weights or "") if name else None
+    return RunInfo(
+        str(run_id), float(started), None if finished is None else float(finished), str(status),
+        str(mode), tuple(json.loads(command)), json.loads(options), model,
+    )  # fmt: skip
+
+
+__all__ = [
+    "DONE_STATES",
+    "LEDGER_FILENAME",
+    "MODES",
+    "SCHEMA_VERSION",
+    "Ledger",
+    "LedgerSummary",
+    "ModelKey",
+    "Run",
+    "RunInfo",
+    "StepTiming",
+    "TaskEvent",
+    "TaskState",
+    "ledger_path",
+]
