@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from autolabel.errors import AuthError, AutolabelError, ConfigError, TransportError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("autolabel.commands.emulator",)
+COMMAND_MODULES: tuple[str, ...] = ("autolabel.commands.emulator", "autolabel.commands.status")
 
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
