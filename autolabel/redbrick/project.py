@@ -1,0 +1,344 @@
+"""``get_project`` and :class:`Project`: the SDK-shaped facade plus typed pipeline methods.
+
+SDK-shaped (a script ports by changing ``import redbrick`` to
+``from autolabel import redbrick``): ``project.org_id``, ``.project_id``, ``.name``,
+``.stages``, ``.taxonomy``, ``.context.key_id``, ``.labeling``, ``.review``, ``.export``.
+
+Typed, for the pipeline: :meth:`Project.get_task`, :meth:`Project.list_assigned_tasks`,
+:meth:`Project.download_items`, :meth:`Project.save_labels`, :meth:`Project.review_task`,
+:meth:`Project.submit_existing_labels`, :meth:`Project.move_task_to_start`,
+:attr:`Project.current_user_id`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autolabel.errors import ConversionError, NotFoundError
+from autolabel.redbrick.client import RedBrickClient
+from autolabel.redbrick.export import Export
+from autolabel.redbrick.labeling import Labeling
+from autolabel.redbrick.labels import LabelWriter
+from autolabel.redbrick.transport import DEFAULT_URL, RetryPolicy
+from autolabel.redbrick.types import (
+    REDBRICK_STORAGE_ID,
+    LabelStorage,
+    Stage,
+    Task,
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DownloadedSeries:
+    """The local files of one series, in the series' item order."""
+
+    index: int
+    name: str | None
+    paths: tuple[Path, ...]
+
+
+class Context:
+    """``project.context``: who the key is. ``key_id`` is fetched once, on first use."""
+
+    def __init__(self, client: RedBrickClient) -> None:
+        self.client = client
+        self._key_id: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "Context()"
+
+    @property
+    def key_id(self) -> str:
+        """The API key's user id (``API:<uuid>``), from the ``me`` query."""
+        with self._lock:
+            if self._key_id is None:
+                self._key_id = self.client.current_user_id()
+            return self._key_id
+
+
+def get_project(
+    org_id: str,
+    project_id: str,
+    api_key: str,
+    url: str = DEFAULT_URL,
+    *,
+    timeout: tuple[float, float] = (10.0, 60.0),
+    retry: RetryPolicy | None = None,
+    verify: bool | str = True,
+    pool_size: int = 16,
+) -> Project:
+    """Open a RedBrick project, as ``redbrick.get_project(org_id, project_id, api_key, url)``.
+
+    Makes one ``getProjectSDK`` query (stages and taxonomy included). ``url`` is the base
+    URL (``http://localhost:PORT`` for the emulator). Raises
+    :class:`~autolabel.errors.AuthError` for a refused or malformed key and
+    :class:`~autolabel.errors.NotFoundError` for an unknown project.
+    """
+    client = RedBrickClient(
+        api_key, url, timeout=timeout, retry=retry, verify=verify, pool_size=pool_size
+    )
+    try:
+        return Project(client, org_id, project_id)
+    except BaseException:
+        client.close()
+        raise
+
+
+class Project:
+    """One RedBrick project seen through one API key. Thread-safe."""
+
+    def __init__(self, client: RedBrickClient, org_id: str, project_id: str) -> None:
+        self.client = client
+        self.org_id = org_id
+        self.project_id = project_id
+        raw = client.get_project(org_id, project_id)
+        self.raw: dict[str, Any] = raw
+        self.name: str = str(raw.get("name") or "")
+        self.td_type: str | None = raw.get("tdType")
+        self.taxonomy: dict[str, Any] = dict(raw.get("taxonomy") or {})
+        self.stages: list[Stage] = [Stage.from_wire(s) for s in raw.get("stages") or []]
+        self.context = Context(client)
+        self.labeling = Labeling(self)
+        self.review = Labeling(self, review=True)
+        self.export = Export(self)
+        self._storage: LabelStorage | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Project(org_id={self.org_id!r}, project_id={self.project_id!r}, name={self.name!r})"
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.client.close()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def output_stage_name(self) -> str:
+        """The Ground Truth stage's name in the workflow (``Output`` by default)."""
+        for stage in self.stages:
+            if stage.brick_name == "labelset-output":
+                return stage.stage_name
+        return "Output"
+
+    @property
+    def current_user_id(self) -> str:
+        """The API key's user id (``API:<uuid>``): the assignee of the key's tasks."""
+        return self.context.key_id
+
+    def label_storage(self) -> LabelStorage:
+        """The project's label storage (``getLabelStorage``), fetched once."""
+        if self._storage is None:
+            self._storage = self.client.label_storage(self.org_id, self.project_id)
+        return self._storage
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get_task(self, task_id: str) -> Task:
+        """The task with its series, items and latest labels; :class:`NotFoundError` if none."""
+        return Task.from_wire(self.client.get_task(self.org_id, self.project_id, task_id))
+
+    def list_assigned_tasks(
+        self, stage_name: str, *, user_id: str | None = None, page_size: int = 50
+    ) -> Iterator[Task]:
+        """Tasks queued in ``stage_name`` and assigned to ``user_id`` (default: this key).
+
+        Listing carries no items or labels (``Task.items_loaded`` is False): call
+        :meth:`get_task` (or :meth:`download_items`, which does) before using them.
+        """
+        assignee = user_id or self.current_user_id
+        for raw in self.client.list_tasks(
+            self.org_id,
+            self.project_id,
+            stage_name=stage_name,
+            filters={"userId": assignee},
+            page_size=page_size,
+        ):
+            yield Task.from_wire(raw)
+
+    def find_tasks(self, name: str, *, exact: bool = True) -> list[Task]:
+        """Tasks named ``name`` (``exact``) or whose name starts with it, in any stage."""
+        search = '"' + name.strip('"') + '"' if exact else name
+        return [
+            Task.from_wire(raw)
+            for raw in self.client.list_tasks(
+                self.org_id, self.project_id, task_search=search, filters={}
+            )
+        ]
+
+    def download_items(
+        self, task: Task, folder: str | Path, *, workers: int = 4
+    ) -> list[DownloadedSeries]:
+        """Download the task's images into ``folder`` and return the files per series.
+
+        The result has one entry per series in the task's order, each with its files in the
+        series' item order, under ``folder/<index>-<series name>/``. Items are presigned
+        once per call; each file is streamed to a temporary name and renamed when complete,
+        with retries. A task from a listing is re-read first to get its items.
+        """
+        if not task.items_loaded:
+            task = self.get_task(task.task_id)
+        if not task.items:
+            return [DownloadedSeries(index=s.index, name=s.name, paths=()) for s in task.series]
+        urls = self.client.presign_items(
+            self.org_id, task.storage_id or REDBRICK_STORAGE_ID, task.items
+        )
+        by_item = dict(zip(task.items, urls, strict=True))
+        missing = [item for item, url in by_item.items() if not url]
+        if missing:
+            raise NotFoundError(
+                f"Task {task.task_id}: RedBrick could not presign {len(missing)} item(s), e.g. {missing[0]}",
+                operation="presignItemsSDK",
+            )
+        root = Path(folder)
+        jobs: list[tuple[str, Path]] = []
+        result = []
+        for series in task.series:
+            directory = root / f"{series.index}-{_safe(series.name or 'series')}"
+            paths = tuple(
+                directory / f"{n:05d}-{_basename(item)}" for n, item in enumerate(series.items)
+            )
+            jobs += [
+                (str(by_item[item]), path) for item, path in zip(series.items, paths, strict=True)
+            ]
+            result.append(DownloadedSeries(index=series.index, name=series.name, paths=paths))
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="download") as pool:
+            for _ in pool.map(lambda job: self.client.download(*job), jobs):
+                pass
+        return result
+
+    def download_labels(self, task: Task, folder: str | Path) -> dict[int, Path]:
+        """Download the task's stored label files; ``{series index: local .nii.gz path}``."""
+        labels = task.labels
+        if labels is None or not labels.labels_map:
+            return {}
+        entries = [
+            (int(m.get("seriesIndex") or 0), str(m["labelName"]))
+            for m in labels.labels_map
+            if m.get("labelName")
+        ]
+        urls = self.client.presign_items(
+            self.org_id, labels.storage_id or REDBRICK_STORAGE_ID, [name for _, name in entries]
+        )
+        out: dict[int, Path] = {}
+        for (index, name), url in zip(entries, urls, strict=True):
+            if not url:
+                raise NotFoundError(f"Task {task.task_id}: label file {name} cannot be presigned")
+            out[index] = self.client.download(url, Path(folder) / f"{index}.nii.gz")
+        return out
+
+    # -- writing (one task; errors raise) ------------------------------------------------
+
+    def save_labels(
+        self,
+        task_id: str,
+        stage_name: str,
+        series: Sequence[Mapping[str, Any]],
+        *,
+        finalize: bool = False,
+        provenance: Mapping[str, str] | None = None,
+    ) -> None:
+        """Save labels for one task as a draft (default) or submit them (``finalize=True``).
+
+        ``series`` is in the task's series order: ``[{"segmentations": <local NIfTI>,
+        "segmentMap": {"1": "Liver", ...}}, ...]`` (one label file per series).
+        ``provenance`` (e.g. ``{"Model": "abdomen-seg 3.1"}``) is written as label
+        attributes, but only for names the taxonomy defines as attributes of the labelled
+        object types: RedBrick stores labels, not free metadata, on this call.
+
+        Raises :class:`~autolabel.errors.TaskStateError` when the task is not queued in
+        ``stage_name`` for this key, :class:`~autolabel.errors.ConversionError` when RedBrick
+        rejects the series, other :class:`~autolabel.errors.PlatformError` on failure. The
+        mutation is sent once: after a ``TransportError`` re-read the task before retrying.
+        """
+        task = {"taskId": task_id, "series": self.with_provenance(series, provenance or {})}
+        writer = LabelWriter(self.client, self.org_id, self.project_id)
+        (converted,) = writer.convert([task], REDBRICK_STORAGE_ID)
+        writer.save(converted, stage_name=stage_name, finished=finalize)
+
+    def with_provenance(
+        self, series: Sequence[Mapping[str, Any]], provenance: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """``series`` with ``provenance`` added to each segment's ``attributes``, where allowed.
+
+        A name is added to a segment only if the taxonomy object type of that segment has an
+        attribute of that name (else the server may reject the labels).
+        """
+        out = copy.deepcopy([dict(s) for s in series])
+        if not provenance:
+            return out
+        allowed = {
+            ot.get("category"): {a.get("name") for a in ot.get("attributes") or []}
+            for ot in self.taxonomy.get("objectTypes") or []
+        }
+        for entry in out:
+            segment_map = entry.get("segmentMap") or {}
+            for key, value in list(segment_map.items()):
+                spec = value if isinstance(value, dict) else {"category": value}
+                names = allowed.get(spec.get("category"), set())
+                extra = {k: v for k, v in provenance.items() if k in names}
+                if extra:
+                    segment_map[key] = {
+                        **spec,
+                        "attributes": {**(spec.get("attributes") or {}), **extra},
+                    }
+        return out
+
+    def submit_existing_labels(self, task_id: str, stage_name: str) -> None:
+        """Submit a Label-stage task with the labels it already has (``putManualLabelingTask``)."""
+        self.client.put_labeling_task(
+            self.org_id, self.project_id, stage_name=stage_name, task_id=task_id
+        )
+
+    def review_task(
+        self,
+        task_id: str,
+        stage_name: str,
+        *,
+        accept: bool,
+        comment: str | None = None,
+        corrected_series: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Accept or reject a task in a Review stage; with ``corrected_series``, accept with
+        correction (the new labels replace the old ones). Raises like :meth:`save_labels`.
+        """
+        if corrected_series is not None and accept:
+            self.save_labels(task_id, stage_name, corrected_series, finalize=True)
+            return
+        if corrected_series is not None:
+            raise ConversionError("A rejected task cannot carry corrected labels")
+        self.client.put_review_task(
+            self.org_id,
+            self.project_id,
+            stage_name=stage_name,
+            task_id=task_id,
+            accept=accept,
+            comment=comment,
+        )
+
+    def move_task_to_start(self, task_id: str) -> None:
+        """Send a Ground Truth task back to the first Label stage."""
+        self.client.move_task_to_start(self.org_id, self.project_id, task_id)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "series"
+
+
+def _basename(item: str) -> str:
+    path = urllib.parse.urlsplit(item).path if "://" in item else item
+    return _safe(path.rstrip("/").rsplit("/", 1)[-1] or "item")

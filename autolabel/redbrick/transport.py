@@ -1,0 +1,484 @@
+"""HTTP transport to RedBrick: one GraphQL endpoint and presigned storage URLs.
+
+This is the only module of autolabel that imports ``requests``. It owns:
+
+* the endpoint: ``POST {url}/graphql/`` with the SDK's URL normalisation
+  (:func:`graphql_endpoint`, redbrick-protocol.md §1.1);
+* the request encoding: ``base64(gzip(json))`` with ``Content-Encoding-RB: gzip`` and the
+  key in an ``ApiKey`` header (§1.2);
+* the error mapping onto :mod:`autolabel.errors` (§1.3, §5.2), see :func:`error_from_messages`;
+* the retry policy: queries and downloads (idempotent) are retried with exponential backoff,
+  jitter and ``Retry-After``; mutations and uploads are sent once (:class:`RetryPolicy`).
+
+The API key is kept in the session headers only. It never appears in a log line, an error
+message or a ``repr``; any server text that echoes it is scrubbed before it is raised.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import gzip
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+import requests.adapters
+
+from autolabel import __version__
+from autolabel.errors import (
+    AuthError,
+    GraphQLError,
+    NotFoundError,
+    PlatformError,
+    TaskStateError,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+DEFAULT_URL = "https://api.redbrickai.com"
+#: The SDK version whose protocol we speak; the server may gate features on this header.
+PROTOCOL_VERSION = "2.35.4"
+API_KEY_LENGTH = 43
+_CHUNK = 1 << 20
+
+
+def graphql_endpoint(url: str | None = None) -> str:
+    """The GraphQL endpoint for a base URL, normalised exactly as ``redbrick-sdk`` does.
+
+    * default or ``https://api.redbrickai.com…`` → ``https://api.redbrickai.com/graphql/``;
+    * a URL containing ``localhost`` or ``amazonaws.com`` keeps its scheme and path;
+    * any other URL keeps only its host (and port), is forced to https and gets ``/api``.
+
+    The whole URL is lower-cased, as the SDK does.
+
+    >>> graphql_endpoint("https://mycompany.redbrickai.com/")
+    'https://mycompany.redbrickai.com/api/graphql/'
+    >>> graphql_endpoint("http://localhost:8000")
+    'http://localhost:8000/graphql/'
+    """
+    base = (url or DEFAULT_URL).strip().lower().rstrip("/")
+    if not base.startswith("http"):
+        base = "https://" + base
+    if DEFAULT_URL in base:
+        base = DEFAULT_URL
+    elif "amazonaws.com" not in base and "localhost" not in base:
+        host = urllib.parse.urlsplit(base).netloc
+        base = f"https://{host}/api"
+    return base + "/graphql/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """When and how long to wait before repeating an idempotent request.
+
+    * ``attempts``: total tries, the first included (1 disables retries);
+    * backoff: ``min(backoff_max, backoff_base * 2**(n-1))`` before try ``n+1``, with equal
+      jitter (half fixed, half random) so that parallel workers do not retry in step;
+    * a ``Retry-After`` header (seconds or HTTP date) on 429/503 is honoured when it is
+      longer than the backoff, up to ``retry_after_max`` seconds.
+
+    Retried: connection errors, timeouts, HTTP 429, 500, 502, 503, 504, and truncated
+    downloads. Never retried: mutations and uploads (see :meth:`Transport.execute`).
+    """
+
+    attempts: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    retry_after_max: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to sleep after failed try number ``attempt`` (1-based)."""
+        backoff = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
+        backoff = backoff / 2 + random.uniform(0, backoff / 2)
+        if retry_after is not None:
+            return min(self.retry_after_max, max(backoff, retry_after))
+        return backoff
+
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# Messages of the server's task rules (redbrick-protocol.md §5.2). The real server's texts
+# are closed; these cover the documented rules in the emulator's and plausible wordings.
+_TASK_STATE = re.compile(
+    r"not assigned|assigned to (?:another|someone)|not (?:queued )?in (?:the )?(?:stage|.*stage)"
+    r"|wrong stage|not in ground truth|only ground truth|ground truth tasks|already (?:submitted"
+    r"|completed|reviewed)|not (?:a )?(?:label|review)(?:ing)? stage|cannot be (?:moved|submitted)",
+    re.IGNORECASE,
+)
+_NOT_FOUND = re.compile(
+    r"not found|does not exist|doesn't exist|no such|unknown (?:task|project)", re.I
+)
+_AUTH = re.compile(
+    r"unauthori[sz]ed|unauthenticated|not authenticated|invalid api ?key|forbidden", re.I
+)
+
+
+def error_from_messages(
+    messages: list[str], *, operation: str, status: int | None
+) -> PlatformError:
+    """Map the ``errors[].message`` of a GraphQL answer to the narrowest error class.
+
+    Task-rule violations (not assigned to the key, not queued in the stage, not in Ground
+    Truth, already done) → :class:`TaskStateError`; a missing object → :class:`NotFoundError`;
+    a refused key → :class:`AuthError`; anything else → :class:`GraphQLError` (which keeps
+    every message in ``messages``).
+    """
+    text = "; ".join(messages)
+    if any(_AUTH.search(m) for m in messages):
+        return AuthError(
+            f"{operation}: RedBrick refused the API key: {text}", operation=operation, status=status
+        )
+    if any(_TASK_STATE.search(m) for m in messages):
+        return TaskStateError(f"{operation}: {text}", operation=operation, status=status)
+    if any(_NOT_FOUND.search(m) for m in messages):
+        return NotFoundError(f"{operation}: {text}", operation=operation, status=status)
+    return GraphQLError([f"{operation}: {m}" for m in messages], operation=operation, status=status)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _without_query(url: str) -> str:
+    """A presigned URL without its signature, fit for logs and messages."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+class _Retry(Exception):
+    """Internal: this try failed in a way worth repeating (if the call is idempotent)."""
+
+    def __init__(self, error: PlatformError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+class Transport:
+    """A thread-safe connection to one RedBrick API: GraphQL calls and storage transfers.
+
+    One ``requests.Session`` with keep-alive and a connection pool of ``pool_size``
+    connections per host, so that up to that many worker threads can call concurrently.
+    ``timeout`` is ``(connect, read)`` seconds for GraphQL calls; storage transfers use the
+    same connect timeout and ``transfer_read_timeout`` between received bytes.
+
+    TLS certificates are always verified unless ``verify=False`` is passed explicitly (a
+    warning is logged). To trust a corporate proxy, pass a CA bundle path as ``verify`` or
+    set ``REQUESTS_CA_BUNDLE``. ``RB_DISABLE_SSL_VERIFICATION`` is deliberately ignored.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        url: str | None = None,
+        *,
+        timeout: tuple[float, float] = (10.0, 60.0),
+        transfer_read_timeout: float = 120.0,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 16,
+        verify: bool | str = True,
+    ) -> None:
+        if not isinstance(api_key, str) or len(api_key.strip()) != API_KEY_LENGTH:
+            # Say nothing about the value itself: it may be a real key with a stray character.
+            raise AuthError(
+                f"The API key must be {API_KEY_LENGTH} characters long; check the key you "
+                "passed (RedBrick > Integrations > API keys)."
+            )
+        self.endpoint = graphql_endpoint(url)
+        self.timeout = timeout
+        self.transfer_timeout = (timeout[0], transfer_read_timeout)
+        self.retry = retry or RetryPolicy()
+        self._key = api_key.strip()
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.verify = verify
+        if verify is False:
+            log.warning("TLS certificate verification is OFF for %s", self.endpoint)
+        if os.environ.get("RB_DISABLE_SSL_VERIFICATION"):
+            log.warning(
+                "RB_DISABLE_SSL_VERIFICATION is set but ignored: autolabel always verifies "
+                "TLS; set REQUESTS_CA_BUNDLE to trust a proxy's certificate instead"
+            )
+        self._graphql_headers = {
+            "ApiKey": self._key,
+            "RB-SDK-Version": PROTOCOL_VERSION,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip",
+            "Content-Encoding-RB": "gzip",
+            "User-Agent": f"autolabel/{__version__} requests/{requests.__version__}",
+        }
+        self._closed = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Transport(endpoint={self.endpoint!r})"
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._closed.set()
+        self._session.close()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- GraphQL -------------------------------------------------------------------------
+
+    def execute(
+        self,
+        operation: str,
+        document: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        idempotent: bool,
+    ) -> dict[str, Any]:
+        """Send one GraphQL document and return its ``data`` object.
+
+        ``idempotent=True`` (queries) retries transport failures per :attr:`retry`;
+        ``idempotent=False`` (mutations) sends exactly once: after a :class:`TransportError`
+        the caller must re-read the task to learn whether the write happened.
+
+        Raises :class:`AuthError` (401/403 or a refused key), :class:`NotFoundError` (404 or
+        a not-found message), :class:`TaskStateError` (a task rule), :class:`GraphQLError`
+        (any other ``errors``; the key's mere presence counts, as in the SDK) or
+        :class:`TransportError` (connection, timeout, 429, 5xx, unreadable answer).
+        """
+        body = self._encode(document, variables or {})
+        return self._with_retries(
+            operation, idempotent, lambda: self._post_graphql(operation, body)
+        )
+
+    def _encode(self, document: str, variables: Mapping[str, Any]) -> bytes:
+        payload = json.dumps({"query": document, "variables": variables}, separators=(",", ":"))
+        return base64.b64encode(gzip.compress(payload.encode("utf-8"), compresslevel=6))
+
+    def _post_graphql(self, operation: str, body: bytes) -> dict[str, Any]:
+        try:
+            response = self._session.post(
+                self.endpoint, data=body, headers=self._graphql_headers, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise _Retry(self._transport_error(operation, exc)) from exc
+        with response:
+            return self._read_graphql(operation, response)
+
+    def _read_graphql(self, operation: str, response: requests.Response) -> dict[str, Any]:
+        status = response.status_code
+        if status in (401, 403):
+            raise AuthError(
+                f"{operation}: RedBrick refused the API key (HTTP {status}); check the key "
+                "and that it belongs to this organization",
+                operation=operation,
+                status=status,
+            )
+        if status == 404:
+            raise NotFoundError(
+                f"{operation}: API endpoint not found: {self.endpoint} (HTTP 404); check --url",
+                operation=operation,
+                status=status,
+            )
+        if status in RETRYABLE_STATUSES:
+            error = TransportError(
+                f"{operation}: RedBrick answered HTTP {status}{self._reason(response)}",
+                operation=operation,
+                status=status,
+            )
+            raise _Retry(error, _retry_after(response))
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            if status >= 400:
+                raise PlatformError(
+                    f"{operation}: RedBrick answered HTTP {status}{self._reason(response)}",
+                    operation=operation,
+                    status=status,
+                ) from exc
+            raise _Retry(
+                TransportError(
+                    f"{operation}: the answer is not JSON (HTTP {status}); a proxy in the way?",
+                    operation=operation,
+                    status=status,
+                )
+            ) from exc
+        if not isinstance(answer, dict):
+            raise TransportError(
+                f"{operation}: unexpected answer shape", operation=operation, status=status
+            )
+        if "errors" in answer:
+            messages = [
+                self.scrub(str(e.get("message", e)) if isinstance(e, dict) else str(e))
+                for e in (answer["errors"] or [])
+            ] or ["(empty errors list)"]
+            raise error_from_messages(messages, operation=operation, status=status)
+        if status >= 400:
+            raise PlatformError(
+                f"{operation}: RedBrick answered HTTP {status}{self._reason(response)}",
+                operation=operation,
+                status=status,
+            )
+        data = answer.get("data")
+        if not isinstance(data, dict):
+            raise GraphQLError(
+                [f"{operation}: the answer has no data"], operation=operation, status=status
+            )
+        return data
+
+    def _reason(self, response: requests.Response) -> str:
+        text = self.scrub(response.text[:200].strip()) if response.text else ""
+        return f": {text}" if text else ""
+
+    # -- storage -------------------------------------------------------------------------
+
+    def download(self, url: str, destination: Path, *, operation: str = "storage GET") -> Path:
+        """Stream a presigned URL to ``destination`` atomically and return it.
+
+        The bytes go to a temporary file next to ``destination`` that is renamed into place
+        only when complete, so a crash never leaves a truncated file under the final name.
+        Connection errors, truncated bodies, 429 and 5xx are retried per :attr:`retry`; a
+        404 raises :class:`NotFoundError`, other 4xx a :class:`PlatformError` (an expired
+        URL must be presigned again). No API key is sent to storage.
+        """
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        return self._with_retries(
+            operation, True, lambda: self._download_once(url, destination, operation)
+        )
+
+    def _download_once(self, url: str, destination: Path, operation: str) -> Path:
+        shown = _without_query(url)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    with self._session.get(
+                        url, stream=True, timeout=self.transfer_timeout
+                    ) as response:
+                        self._check_storage_status(response, shown, operation)
+                        for chunk in response.iter_content(_CHUNK):
+                            out.write(chunk)
+                except requests.RequestException as exc:
+                    raise _Retry(self._transport_error(operation, exc, shown)) from exc
+            os.replace(temp_name, destination)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        return destination
+
+    def upload(
+        self,
+        url: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        content_encoding: str | None = None,
+        operation: str = "storage PUT",
+    ) -> None:
+        """PUT ``data`` to a presigned URL, once (uploads are never blindly retried).
+
+        Headers are those the SDK sends (``x-ms-blob-type: BlockBlob`` for Azure-backed
+        storage). Success is HTTP 200 or 201; anything else raises (§3.1).
+        """
+        shown = _without_query(url)
+        headers = {"Content-Type": content_type, "x-ms-blob-type": "BlockBlob"}
+        if content_encoding:
+            headers["Content-Encoding"] = content_encoding
+        try:
+            response = self._session.put(
+                url, data=data, headers=headers, timeout=self.transfer_timeout
+            )
+        except requests.RequestException as exc:
+            raise self._transport_error(operation, exc, shown) from exc
+        with response:
+            if response.status_code not in (200, 201):
+                self._check_storage_status(response, shown, operation)
+                raise PlatformError(
+                    f"{operation}: {shown} answered HTTP {response.status_code}",
+                    operation=operation,
+                    status=response.status_code,
+                )
+
+    def _check_storage_status(
+        self, response: requests.Response, shown: str, operation: str
+    ) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        message = f"{operation}: {shown} answered HTTP {status}"
+        if status in RETRYABLE_STATUSES:
+            raise _Retry(
+                TransportError(message, operation=operation, status=status), _retry_after(response)
+            )
+        if status == 404:
+            raise NotFoundError(message, operation=operation, status=status)
+        raise PlatformError(
+            message + " (an expired or invalid presigned URL?)", operation=operation, status=status
+        )
+
+    # -- shared --------------------------------------------------------------------------
+
+    def _with_retries(self, operation: str, idempotent: bool, call: Callable[[], _T]) -> _T:
+        attempts = self.retry.attempts if idempotent else 1
+        for attempt in range(1, attempts + 1):
+            started = time.monotonic()
+            try:
+                result = call()
+            except _Retry as failure:
+                if attempt >= attempts or self._closed.is_set():
+                    raise failure.error from failure.__cause__
+                pause = self.retry.delay(attempt, failure.retry_after)
+                log.warning(
+                    "%s failed (%s); retry %d/%d in %.1fs",
+                    operation,
+                    failure.error,
+                    attempt,
+                    attempts - 1,
+                    pause,
+                )
+                time.sleep(pause)
+                continue
+            log.debug("%s ok in %.3fs (try %d)", operation, time.monotonic() - started, attempt)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transport_error(
+        self, operation: str, exc: Exception, where: str | None = None
+    ) -> TransportError:
+        kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+        target = where or self.endpoint
+        detail = self.scrub(type(exc).__name__)
+        return TransportError(
+            f"{operation}: {kind} talking to {target} ({detail})", operation=operation
+        )
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the API key (if a server echoed it) replaced by ``***``."""
+        return text.replace(self._key, "***") if self._key else text

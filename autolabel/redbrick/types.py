@@ -1,0 +1,252 @@
+"""Value types of the RedBrick client: wire shapes (TypedDict) and parsed records (dataclasses).
+
+Wire shapes mirror the JSON of redbrick-protocol.md §2; the dataclasses are what the rest of
+autolabel sees. Parsing is lenient about absent optional keys and strict about the ones
+the pipeline depends on (``taskId``, the stage name).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypedDict
+
+#: RedBrick's own storage (label uploads, direct item uploads).
+REDBRICK_STORAGE_ID = "22222222-2222-2222-2222-222222222222"
+#: Items that are public URLs.
+PUBLIC_STORAGE_ID = "11111111-1111-1111-1111-111111111111"
+#: The Ground Truth pseudo-stage of tasks that finished the workflow.
+GROUND_TRUTH_STAGE = "END"
+
+
+class TaskFilters(str, Enum):
+    """The ``search`` values of ``export.list_tasks`` (the SDK's ``redbrick.TaskFilters``)."""
+
+    ALL = "ALL"
+    GROUNDTRUTH = "GROUNDTRUTH"
+    UNASSIGNED = "UNASSIGNED"
+    QUEUED = "QUEUED"
+    DRAFT = "DRAFT"
+    SKIPPED = "SKIPPED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    ISSUES = "ISSUES"
+
+
+class TaskStates(str, Enum):
+    """State of a task in its current stage (``currentStageSubTask.state``)."""
+
+    UNASSIGNED = "UNASSIGNED"
+    ASSIGNED = "ASSIGNED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    PROBLEM = "PROBLEM"
+    SKIPPED = "SKIPPED"
+    STAGED = "STAGED"
+
+
+class LabelMapEntry(TypedDict, total=False):
+    """``LabelMapInput`` / stored ``labelsMap[]``: the label file of one series."""
+
+    labelName: str | None
+    seriesIndex: int | None
+    imageIndex: int | None
+
+
+class LabelStorage(TypedDict):
+    """``getLabelStorage``: where uploaded label files live."""
+
+    storageId: str
+    path: str
+
+
+class PresignedUpload(TypedDict):
+    """One entry of ``presignUploads``."""
+
+    presignedUrl: str
+    filePath: str
+    fileName: str
+
+
+class AssignedTask(TypedDict):
+    """One entry of ``assignTasksMultipleUsers``."""
+
+    taskId: str
+    name: str
+    stageName: str
+
+
+class ConvertResult(TypedDict):
+    """``validateAndConvertToImportFormat``; ``converted`` is a JSON string."""
+
+    isValid: bool
+    error: str | None
+    converted: str | None
+
+
+def json_field(value: Any) -> Any:
+    """A JSON-string field (``metaData``, ``stageConfig``, ``labelsData``) decoded; ``None`` stays."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else None
+        except ValueError:
+            return value
+    return value
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Stage:
+    """One stage of the project's workflow (``project.stages[]``).
+
+    ``brick_name`` is ``manual-labeling`` for a Label stage, ``expert-review`` for a Review
+    stage, ``labelset-output`` for Ground Truth; ``routing`` is the selected union member
+    (``nextStageName``, ``passed``/``failed``, ``feedbackStageName``...).
+    """
+
+    stage_name: str
+    brick_name: str
+    config: dict[str, Any] = field(default_factory=dict)
+    routing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_label(self) -> bool:
+        """True for a Label stage (``put_tasks`` of ``project.labeling`` applies)."""
+        return self.brick_name == "manual-labeling"
+
+    @property
+    def is_review(self) -> bool:
+        """True for a Review stage (``put_tasks`` of ``project.review`` applies)."""
+        return self.brick_name == "expert-review"
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> Stage:
+        """Parse one ``stages[]`` entry of ``getProjectSDK``."""
+        config = json_field(raw.get("stageConfig"))
+        return cls(
+            stage_name=str(raw["stageName"]),
+            brick_name=str(raw.get("brickName") or ""),
+            config=config if isinstance(config, dict) else {},
+            routing=dict(raw.get("routing") or {}),
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Series:
+    """One series of a task: its name, its items (stored paths) and metadata, in task order."""
+
+    index: int
+    name: str | None
+    items: tuple[str, ...]
+    data_type: str | None = None
+    meta_data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Labels:
+    """The latest labels of a task (``latestTaskData``): internal label objects and files.
+
+    ``labels`` is the decoded ``labelsData`` (§4.5 objects); ``labels_map`` has one entry
+    per stored label file with its ``seriesIndex``; ``created_by`` is the user id that wrote
+    them (``API:<uuid>`` for an API key).
+    """
+
+    labels: list[dict[str, Any]]
+    labels_map: list[LabelMapEntry]
+    labels_data_path: str | None
+    storage_id: str | None
+    created_by: str | None
+    created_at: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Task:
+    """A task as the pipeline sees it.
+
+    ``series`` lists the series in the task's order. Each series' ``items`` are stored paths
+    (or public URLs): use ``Project.download_items`` to get files. Tasks read by listing
+    (``genericTasks``) carry no items and no labels: ``items_loaded`` is False for them.
+    ``assignee`` is the user id (or email) the task is assigned to in its current stage.
+    """
+
+    task_id: str
+    name: str
+    stage_name: str
+    state: str | None
+    assignee: str | None
+    assignee_email: str | None
+    storage_id: str | None
+    series: tuple[Series, ...]
+    items: tuple[str, ...]
+    items_loaded: bool
+    labels: Labels | None
+    meta_data: dict[str, Any] | None
+    priority: float | None
+    updated_at: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def is_ground_truth(self) -> bool:
+        """True when the task finished the workflow (stage ``END``)."""
+        return self.stage_name == GROUND_TRUTH_STAGE
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> Task:
+        """Parse a ``task`` / ``tasksPaged`` entry (with items) or a ``genericTasks`` entry."""
+        datapoint = raw.get("datapoint") or {}
+        subtask = raw.get("currentStageSubTask") or {}
+        assigned = subtask.get("assignedTo") or {}
+        loaded = "items" in datapoint
+        items = tuple(str(i) for i in (datapoint.get("items") or []))
+        latest = raw.get("latestTaskData")
+        storage = (datapoint.get("storageMethod") or {}).get("storageId")
+        meta = json_field(datapoint.get("metaData"))
+        return cls(
+            task_id=str(raw["taskId"]),
+            name=str(datapoint.get("name") or raw.get("name") or ""),
+            stage_name=str(raw.get("currentStageName") or ""),
+            state=subtask.get("state"),
+            assignee=assigned.get("userId"),
+            assignee_email=assigned.get("email"),
+            storage_id=storage,
+            series=_series(datapoint.get("seriesInfo"), items),
+            items=items,
+            items_loaded=loaded,
+            labels=_labels(latest) if isinstance(latest, dict) else None,
+            meta_data=meta if isinstance(meta, dict) else None,
+            priority=raw.get("priority"),
+            updated_at=raw.get("updatedAt"),
+            raw=raw,
+        )
+
+
+def _series(info: Any, items: tuple[str, ...]) -> tuple[Series, ...]:
+    if not info:
+        return (Series(index=0, name=None, items=items),) if items else ()
+    out = []
+    for index, entry in enumerate(info):
+        meta = json_field(entry.get("metaData"))
+        indices = entry.get("itemsIndices") or []
+        out.append(
+            Series(
+                index=index,
+                name=entry.get("name"),
+                items=tuple(items[i] for i in indices if 0 <= i < len(items)),
+                data_type=entry.get("dataType"),
+                meta_data=meta if isinstance(meta, dict) else None,
+            )
+        )
+    return tuple(out)
+
+
+def _labels(latest: dict[str, Any]) -> Labels:
+    decoded = json_field(latest.get("labelsData"))
+    creator = latest.get("createdByEntity") or {}
+    return Labels(
+        labels=decoded if isinstance(decoded, list) else [],
+        labels_map=list(latest.get("labelsMap") or []),
+        labels_data_path=latest.get("labelsDataPath"),
+        storage_id=(latest.get("labelsStorage") or {}).get("storageId"),
+        created_by=creator.get("userId"),
+        created_at=latest.get("createdAt"),
+    )
