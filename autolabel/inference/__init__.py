@@ -1,0 +1,76 @@
+"""Segmentation models: cards, runners and our sliding-window inference.
+
+The only package of autolabel that imports torch (lazily: listing cards does not).
+
+Public API::
+
+    model = load_model("phantom-unet", device="auto")   # once; keep it warm
+    model.spec                # ModelSpec: name, version, labels, categories, weights_sha256
+    labels = model.predict(volume)   # integer array of volume.shape, validated
+    model.events              # DeviceEvent list: CUDA OOM -> smaller batch -> CPU
+    list_models()             # ModelCard list from $AUTOLABEL_MODELS and the repo's models/
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from autolabel.inference.card import ModelCard, find_card, list_cards, models_dirs, read_card
+from autolabel.inference.spec import ModelSpec, SegmentationModel, validate_output
+
+if TYPE_CHECKING:
+    from autolabel.inference.runners import LoadedModel
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    autocast: str | None = None,
+) -> LoadedModel:
+    """Load a model by card name (see :func:`models_dirs`) or card path, ready to predict.
+
+    ``device`` is ``auto`` (first CUDA device, else CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+    ``autocast`` overrides the card's ``[runtime] autocast`` (``auto``, ``bf16``, ``fp16``,
+    ``off``). Raises :class:`ConfigError` for an unknown or malformed card and
+    :class:`ModelError` when the model's framework or weights are missing.
+    """
+    from autolabel.inference import external, runners
+    from autolabel.inference.device import resolve_device
+
+    card = read_card(find_card(name_or_path))
+    torch_device = resolve_device(device)
+    ok, reason = card.availability()
+    if not ok and card.kind in ("python", "torchscript"):
+        from autolabel.errors import ModelError
+
+        raise ModelError(f"model {card.name!r} cannot be loaded here: {reason}")
+    if card.kind == "torchscript":
+        net = runners.load_torchscript(card, torch_device)
+        return runners.TorchModel(card, card.spec(), torch_device, net, autocast=autocast)
+    if card.kind == "python":
+        return runners.PythonModel(card, card.spec(), torch_device)
+    if card.kind == "nnunet":
+        return external.NnUNetModel(card, torch_device)
+    if card.kind == "totalsegmentator":
+        return external.TotalSegmentatorModel(card, torch_device)
+    return external.load_monai_bundle(card, torch_device, autocast)
+
+
+def list_models() -> list[ModelCard]:
+    """Every model card found, by name (see :func:`models_dirs` for where)."""
+    return list_cards()
+
+
+__all__ = [
+    "ModelCard",
+    "ModelSpec",
+    "SegmentationModel",
+    "find_card",
+    "list_models",
+    "load_model",
+    "models_dirs",
+    "read_card",
+    "validate_output",
+]

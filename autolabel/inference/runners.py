@@ -1,0 +1,234 @@
+"""Loaded models: the validated ``predict`` shared by every runner, and the torch runners.
+
+* :class:`LoadedModel` -- base: modality check, runner call, output validation.
+* :class:`TorchModel` -- any ``nn.Module``/TorchScript network through the card's
+  preprocessing, our sliding window and postprocessing, with the CUDA OOM fallback.
+* :class:`PythonModel` -- a ``module:attr`` plug-in from the card's folder or the path.
+
+A loaded model is meant to be kept warm: build it once with
+:func:`autolabel.inference.load_model` and call ``predict`` for every volume, from one
+thread at a time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from autolabel.errors import BadModelOutputError, ConfigError, ModelError
+from autolabel.inference.card import ModelCard
+from autolabel.inference.device import (
+    DeviceEvent,
+    autocast_dtype,
+    is_out_of_memory,
+)
+from autolabel.inference.postprocess import postprocess
+from autolabel.inference.preprocess import to_model_grid
+from autolabel.inference.sliding_window import sliding_window_labels
+from autolabel.inference.spec import ModelSpec, validate_output
+from autolabel.records import Volume
+
+LabelMap = npt.NDArray[np.integer]
+
+
+class LoadedModel:
+    """A model ready to run: ``spec``, ``predict(volume)``, the device and its events.
+
+    ``events`` lists every :class:`DeviceEvent` (OOM: smaller batch, CPU fallback) since
+    loading; the pipeline logs them into the ledger.
+    """
+
+    def __init__(self, card: ModelCard, spec: ModelSpec, device: torch.device) -> None:
+        self.card = card
+        self._spec = spec
+        self.device = device
+        self.events: list[DeviceEvent] = []
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's declaration (labels, default categories, provenance)."""
+        return self._spec
+
+    def predict(self, volume: Volume) -> LabelMap:
+        """A label map of ``volume.shape`` on the volume's grid, checked against the spec.
+
+        Raises :class:`ModelError` when the volume's modality is not the model's or the
+        model fails, :class:`BadModelOutputError` when its output breaks the contract.
+        """
+        wanted = self._spec.modality
+        if wanted and volume.modality and volume.modality.upper() != wanted.upper():
+            raise ModelError(
+                f"model {self._spec.name!r} expects {wanted} images, "
+                f"{volume.source or 'the volume'} is {volume.modality}"
+            )
+        try:
+            output = self._predict(volume)
+        except (ModelError, ConfigError):
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return validate_output(self._spec, volume, output)
+
+    def _predict(self, volume: Volume) -> object:
+        raise NotImplementedError
+
+
+class TorchModel(LoadedModel):
+    """A torch network run through the card's preprocessing, sliding window and postprocessing.
+
+    Output channel ``c`` of the network is label id ``c``. On CUDA out-of-memory the
+    windows per batch are halved (kept for later volumes); when one window does not fit,
+    that volume runs on the CPU and the network goes back to the GPU afterwards. Each step
+    is appended to ``events``.
+    """
+
+    def __init__(
+        self,
+        card: ModelCard,
+        spec: ModelSpec,
+        device: torch.device,
+        net: torch.nn.Module,
+        *,
+        autocast: str | None = None,
+        classes: int | None = None,
+    ) -> None:
+        super().__init__(card, spec, device)
+        net.eval().to(device)
+        # channels-last weights make each window's output permute to (X, Y, Z, C) for free
+        self.net = net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        self.autocast = autocast or card.autocast
+        self.classes = classes or int(card.options.get("classes", max(spec.labels) + 1))
+        self.batch = card.sliding_window.batch
+        autocast_dtype(self.autocast, device)  # reject a bad setting at load time
+
+    def _predict(self, volume: Volume) -> object:
+        image, grid = to_model_grid(volume, self.card.preprocess)
+        labels: LabelMap = grid.to_volume_grid(self._run(image, volume.source))  # type: ignore[assignment]
+        postprocess(labels, self.card.postprocess, volume.spacing)
+        return labels.astype(self._spec.label_dtype, copy=False)
+
+    def _windows(self, image: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
+        window = self.card.sliding_window
+        return sliding_window_labels(
+            self.net,
+            image,
+            classes=self.classes,
+            patch=window.patch,
+            overlap=window.overlap,
+            blend=window.blend,
+            sigma_scale=window.sigma_scale,
+            batch=batch,
+            device=device,
+            autocast=autocast_dtype(self.autocast, device),
+        )
+
+    def _run(self, image: torch.Tensor, source: str) -> torch.Tensor:
+        while True:
+            try:
+                return self._windows(image, self.device, self.batch)
+            except Exception as exc:
+                if self.device.type != "cuda" or not is_out_of_memory(exc):
+                    raise
+                torch.cuda.empty_cache()
+                if self.batch > 1:
+                    self.batch //= 2
+                    self.events.append(
+                        DeviceEvent.now(
+                            "oom-smaller-batch", str(self.device), self.batch, source, str(exc)
+                        )
+                    )
+                    continue
+                self.events.append(DeviceEvent.now("oom-cpu-fallback", "cpu", 1, source, str(exc)))
+                break
+        cpu = torch.device("cpu")
+        self.net.to(cpu)
+        try:
+            return self._windows(image.to(cpu), cpu, 1)
+        finally:
+            self.net.to(self.device)
+
+
+def _import_entry(card: ModelCard) -> Any:
+    """The object named by the card's ``entry`` (``module:attr``)."""
+    module_name, _, attr = card.entry.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"model card {card.path}: entry {card.entry!r} is not 'module:attr'")
+    beside = card.folder / (module_name.replace(".", "/") + ".py")
+    if beside.is_file():
+        unique = f"autolabel_models.{card.name.replace('-', '_')}.{module_name}"
+        module_spec = importlib.util.spec_from_file_location(unique, beside)
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"cannot import {beside}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[unique] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"model card {card.path}: cannot import {module_name!r} ({exc}); put "
+                f"{module_name}.py beside the card or install it"
+            ) from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise ConfigError(f"model card {card.path}: {module_name} has no {attr!r}") from exc
+
+
+class PythonModel(LoadedModel):
+    """A python plug-in named by the card's ``entry``.
+
+    The entry is either a function ``predict(volume) -> label map`` or a class built once
+    as ``Class(card=card, device=device)`` whose instances have ``predict(volume)``. Its
+    output goes through the same validation as every other runner's.
+    """
+
+    def __init__(self, card: ModelCard, spec: ModelSpec, device: torch.device) -> None:
+        super().__init__(card, spec, device)
+        target: Any = _import_entry(card)
+        if isinstance(target, type):
+            instance: Any = target(card=card, device=str(device))
+            target = getattr(instance, "predict", None)
+        if not callable(target):
+            raise BadModelOutputError(
+                f"model {spec.name!r}: entry {card.entry!r} gives no callable predict"
+            )
+        self._call: Callable[[Volume], object] = target
+
+    def _predict(self, volume: Volume) -> object:
+        return self._call(volume)
+
+
+def load_torchscript(card: ModelCard, device: torch.device) -> torch.nn.Module:
+    """The card's TorchScript weights, loaded onto ``device``."""
+    if card.weights is None or not card.weights.is_file():
+        raise ConfigError(f"model card {card.path}: TorchScript weights not found: {card.weights}")
+    try:
+        net: torch.nn.Module = torch.jit.load(str(card.weights), map_location=device)  # type: ignore[no-untyped-call]
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"cannot load TorchScript weights {card.weights}: {exc}") from exc
+    return net
+
+
+def weights_digest(paths: list[Path]) -> str:
+    """sha256 over the given weight files (one file: its own sha256)."""
+    from autolabel.inference.card import sha256_file
+
+    digests = [sha256_file(p) for p in sorted(paths) if p.is_file()]
+    if len(digests) <= 1:
+        return digests[0] if digests else ""
+    import hashlib
+
+    return hashlib.sha256("".join(digests).encode()).hexdigest()

@@ -1,0 +1,132 @@
+"""The model contract: what a model declares (:class:`ModelSpec`) and what it must return.
+
+No torch here: the pipeline and the converter read specs without loading a model.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from autolabel.errors import BadModelOutputError
+from autolabel.records import Volume
+
+#: Largest label id a model may declare (label files are uint8 or uint16).
+MAX_LABEL_ID = 65535
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """The static declaration of a segmentation model.
+
+    * ``name`` and ``version`` identify the model in the ledger; ``weights_sha256`` is the
+      sha256 of the weights file(s) it was loaded from (empty when it has none), for
+      provenance.
+    * ``labels`` maps the model's own label ids (1..65535) to unique, non-empty names; 0 is
+      always background and never declared.
+    * ``categories`` maps a subset of those ids to taxonomy category names: the default
+      mapping the converter uses (ids missing from it are mapped by ``labels`` name).
+    * ``modality`` is the DICOM modality the model expects (``"CT"``, ``"MR"``, or ``""``
+      for any); ``expected_input`` says in words what it was trained on.
+
+    A spec that breaks these rules raises :class:`BadModelOutputError` when built.
+    """
+
+    name: str
+    version: str
+    labels: Mapping[int, str]
+    categories: Mapping[int, str] = field(default_factory=dict)
+    modality: str = ""
+    expected_input: str = ""
+    weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise BadModelOutputError("model spec has an empty name")
+        if not self.labels:
+            raise BadModelOutputError(f"model {self.name!r}: spec declares no labels")
+        seen: set[str] = set()
+        for label_id, label_name in self.labels.items():
+            if not isinstance(label_id, int) or not 1 <= label_id <= MAX_LABEL_ID:
+                raise BadModelOutputError(
+                    f"model {self.name!r}: label id {label_id!r} is not an integer in "
+                    f"1..{MAX_LABEL_ID} (0 is background)"
+                )
+            if not label_name or label_name in seen:
+                raise BadModelOutputError(
+                    f"model {self.name!r}: label {label_id} has an empty or duplicate name "
+                    f"{label_name!r}"
+                )
+            seen.add(label_name)
+        unknown = sorted(set(self.categories) - set(self.labels))
+        if unknown:
+            raise BadModelOutputError(
+                f"model {self.name!r}: categories map label ids {unknown} the spec does not declare"
+            )
+        # Freeze the mappings so that a spec shared between threads cannot change.
+        object.__setattr__(self, "labels", types.MappingProxyType(dict(self.labels)))
+        object.__setattr__(self, "categories", types.MappingProxyType(dict(self.categories)))
+
+    @property
+    def label_dtype(self) -> type[np.unsignedinteger]:
+        """The smallest unsigned dtype holding every label id (uint8 or uint16)."""
+        return np.uint8 if max(self.labels) <= 255 else np.uint16
+
+    def category_of(self, label_id: int) -> str:
+        """The taxonomy category for ``label_id``: the default mapping, else the label name."""
+        return self.categories.get(label_id, self.labels[label_id])
+
+
+@runtime_checkable
+class SegmentationModel(Protocol):
+    """What the pipeline needs from a model: its spec and ``predict``.
+
+    ``predict(volume)`` returns an integer label map of exactly ``volume.shape`` on the
+    volume's own grid, with values in ``{0} | set(spec.labels)``. The caller owns the
+    returned array and may modify it. A model object is loaded once and reused for every
+    volume; ``predict`` must not keep references to earlier volumes.
+    """
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    def predict(self, volume: Volume) -> npt.NDArray[np.integer]: ...
+
+
+def validate_output(spec: ModelSpec, volume: Volume, output: object) -> npt.NDArray[np.integer]:
+    """Check a model's output against its spec and the input volume; return it as an array.
+
+    Raises :class:`BadModelOutputError`, naming the model, when the output is not a numpy
+    integer array of ``volume.shape`` or holds a value that is neither 0 nor a declared label.
+    """
+    where = f"model {spec.name!r} on {volume.source or 'a volume'}"
+    if not isinstance(output, np.ndarray):
+        raise BadModelOutputError(f"{where}: returned {type(output).__name__}, not a numpy array")
+    if output.dtype == np.bool_ or not np.issubdtype(output.dtype, np.integer):
+        raise BadModelOutputError(f"{where}: label map dtype {output.dtype} is not an integer type")
+    if output.shape != volume.shape:
+        raise BadModelOutputError(
+            f"{where}: label map shape {output.shape} differs from the volume's {volume.shape}"
+        )
+    allowed = np.zeros(max(spec.labels) + 1, dtype=bool)
+    allowed[0] = True
+    allowed[list(spec.labels)] = True
+    if output.size:
+        low, high = int(output.min()), int(output.max())
+        if low < 0 or high >= allowed.size:
+            bad = sorted({v for v in (low, high) if v < 0 or v >= allowed.size})
+        else:
+            # A lookup table costs one byte per voxel, unlike bincount's int64 copy.
+            ok = allowed[output]
+            bad = [] if ok.all() else [int(v) for v in np.unique(output[~ok])]
+        if bad:
+            raise BadModelOutputError(
+                f"{where}: label map holds values {bad} that are not in its spec "
+                f"(allowed: 0 and {sorted(spec.labels)})"
+            )
+    return output
