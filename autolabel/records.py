@@ -2,10 +2,13 @@
 
 Geometry convention, used everywhere in autolabel:
 
-* ``Volume.array`` is 3-D and indexed ``[i, j, k]``: for a DICOM series ``i`` runs along a
-  row (the column index), ``j`` down a column (the row index) and ``k`` over slices sorted
-  along the slice normal -- the layout of the NIfTI that ``dicom2nifti`` writes, which is
-  what RedBrick maps label files onto (export-format.md §2.6).
+* ``Volume.array`` is 3-D and indexed ``[i, j, k]``. For a DICOM series it is the layout of
+  the NIfTI that ``dicom2nifti`` writes with its default ``reorient_nifti=True`` (as the
+  RedBrick SDK calls it), which is what RedBrick maps label files onto (export-format.md
+  §2.6): ``i`` runs to the patient's Left, ``j`` Anterior, ``k`` Superior (nearest voxel
+  axes; "LAS"), so a plain axial series is [column, reversed row, slice]. The rule and its
+  evidence live in ``autolabel.imaging.layout``. For a NIfTI source it is the file's own
+  array order, never reoriented.
 * ``Volume.affine`` maps a voxel index ``(i, j, k, 1)`` to world millimetres in the NIfTI
   RAS+ convention (x to patient Left→Right, y Posterior→Anterior, z Inferior→Superior).
 * A label map for a volume is an integer array of exactly ``Volume.shape`` on that grid.
@@ -24,8 +27,12 @@ class Volume:
     """One image series as a voxel array on its own grid.
 
     ``source`` names where it came from (task and series, or a path) for error messages.
-    ``slice_items`` maps slice index ``k`` to the item (file) it was read from; it is empty
-    for NIfTI inputs. The array is owned by the volume: callers must not modify it.
+    ``slice_items`` lists the item (file) each DICOM slice was read from, in increasing
+    index along ``slice_axis`` (the array axis the DICOM slices run along: 2 for an axial
+    series, 0 for a sagittal one); it is empty for NIfTI inputs. The array is owned by the
+    volume: callers must not modify it.
+    ``qform``, ``qform_code`` and ``sform_code`` are the NIfTI header geometry that label
+    files for this volume carry (``affine`` is always written as the sform).
     """
 
     array: npt.NDArray[np.generic]
@@ -33,6 +40,12 @@ class Volume:
     modality: str = ""
     source: str = ""
     slice_items: tuple[str, ...] = field(default=())
+    slice_axis: int = 2
+    #: NIfTI header geometry to give label files: for NIfTI sources the source's own qform
+    #: (None: same as ``affine``) and codes; the defaults are what dicom2nifti writes.
+    qform: npt.NDArray[np.float64] | None = None
+    qform_code: int = 0
+    sform_code: int = 2
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:

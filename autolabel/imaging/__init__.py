@@ -1,10 +1,44 @@
 """Images in and label files out: the only package that imports nibabel and pydicom.
 
 Errors of those libraries are translated here into :class:`autolabel.errors.ImageError`.
+
+Public API:
+
+* :func:`load_volume` -- a NIfTI file, a DICOM folder or a list of DICOM files;
+  :func:`load_dicom_series` and :func:`load_nifti` for each kind.
+* :func:`redbrick_layout` -- the label grid RedBrick expects for a DICOM series
+  (the decision and its evidence are in :mod:`autolabel.imaging.layout`).
+* :func:`write_label_nifti` / :func:`read_label_nifti` -- label files on an image's grid;
+  :func:`write_volume_nifti` for images.
+* :func:`write_dicom_series` -- a voxel array as a CT/MR DICOM series (seeding, tests).
+* :func:`checksum_files` -- one digest of a task's input files.
 """
 
 from __future__ import annotations
 
+from autolabel.imaging.dicom import load_dicom_series
 from autolabel.imaging.dicom_write import write_dicom_series
+from autolabel.imaging.files import checksum_files, load_volume
+from autolabel.imaging.layout import Layout, native_affine, redbrick_layout
+from autolabel.imaging.nifti import (
+    is_nifti_path,
+    load_nifti,
+    read_label_nifti,
+    write_label_nifti,
+    write_volume_nifti,
+)
 
-__all__ = ["write_dicom_series"]
+__all__ = [
+    "Layout",
+    "checksum_files",
+    "is_nifti_path",
+    "load_dicom_series",
+    "load_nifti",
+    "load_volume",
+    "native_affine",
+    "read_label_nifti",
+    "redbrick_layout",
+    "write_dicom_series",
+    "write_label_nifti",
+    "write_volume_nifti",
+]
