@@ -73,6 +73,41 @@ def render_overlay(
     >>> img.mode
     'RGB'
     """
+    planes, present, palette = _render(
+        image, label_map, spacing, orientation, window, colors, alpha, panel_height
+    )
+    return _compose(list(planes.values()), tuple(planes), present, palette, names, title)
+
+
+def render_planes(
+    image: npt.NDArray[np.generic],
+    label_map: npt.NDArray[np.integer],
+    spacing: tuple[float, float, float],
+    *,
+    orientation: str = "RAS",
+    window: tuple[float, float] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    alpha: float = 0.45,
+    panel_height: int = 320,
+) -> dict[str, Image.Image]:
+    """The three panels of :func:`render_overlay` on their own, keyed ``axial``,
+    ``coronal`` and ``sagittal`` (no captions, title or legend)."""
+    planes, _, _ = _render(
+        image, label_map, spacing, orientation, window, colors, alpha, panel_height
+    )
+    return planes
+
+
+def _render(
+    image: npt.NDArray[np.generic],
+    label_map: npt.NDArray[np.integer],
+    spacing: tuple[float, float, float],
+    orientation: str,
+    window: tuple[float, float] | None,
+    colors: Mapping[int, tuple[int, int, int]] | None,
+    alpha: float,
+    panel_height: int,
+) -> tuple[dict[str, Image.Image], list[int], dict[int, tuple[int, int, int]]]:
     if image.ndim != 3 or image.shape != label_map.shape:
         raise ValueError(f"image {image.shape} and label map {label_map.shape} must be equal 3-D")
     if not 0.0 <= alpha <= 1.0:
@@ -94,7 +129,7 @@ def render_overlay(
         _panel(plane, labels, pixel, mm_per_pixel, (low, high), palette, alpha)
         for plane, labels, pixel in planes
     ]
-    return _compose(panels, ("axial", "coronal", "sagittal"), present, palette, names, title)
+    return dict(zip(("axial", "coronal", "sagittal"), panels, strict=True)), present, palette
 
 
 def save_overlay(
@@ -250,5 +285,6 @@ __all__ = [
     "auto_window",
     "label_color",
     "render_overlay",
+    "render_planes",
     "save_overlay",
 ]
