@@ -114,9 +114,20 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Messages of the server's task rules (redbrick-protocol.md §5.2). The real server's texts
 # are closed; these cover the documented rules in the emulator's and plausible wordings.
 _TASK_STATE = re.compile(
-    r"not assigned|assigned to (?:another|someone)|not (?:queued )?in (?:the )?(?:stage|.*stage)"
-    r"|wrong stage|not in ground truth|only ground truth|ground truth tasks|already (?:submitted"
-    r"|completed|reviewed)|not (?:a )?(?:label|review)(?:ing)? stage|cannot be (?:moved|submitted)",
+    "|".join(
+        (
+            r"not assigned",
+            r"assigned to (?:another|someone)",
+            r"not (?:queued )?in (?:the )?(?:\w+ )?stage",
+            r"wrong stage",
+            r"not in ground truth",
+            r"only ground truth",
+            r"only tasks in",
+            r"already (?:submitted|completed|reviewed)",
+            r"is not an? (?:label|review)(?:ing)? stage",
+            r"cannot be (?:moved|submitted|assigned)",
+        )
+    ),
     re.IGNORECASE,
 )
 _NOT_FOUND = re.compile(
