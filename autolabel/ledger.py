@@ -384,8 +384,9 @@ class Ledger:
     ) -> Run:
         """Record the start of a run and return its handle.
 
-        ``command`` and ``options`` are stored as given: callers must leave secrets (the API
-        key) out of both. ``mode`` is one of :data:`MODES`.
+        ``command`` (the argv) and ``options`` are stored without secrets: the value of
+        ``--api-key`` and of any option whose name contains ``key``, ``token``, ``secret`` or
+        ``password`` is replaced by ``***``. ``mode`` is one of :data:`MODES`.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -395,8 +396,8 @@ class Ledger:
             db.execute(
                 "INSERT INTO runs (run_id, started_at, mode, command, options, model_name, "
                 "model_version, weights_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, time.time(), mode, json.dumps(list(command)),
-                 _to_json(options or {}), *params),
+                (run_id, time.time(), mode, json.dumps(redact_argv(command)),
+                 _to_json(_redact_options(options or {})), *params),
             )  # fmt: skip
         return Run(self, run_id, mode, model)
 
@@ -549,6 +550,32 @@ def ledger_path(work_dir: str | os.PathLike[str]) -> Path:
     return Path(work_dir) / LEDGER_FILENAME
 
 
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the value of ``--api-key`` (either spelling) replaced by ``***``."""
+    redacted: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            redacted.append("***")
+            hide_next = False
+        elif arg == "--api-key":
+            redacted.append(arg)
+            hide_next = True
+        elif arg.startswith("--api-key="):
+            redacted.append("--api-key=***")
+        else:
+            redacted.append(arg)
+    return redacted
+
+
+def _redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    secret = ("key", "token", "secret", "password")
+    return {
+        name: "***" if any(word in name.lower() for word in secret) and value else value
+        for name, value in options.items()
+    }
+
+
 def _check_transition(
     db: sqlite3.Connection, task_id: str, model: ModelKey, mode: str, state: TaskState
 ) -> None:
@@ -608,4 +635,5 @@ __all__ = [
     "TaskEvent",
     "TaskState",
     "ledger_path",
+    "redact_argv",
 ]

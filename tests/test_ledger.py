@@ -341,3 +341,29 @@ def test_status_json_reports_counts_failures_and_last_run(
     assert _status(["--work", str(tmp_path)]) == 1
     text = capsys.readouterr().out
     assert "no pixel data" in text and "t3" in text and run.run_id in text
+
+
+def test_api_key_never_reaches_the_ledger_file(tmp_path: Path) -> None:
+    """A key given with --api-key, or in the options, is stored as *** only."""
+    key = "rb-secret-key-0123456789"
+    with Ledger(ledger_path(tmp_path)) as ledger:
+        run = ledger.start_run(
+            mode="draft",
+            command=["autolabel", "run", "--api-key", key, f"--api-key={key}", "--org", "o"],
+            options={"api_key": key, "stage": "Label", "weights_hash": ""},
+            model=MODEL,
+        )
+        run.record("t1", "queued")
+        (info,) = ledger.runs()
+        assert info.command == (
+            "autolabel",
+            "run",
+            "--api-key",
+            "***",
+            "--api-key=***",
+            "--org",
+            "o",
+        )
+        assert info.options == {"api_key": "***", "stage": "Label", "weights_hash": ""}
+    for file in tmp_path.iterdir():
+        assert key.encode() not in file.read_bytes()
