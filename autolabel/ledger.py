@@ -25,10 +25,13 @@ payload was kept locally instead of written). The write protocol:
 3. record ``draft_saved`` or ``submitted``.
 
 The ledger refuses a written state unless the latest event of that task and model is
-``writing``. After a crash, :meth:`Ledger.in_doubt_writes` lists the tasks stuck at step 2:
-the pipeline re-reads each from RedBrick to learn whether the write landed, then records the
-outcome or writes again. Every other task is either done (skip it) or was never written
-(redo it), so a ``kill -9`` at any moment followed by a re-run writes each task exactly once.
+``writing``. At the start of a run, *before* processing any task again, the pipeline calls
+:meth:`Ledger.in_doubt_writes`: the tasks a previous run left between steps 1 and 3. It
+re-reads each from RedBrick; if the write landed it records ``draft_saved``/``submitted``
+(``detail={"resolved": ...}``), otherwise it processes the task like any other. Every other
+task is either done (:meth:`Ledger.is_done`: skip it) or was never written (redo it), so a
+``kill -9`` at any moment followed by a re-run writes each task exactly once
+(``tests/test_ledger.py`` kills a worker at each of these points and checks it).
 
 Durability and concurrency
 --------------------------

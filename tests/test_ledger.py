@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from autolabel.commands import status
-from autolabel.errors import ImageError, LedgerError
+from autolabel.errors import ConfigError, ImageError, LedgerError
 from autolabel.ledger import SCHEMA_VERSION, Ledger, ModelKey, TaskState, ledger_path
 
 MODEL = ModelKey("phantom-unet", "1.0", "sha256:aaaa")
@@ -367,3 +367,9 @@ def test_api_key_never_reaches_the_ledger_file(tmp_path: Path) -> None:
         assert info.options == {"api_key": "***", "stage": "Label", "weights_hash": ""}
     for file in tmp_path.iterdir():
         assert key.encode() not in file.read_bytes()
+
+
+def test_status_without_a_ledger_is_a_usage_error(tmp_path: Path) -> None:
+    """`autolabel status` in a folder where nothing ran says so (exit 2 via ConfigError)."""
+    with pytest.raises(ConfigError, match="nothing has run"):
+        _status(["--work", str(tmp_path / "elsewhere")])

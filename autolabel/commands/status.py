@@ -38,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_status(args: argparse.Namespace) -> int:
     """Print the summary of the ledger in ``args.work``; 1 if some task's last state failed."""
+    if not ledger_path(args.work).is_file():
+        raise ConfigError(
+            f"no ledger in {args.work}: nothing has run with this work folder "
+            "(give the folder of `autolabel run` with --work)"
+        )
     with Ledger(ledger_path(args.work), create=False) as ledger:
         if args.run and not any(r.run_id == args.run for r in ledger.runs()):
             raise ConfigError(f"no run {args.run!r} in the ledger of {args.work}")
