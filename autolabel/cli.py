@@ -22,7 +22,12 @@ from collections.abc import Sequence
 from autolabel.errors import AuthError, AutolabelError, ConfigError, TransportError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("autolabel.commands.emulator", "autolabel.commands.status")
+COMMAND_MODULES: tuple[str, ...] = (
+    "autolabel.commands.emulator",
+    "autolabel.commands.status",
+    "autolabel.commands.models",
+    "autolabel.commands.predict",
+)
 
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1

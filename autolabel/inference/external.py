@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def totalsegmentator_weights_dir() -> Path:
 
 
 class TotalSegmentatorModel(LoadedModel):
-    """TotalSegmentator's python API on a NIfTI of the volume, weights already on disk.
+    """TotalSegmentator's python API on a NIfTI copy of the volume, weights already on disk.
 
     ``[options] task`` (default ``total``), ``fast``, ``datasets`` (the weight folders the
     task needs, e.g. ``["Dataset291_TotalSegmentator_part1_organs_1559subj"]``): every one
@@ -111,24 +112,25 @@ class TotalSegmentatorModel(LoadedModel):
         super().__init__(card, spec, device)
 
     def _predict(self, volume: Volume) -> object:
-        # TotalSegmentator's API takes and returns nibabel images (it depends on nibabel).
-        import nibabel as nib
+        from autolabel.imaging import write_volume_nifti
 
-        image = nib.Nifti1Image(np.asarray(volume.array, dtype=np.float32), volume.affine)  # type: ignore[no-untyped-call]
         device = "gpu" if self.device.type == "cuda" else "cpu"
         if self.device.type == "cuda" and self.device.index:
             device = f"gpu:{self.device.index}"
-        result = self.api.totalsegmentator(
-            image,
-            None,
-            ml=True,
-            task=str(self.card.options.get("task", "total")),
-            fast=bool(self.card.options.get("fast", False)),
-            device=device,
-            quiet=True,
-            skip_saving=True,
-        )
-        return np.asarray(result.dataobj).astype(self.spec.label_dtype)
+        with tempfile.TemporaryDirectory(prefix="autolabel-totalseg-") as scratch:
+            image = write_volume_nifti(volume, Path(scratch) / "image.nii.gz")
+            result = self.api.totalsegmentator(
+                str(image),
+                None,
+                ml=True,
+                task=str(self.card.options.get("task", "total")),
+                fast=bool(self.card.options.get("fast", False)),
+                device=device,
+                quiet=True,
+                skip_saving=True,
+            )
+            # TotalSegmentator returns its labels on the input grid as a nibabel image.
+            return np.asarray(result.dataobj).astype(self.spec.label_dtype)
 
 
 def load_monai_bundle(card: ModelCard, device: torch.device, autocast: str | None) -> TorchModel:

@@ -191,8 +191,9 @@ class PythonModel(LoadedModel):
     """A python plug-in named by the card's ``entry``.
 
     The entry is either a function ``predict(volume) -> label map`` or a class built once
-    as ``Class(card=card, device=device)`` whose instances have ``predict(volume)``. Its
-    output goes through the same validation as every other runner's.
+    as ``Class(card=card, device=device)`` whose instances have ``predict(volume)`` (and may
+    set ``weights_sha256`` for provenance when their weights live outside the card's
+    folder). Its output goes through the same validation as every other runner's.
     """
 
     def __init__(self, card: ModelCard, spec: ModelSpec, device: torch.device) -> None:
@@ -201,6 +202,9 @@ class PythonModel(LoadedModel):
         if isinstance(target, type):
             instance: Any = target(card=card, device=str(device))
             target = getattr(instance, "predict", None)
+            digest = getattr(instance, "weights_sha256", None)
+            if isinstance(digest, str):
+                self._spec = card.spec(weights_sha256=digest)
         if not callable(target):
             raise BadModelOutputError(
                 f"model {spec.name!r}: entry {card.entry!r} gives no callable predict"

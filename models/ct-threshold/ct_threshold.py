@@ -50,7 +50,7 @@ class CtThreshold:
 
     def predict(self, volume: Volume) -> npt.NDArray[np.uint8]:
         """Labels 0..3 on the volume's grid."""
-        hu = volume.array
+        hu: npt.NDArray[Any] = volume.array
         axial = next((i for i, c in enumerate(volume.orientation) if c in "SI"), 2)
         body = _fill_slices(_largest_component(hu > self.body_hu), axial)
         labels = body.astype(np.uint8)
