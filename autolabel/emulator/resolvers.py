@@ -1,0 +1,419 @@
+"""The GraphQL schema (``schema.graphql``) bound to resolvers, executed with graphql-core.
+
+:func:`build_executable_schema` loads the SDL and attaches one resolver per root field plus
+the argument-dependent fields (``items(presigned:)``, ``labelsMap(presigned:)``,
+``labelsDataPath(presigned:)``). Resolvers get a :class:`RequestContext` (who calls, where
+the server is) and raise :class:`~autolabel.emulator.workflow.RuleViolation` to answer a
+GraphQL error (graphql-core then returns ``data: {<field>: null}`` with ``errors``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any, cast
+
+import graphql
+
+from autolabel.emulator import datapoints, tasklist, workflow
+from autolabel.emulator.importformat import InvalidImport, validate_and_convert
+from autolabel.emulator.storage import BlobStore
+from autolabel.emulator.store import ProjectRecord, Store, UserRecord
+from autolabel.emulator.views import project_view, stages_view, task_view, taxonomy_view, user_view
+from autolabel.emulator.workflow import RuleViolation
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a resolver knows about the request: the state, the caller and the base URL."""
+
+    store: Store
+    blobs: BlobStore
+    caller: UserRecord
+    base_url: str
+
+    def presign_get(self, key: str | None) -> str | None:
+        """A GET URL for a stored key; absolute URLs pass through; None when unknown."""
+        if not key:
+            return None
+        if key.startswith(("http://", "https://")):
+            return key
+        if not self.blobs.exists(key):
+            return None
+        return self.blobs.presign(self.base_url, key, "GET")
+
+    def project(self, args: dict[str, Any]) -> ProjectRecord:
+        """The project named by ``orgId``/``projectId``, checked against the caller's org."""
+        return workflow.project_for(
+            self.store, self.caller, str(args["orgId"]), str(args["projectId"])
+        )
+
+
+Resolver = Callable[..., Any]
+
+if TYPE_CHECKING:  # generic from graphql-core 3.3 on
+    Info = graphql.GraphQLResolveInfo[Any]
+else:
+    Info = graphql.GraphQLResolveInfo
+
+
+def _ctx(info: Info) -> RequestContext:
+    context: RequestContext = info.context
+    return context
+
+
+def _check_org(ctx: RequestContext, org_id: str) -> None:
+    if ctx.caller.org_id != str(org_id):
+        raise RuleViolation(f"Organization {org_id} does not exist or is not yours")
+
+
+# -- queries ------------------------------------------------------------------------------
+
+
+def _project(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    project = ctx.store.project(str(args["projectId"]))
+    org_ids = {str(args["orgId"]), ctx.caller.org_id}
+    if project is None or org_ids != {project.org_id}:
+        return None  # the real server answers null for an unknown project (§5.2)
+    return project_view(project, ctx.base_url)
+
+
+def _stages(_: Any, info: Info, **args: Any) -> Any:
+    return stages_view(_ctx(info).project(args))
+
+
+def _taxonomy(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    _check_org(ctx, args["orgId"])
+    for project in ctx.store.projects(ctx.caller.org_id):
+        taxonomy = taxonomy_view(project)
+        if taxonomy.get("name") == args.get("name") or (
+            args.get("taxId") and taxonomy.get("taxId") == str(args["taxId"])
+        ):
+            return taxonomy
+    return None
+
+
+def _label_storage(_: Any, info: Info, **args: Any) -> Any:
+    project = _ctx(info).project(args)
+    return {
+        "storageId": datapoints.REDBRICK_STORAGE,
+        "path": f"{project.org_id}/{project.project_id}",
+    }
+
+
+def _me(_: Any, info: Info) -> Any:
+    ctx = _ctx(info)
+    return user_view(ctx.caller, caller_id=ctx.caller.user_id)
+
+
+def _members(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    _check_org(ctx, args["orgId"])
+    return [
+        {
+            "user": user_view(user),
+            "role": user.role,
+            "tags": [],
+            "active": True,
+            "lastSeen": None,
+        }
+        for user in ctx.store.users(ctx.caller.org_id)
+    ]
+
+
+def _generic_tasks(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    project = ctx.project(args)
+    found = tasklist.search(
+        ctx.store,
+        project,
+        stage_name=args.get("stageName"),
+        task_search=args.get("taskSearch"),
+        filters=args.get("manualLabelingFilters") or {},
+    )
+    page, cursor = tasklist.paginate(found, args.get("first"), args.get("after"))
+    return {"entries": [task_view(ctx.store, t) for t in page], "cursor": cursor}
+
+
+def _tasks_paged(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    project = ctx.project(args)
+    now = datetime.now().astimezone().isoformat()
+    found = tasklist.by_stage(ctx.store, project, args.get("stageName"), args.get("cacheTime"))
+    page, cursor = tasklist.paginate(found, args.get("first"), args.get("after"))
+    return {
+        "entries": [task_view(ctx.store, t) for t in page],
+        "cursor": cursor,
+        "cacheTime": now,
+        "count": len(found),
+    }
+
+
+def _task(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    project = ctx.project(args)
+    return task_view(ctx.store, workflow.task_in(ctx.store, project, str(args["taskId"])))
+
+
+def _presign_items(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    _check_org(ctx, args["orgId"])
+    return [ctx.presign_get(item) for item in args["items"]]
+
+
+def _taxonomy_for(ctx: RequestContext) -> Callable[[Any], dict[str, Any]]:
+    def pick(task: Any) -> dict[str, Any]:
+        task_id = task.get("taskId") if isinstance(task, dict) else None
+        if task_id:
+            found = ctx.store.task(str(task_id))
+            project = ctx.store.project(found.project_id) if found else None
+            if project is None or project.org_id != ctx.caller.org_id:
+                raise InvalidImport(f"Task {task_id} does not exist")
+            return project.taxonomy
+        projects = ctx.store.projects(ctx.caller.org_id)
+        if not projects:
+            raise InvalidImport("this organization has no project and so no taxonomy")
+        object_types = [o for p in projects for o in p.taxonomy.get("objectTypes") or []]
+        return {"name": projects[0].taxonomy.get("name"), "objectTypes": object_types}
+
+    return pick
+
+
+def _validate_convert(_: Any, info: Info, **args: Any) -> Any:
+    return validate_and_convert(args["original"], _taxonomy_for(_ctx(info)))
+
+
+def _presign_uploads(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    project = ctx.project(args)
+    out = []
+    for name in args["files"]:
+        key = f"{project.org_id}/{project.project_id}/{name.lstrip('/')}"
+        url = ctx.blobs.presign(ctx.base_url, key, "PUT")
+        out.append({"presignedUrl": url, "filePath": key, "fileName": name.rsplit("/", 1)[-1]})
+    return out
+
+
+def _items_upload_presign(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    project = ctx.project(args)
+    items = []
+    for name in args["files"]:
+        base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+        key = f"{project.org_id}/{project.project_id}/items/{uuid.uuid4()}/{base}"
+        url = ctx.blobs.presign(ctx.base_url, key, "PUT")
+        items.append({"presignedUrl": url, "filePath": key, "fileName": base})
+    return {"items": items}
+
+
+# -- mutations ----------------------------------------------------------------------------
+
+
+def _assign(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    tasks = workflow.assign(
+        ctx.store,
+        ctx.caller,
+        ctx.project(args),
+        task_ids=[str(t) for t in args["taskIds"]],
+        emails=args.get("emails"),
+        current_user=bool(args.get("currentUser")),
+    )
+    return [{"taskId": t.task_id, "name": t.name, "stageName": t.stage_name} for t in tasks]
+
+
+def _put_labels(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    workflow.save_labels(
+        ctx.store,
+        ctx.caller,
+        ctx.project(args),
+        task_id=str(args["taskId"]),
+        stage_name=args["stageName"],
+        finished=bool(args["finished"]),
+        labels_data=args.get("labelsData"),
+        labels_data_path=args.get("labelsDataPath"),
+        labels_map=list(args.get("labelsMap") or []),
+        storage_id=datapoints.REDBRICK_STORAGE,
+        file_exists=ctx.blobs.exists,
+    )
+    return {"ok": True}
+
+
+def _put_task(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    workflow.submit_existing(
+        ctx.store,
+        ctx.caller,
+        ctx.project(args),
+        task_id=str(args["taskId"]),
+        stage_name=args["stageName"],
+    )
+    return {"ok": True}
+
+
+def _put_review(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    workflow.review(
+        ctx.store,
+        ctx.caller,
+        ctx.project(args),
+        task_id=str(args["taskId"]),
+        stage_name=args["stageName"],
+        passed=bool(args["reviewVal"]),
+    )
+    return {"ok": True}
+
+
+def _move_to_start(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    workflow.move_to_start(ctx.store, ctx.caller, ctx.project(args), task_id=str(args["taskId"]))
+    return {"ok": True}
+
+
+def _create_datapoint(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    if not args.get("projectId"):
+        raise RuleViolation("createDatapoint without projectId (workspaces) is not emulated")
+    project = ctx.project(args)
+    task = datapoints.create_datapoint(
+        ctx.store, ctx.caller.user_id, project, args, item_exists=ctx.blobs.exists
+    )
+    return {"dpId": task.dp_id, "taskId": task.task_id, "taskIds": [task.task_id]}
+
+
+def _assign_queue(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    project = ctx.project(args)
+    tasks = workflow.assign_queue(
+        ctx.store, ctx.caller, project, stage_name=args["stageName"], count=int(args["count"])
+    )
+    views = []
+    for task in tasks:
+        view = task_view(ctx.store, task)
+        view.update(orgId=project.org_id, taxonomy=taxonomy_view(project))
+        view["assignedTo"] = user_view(ctx.caller, caller_id=ctx.caller.user_id)
+        views.append(view)
+    return views
+
+
+# -- argument-dependent fields ------------------------------------------------------------
+
+
+def _items(parent: dict[str, Any], info: Info, presigned: bool = False) -> Any:
+    items: list[str] = parent.get("items") or []
+    return [_ctx(info).presign_get(i) for i in items] if presigned else items
+
+
+def _labels_map(parent: dict[str, Any], info: Info, presigned: bool = False) -> Any:
+    entries: list[dict[str, Any]] = parent.get("labelsMap") or []
+    if not presigned:
+        return entries
+    ctx = _ctx(info)
+    return [{**e, "labelName": ctx.presign_get(e["labelName"])} for e in entries]
+
+
+def _labels_data_path(parent: dict[str, Any], info: Info, presigned: bool = False) -> Any:
+    path = parent.get("labelsDataPath")
+    return _ctx(info).presign_get(path) if presigned and path else path
+
+
+QUERY_RESOLVERS: dict[str, Resolver] = {
+    "project": _project,
+    "stages": _stages,
+    "taxonomy": _taxonomy,
+    "getLabelStorage": _label_storage,
+    "me": _me,
+    "members": _members,
+    "genericTasks": _generic_tasks,
+    "tasksPaged": _tasks_paged,
+    "task": _task,
+    "presignItems": _presign_items,
+    "validateAndConvertToImportFormat": _validate_convert,
+    "presignUploads": _presign_uploads,
+    "itemsUploadPresign": _items_upload_presign,
+}
+
+MUTATION_RESOLVERS: dict[str, Resolver] = {
+    "assignTasksMultipleUsers": _assign,
+    "putManualLabelingTaskAndLabels": _put_labels,
+    "putManualLabelingTask": _put_task,
+    "putExpertReviewTask": _put_review,
+    "moveTaskToStart": _move_to_start,
+    "createDatapoint": _create_datapoint,
+    "assignLabelingTasks": _assign_queue,
+}
+
+
+def schema_sdl() -> str:
+    """The SDL text of the emulated API."""
+    return resources.files("autolabel.emulator").joinpath("schema.graphql").read_text("utf-8")
+
+
+def _parse_uuid(value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise graphql.GraphQLError(f"{value!r} is not a UUID") from None
+
+
+def _parse_datetime(value: Any) -> str:
+    try:
+        datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise graphql.GraphQLError(f"{value!r} is not an ISO-8601 date-time") from None
+    return str(value)
+
+
+def _serialize_json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _bind_scalar(
+    schema: graphql.GraphQLSchema,
+    name: str,
+    *,
+    parse: Callable[[Any], Any] | None = None,
+    serialize: Callable[[Any], Any] | None = None,
+) -> None:
+    # graphql-core 3.2 calls parse_value/serialize, 3.3 coerce_input_value/coerce_output_value.
+    scalar = cast(graphql.GraphQLScalarType, schema.type_map[name])
+    if parse is not None:
+        for attribute in ("parse_value", "coerce_input_value"):
+            if hasattr(scalar, attribute):
+                setattr(scalar, attribute, parse)
+    if serialize is not None:
+        for attribute in ("serialize", "coerce_output_value"):
+            if hasattr(scalar, attribute):
+                setattr(scalar, attribute, serialize)
+
+
+def _bind_scalars(schema: graphql.GraphQLSchema) -> None:
+    _bind_scalar(schema, "UUID", parse=_parse_uuid)
+    _bind_scalar(schema, "DateTime", parse=_parse_datetime)
+    _bind_scalar(schema, "JSONString", serialize=_serialize_json)
+
+
+def _set(schema: graphql.GraphQLSchema, type_name: str, field: str, resolver: Resolver) -> None:
+    owner = cast(graphql.GraphQLObjectType, schema.type_map[type_name])
+    owner.fields[field].resolve = resolver
+
+
+def build_executable_schema() -> graphql.GraphQLSchema:
+    """The schema with every resolver attached (build once per server)."""
+    schema = graphql.build_schema(schema_sdl())
+    _bind_scalars(schema)
+    for name, resolver in QUERY_RESOLVERS.items():
+        _set(schema, "Query", name, resolver)
+    for name, resolver in MUTATION_RESOLVERS.items():
+        _set(schema, "Mutation", name, resolver)
+    _set(schema, "Datapoint", "items", _items)
+    _set(schema, "TaskData", "labelsMap", _labels_map)
+    _set(schema, "TaskData", "labelsDataPath", _labels_data_path)
+    return schema

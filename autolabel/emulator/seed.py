@@ -1,0 +1,267 @@
+"""Seed an emulator data directory with a demo org, project, users and studies.
+
+:func:`seed` creates (once) an org, a project ``Label -> Review_1 -> Ground Truth`` of type
+``DICOM_SEGMENTATION`` with a CT taxonomy V2, an owner, an API-key user and a human
+labeler; then adds one task per study: synthetic CT phantoms written as real DICOM series
+(:func:`autolabel.phantom.make_phantom`, :func:`autolabel.imaging.write_dicom_series`),
+and/or the DICOM folders and NIfTI files of ``from_paths``. Every task waits in ``Label``,
+assigned to the API key.
+
+Seeding is idempotent: a second call on the same directory reuses the org, project and key
+recorded in ``connection.json`` and skips studies whose task name already exists (phantom
+``seed`` values and file names decide the names), so it only adds what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from autolabel.emulator.datapoints import new_task
+from autolabel.emulator.service import Emulator, new_api_key
+from autolabel.emulator.store import ProjectRecord, UserRecord, utc_now
+
+CONNECTION_FILE = "connection.json"
+HUMAN_EMAIL = "labeler@example.com"
+OWNER_EMAIL = "owner@example.com"
+KEY_NAME = "autolabel"
+
+#: The CT taxonomy (V2) of the seeded project: segmentation categories plus a landmark.
+CT_OBJECT_TYPES: tuple[tuple[str, int, str, str], ...] = (
+    ("Body", 0, "SEGMENTATION", "#F5D0A9"),
+    ("Lung", 1, "SEGMENTATION", "#4363D8"),
+    ("Bone", 2, "SEGMENTATION", "#FFFFFF"),
+    ("Liver", 3, "SEGMENTATION", "#E6194B"),
+    ("Spleen", 4, "SEGMENTATION", "#3CB44B"),
+    ("Kidney", 5, "SEGMENTATION", "#F58231"),
+    ("Nodule", 6, "LANDMARK", "#FFE119"),
+)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach a seeded emulator: what ``connection.json`` holds.
+
+    ``url`` is None until the emulator is served (``serve`` writes the real one).
+    """
+
+    url: str | None
+    org_id: str
+    project_id: str
+    api_key: str
+
+    def save(self, data_dir: str | Path) -> Path:
+        """Write ``DIR/connection.json`` (the key is the emulator's own demo key)."""
+        path = Path(data_dir) / CONNECTION_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> Connection:
+        """Read ``DIR/connection.json``; ``FileNotFoundError`` for an unseeded directory."""
+        path = Path(data_dir) / CONNECTION_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: seed the directory first (autolabel emulator seed --data"
+                f" {data_dir})"
+            )
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(
+            url=data.get("url"),
+            org_id=data["org_id"],
+            project_id=data["project_id"],
+            api_key=data["api_key"],
+        )
+
+
+def ct_taxonomy() -> dict[str, Any]:
+    """The seeded project's taxonomy in the shape ``getProjectSDK`` returns."""
+    return {
+        "name": "CT Trunk",
+        "taxId": str(uuid.uuid5(uuid.NAMESPACE_URL, "autolabel-emulator/ct-trunk")),
+        "isNew": True,
+        "version": 1,
+        "archived": False,
+        "studyClassify": [],
+        "seriesClassify": [],
+        "instanceClassify": [],
+        "objectTypes": [
+            {
+                "category": name,
+                "classId": class_id,
+                "labelType": label_type,
+                "color": color,
+                "attributes": [],
+                "archived": False,
+                "parents": [],
+                "hint": None,
+            }
+            for name, class_id, label_type, color in CT_OBJECT_TYPES
+        ],
+    }
+
+
+def default_stages() -> list[dict[str, Any]]:
+    """Input -> Label -> Review_1 (reject: back to Label) -> Output (Ground Truth)."""
+    return [
+        {"stageName": "Input", "brickName": "labelset-input", "stageConfig": {},
+         "routing": {"nextStageName": "Label"}},
+        {"stageName": "Label", "brickName": "manual-labeling",
+         "stageConfig": {"autoAssign": False}, "routing": {"nextStageName": "Review_1"}},
+        {"stageName": "Review_1", "brickName": "expert-review",
+         "stageConfig": {"autoAssign": False, "reviewPercent": 1.0},
+         "routing": {"passed": "Output", "failed": "Failed_Review_1"}},
+        {"stageName": "Failed_Review_1", "brickName": "feedback", "stageConfig": {},
+         "routing": {"feedbackStageName": "Label"}},
+        {"stageName": "Output", "brickName": "labelset-output", "stageConfig": {},
+         "routing": {"nextStageName": "END"}},
+    ]  # fmt: skip
+
+
+def _create_workspace(emulator: Emulator, data_dir: Path) -> Connection:
+    store = emulator.store
+    if store.org_ids():
+        raise FileExistsError(
+            f"{data_dir} holds an emulator database but no {CONNECTION_FILE}; seed a new"
+            " directory instead"
+        )
+    org_id, project_id = str(uuid.uuid4()), str(uuid.uuid4())
+    store.add_org(org_id, "Autolabel Demo")
+    store.add_user(UserRecord(str(uuid.uuid4()), org_id, OWNER_EMAIL, "Olive", "Owner", "OWNER"))
+    api_key = new_api_key()
+    key_user = UserRecord(f"API:{uuid.uuid4()}", org_id, "", KEY_NAME, "", "ADMIN")
+    store.add_user(key_user, api_key=api_key)
+    store.add_user(UserRecord(str(uuid.uuid4()), org_id, HUMAN_EMAIL, "Lee", "Labeler", "MEMBER"))
+    now = utc_now()
+    store.add_project(
+        ProjectRecord(
+            project_id, org_id, "CT pre-labeling", "DICOM_SEGMENTATION", ct_taxonomy(),
+            default_stages(), now, now,
+        )
+    )  # fmt: skip
+    connection = Connection(url=None, org_id=org_id, project_id=project_id, api_key=api_key)
+    connection.save(data_dir)
+    return connection
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def find_studies(paths: Iterable[str | Path]) -> list[tuple[str, list[Path]]]:
+    """``(name, files)`` per study: a NIfTI file, or a folder directly holding DICOM files."""
+    studies: list[tuple[str, list[Path]]] = []
+    for given in map(Path, paths):
+        if given.is_file() and _is_nifti(given):
+            studies.append((given.name.split(".")[0], [given]))
+            continue
+        if not given.is_dir():
+            raise FileNotFoundError(f"{given} is neither a NIfTI file nor a folder")
+        for folder in sorted([given, *(p for p in given.rglob("*") if p.is_dir())]):
+            files = sorted(p for p in folder.iterdir() if p.is_file())
+            dicoms = [p for p in files if _is_dicom(p)]
+            if dicoms:
+                studies.append((folder.name, dicoms))
+            studies += [(p.name.split(".")[0], [p]) for p in files if _is_nifti(p)]
+    return studies
+
+
+def _add_study(
+    emulator: Emulator,
+    project: ProjectRecord,
+    key_user_id: str,
+    name: str,
+    files: Sequence[Path],
+    meta: dict[str, str],
+) -> bool:
+    if emulator.store.task_by_name(project.project_id, name) is not None:
+        return False
+    prefix = f"{project.org_id}/{project.project_id}/items/{uuid.uuid4()}"
+    items = []
+    for path in files:
+        key = f"{prefix}/{path.name}"
+        emulator.blobs.write(key, path.read_bytes(), content_type=None, encoding=None)
+        items.append(key)
+    dicom = len(files) > 1 or _is_dicom(files[0])
+    series = {
+        "name": meta.get("series", "CT" if dicom else "image"),
+        "itemsIndices": list(range(len(items))),
+        "dataType": "DICOM3D" if dicom else "NIFTI",
+        "metaData": {"source": meta.get("source", "file")},
+    }
+    new_task(
+        emulator.store, project, name=name, items=items, series_info=[series],
+        created_by=key_user_id, meta_data=json.dumps(meta), pre_assign={"Label": key_user_id},
+    )  # fmt: skip
+    return True
+
+
+def seed(
+    data_dir: str | Path,
+    *,
+    studies: int = 3,
+    shape: tuple[int, int, int] = (64, 64, 32),
+    from_paths: Iterable[str | Path] = (),
+    seed: int = 0,
+) -> Connection:
+    """Seed ``data_dir`` (see the module docstring) and return its :class:`Connection`.
+
+    Phantom study ``n`` (``0 <= n < studies``) is named ``phantom-<seed + n>`` and made by
+    ``make_phantom(shape, seed=seed + n)``; its task ``metaData`` records ``seed`` and
+    ``shape`` so tests can rebuild the ground truth.
+    """
+    from autolabel.imaging import write_dicom_series
+    from autolabel.phantom import make_phantom
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    emulator = Emulator(data_dir)
+    try:
+        if (data_dir / CONNECTION_FILE).is_file():
+            connection = Connection.load(data_dir)
+        else:
+            connection = _create_workspace(emulator, data_dir)
+        project = emulator.store.project(connection.project_id)
+        key_user = emulator.caller_for_key(connection.api_key)
+        if project is None or key_user is None:
+            raise FileExistsError(f"{data_dir}: connection.json does not match the database")
+        for offset in range(studies):
+            number = seed + offset
+            name = f"phantom-{number:03d}"
+            if emulator.store.task_by_name(project.project_id, name) is not None:
+                continue
+            phantom = make_phantom(shape, seed=number)
+            with tempfile.TemporaryDirectory() as tmp:
+                files = write_dicom_series(
+                    phantom.hu, phantom.affine_lps, tmp, patient_id=name,
+                    series_description=f"Synthetic trunk CT {name}",
+                )  # fmt: skip
+                meta = {
+                    "source": "phantom",
+                    "seed": str(number),
+                    "shape": "x".join(map(str, shape)),
+                }
+                _add_study(emulator, project, key_user.user_id, name, files, meta)
+        for name, files in find_studies(from_paths):
+            _add_study(
+                emulator, project, key_user.user_id, name, files, {"source": str(files[0].parent)}
+            )
+    finally:
+        emulator.close()
+    return connection

@@ -1,0 +1,188 @@
+"""Stored records as the JSON objects the GraphQL schema returns (protocol §2).
+
+The views are plain dicts; graphql-core picks the selected fields. Fields whose value
+depends on an argument (``items(presigned:)``, ``labelsMap(presigned:)``) are resolved in
+:mod:`autolabel.emulator.resolvers`. Union members carry ``__typename``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from autolabel.emulator.store import LabelRecord, ProjectRecord, Store, TaskRecord, UserRecord
+
+
+def user_view(user: UserRecord | None, *, caller_id: str | None = None) -> dict[str, Any] | None:
+    """A ``User`` object (API keys have an empty email and the key name as givenName)."""
+    if user is None:
+        return None
+    return {
+        "userId": user.user_id,
+        "email": user.email,
+        "givenName": user.given_name,
+        "familyName": user.family_name,
+        "mfaSetup": False,
+        "lastSeen": None,
+        "updatedAt": None,
+        "idProvider": "API_KEY" if user.is_api_key else "EMAIL",
+        "loggedInUser": caller_id == user.user_id if caller_id else None,
+    }
+
+
+def _routing(routing: dict[str, Any] | None) -> dict[str, Any]:
+    routing = dict(routing or {})
+    if "nextStageName" in routing:
+        kind = "NextRouting"
+    elif "passed" in routing or "failed" in routing:
+        kind = "BooleanRouting"
+    elif "feedbackStageName" in routing:
+        kind = "FeedbackRouting"
+    elif "stageNames" in routing:
+        kind = "MultiRouting"
+    else:
+        kind = "NoRouting"
+        routing = {"placeholder": None}
+    return {"__typename": kind, **routing}
+
+
+def stages_view(project: ProjectRecord) -> list[dict[str, Any]]:
+    """The project's stages with ``stageConfig`` as a JSON string and a typed routing."""
+    return [
+        {
+            "stageName": stage["stageName"],
+            "brickName": stage["brickName"],
+            "stageConfig": json.dumps(stage.get("stageConfig") or {}),
+            "routing": _routing(stage.get("routing")),
+        }
+        for stage in project.stages
+    ]
+
+
+def taxonomy_view(project: ProjectRecord) -> dict[str, Any]:
+    """The full V2 taxonomy object (V1 fields empty)."""
+    taxonomy = dict(project.taxonomy)
+    taxonomy.setdefault("orgId", project.org_id)
+    for key in ("categories", "attributes", "taskCategories", "taskAttributes", "colorMap"):
+        taxonomy.setdefault(key, None)
+    for key in ("studyClassify", "seriesClassify", "instanceClassify", "objectTypes"):
+        taxonomy.setdefault(key, [])
+    taxonomy.setdefault("isNew", True)
+    taxonomy.setdefault("archived", False)
+    taxonomy.setdefault("version", 1)
+    taxonomy.setdefault("createdAt", project.created_at)
+    return taxonomy
+
+
+def project_view(project: ProjectRecord, base_url: str) -> dict[str, Any]:
+    """The ``project`` object of ``getProjectSDK`` / ``sdkGetProjectNameSDK``."""
+    return {
+        "orgId": project.org_id,
+        "projectId": project.project_id,
+        "name": project.name,
+        "desc": "",
+        "status": "CREATION_SUCCESS",
+        "tdType": project.td_type,
+        "taxonomy": taxonomy_view(project),
+        "projectUrl": f"{base_url.rstrip('/')}/{project.org_id}/projects/{project.project_id}",
+        "createdAt": project.created_at,
+        "updatedAt": project.updated_at,
+        "consensusSettings": {"enabled": False},
+        "workspace": None,
+        "stages": stages_view(project),
+    }
+
+
+def labels_view(store: Store, labels: LabelRecord | None) -> dict[str, Any] | None:
+    """A ``TaskData`` object for a saved labels version."""
+    if labels is None:
+        return None
+    return {
+        "tdId": labels.td_id,
+        "createdAt": labels.created_at,
+        "createdByEntity": user_view(store.user(labels.created_by)),
+        "labelsData": labels.labels_data,
+        "labelsDataPath": labels.labels_data_path,
+        "labelsStorage": {"storageId": labels.storage_id},
+        "labelsMap": [
+            {
+                "seriesIndex": entry.get("seriesIndex", position),
+                "imageIndex": entry.get("imageIndex"),
+                "labelName": entry["labelName"],
+            }
+            for position, entry in enumerate(labels.labels_map)
+            if entry and entry.get("labelName")
+        ],
+        # the legacy LegacyTaskData fields
+        "subName": None,
+        "taskType": "LABEL",
+        "createdBy": labels.created_by,
+    }
+
+
+def _series_view(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": info.get("name"),
+        "itemsIndices": info.get("itemsIndices"),
+        "dataType": info.get("dataType"),
+        "metaData": info.get("metaData"),
+        "imageHeaders": info.get("imageHeaders"),
+        "localToWorldTransform": None,
+    }
+
+
+def task_view(store: Store, task: TaskRecord) -> dict[str, Any]:
+    """A ``Task`` object with its datapoint, current sub-task and latest labels."""
+    latest = labels_view(store, store.latest_labels(task.task_id))
+    assignee = store.user(task.assigned_to) if task.assigned_to else None
+    sub_task: dict[str, Any] = {
+        "__typename": "LabelingTask",
+        "state": task.state,
+        "assignedTo": user_view(assignee),
+        "assignedAt": task.assigned_at,
+        "progressSavedAt": task.progress_saved_at,
+        "completedAt": task.completed_at,
+        "completionTimeMs": None,
+        "subTasks": [],
+        "taskData": latest,
+        "overallConsensusScore": None,
+        "consensusInfo": [],
+    }
+    return {
+        "taskId": task.task_id,
+        "dpId": task.dp_id,
+        "name": task.name,
+        "currentStageName": task.stage_name,
+        "createdAt": task.created_at,
+        "updatedAt": task.updated_at,
+        "priority": task.priority,
+        "datapoint": {
+            "dpId": task.dp_id,
+            "name": task.name,
+            "items": task.items,
+            "createdAt": task.created_at,
+            "createdByEntity": user_view(store.user(task.created_by)),
+            "metaData": task.meta_data,
+            "seriesInfo": [_series_view(s) for s in task.series_info],
+            "heatMaps": [],
+            "transforms": [],
+            "centerline": [],
+            "storageMethod": {"storageId": task.storage_id},
+            "attributes": None,
+            "archived": False,
+            "cohorts": [],
+            "dataType": "DICOM3D" if len(task.items) > 1 else "NIFTI",
+        },
+        "currentStageSubTask": sub_task,
+        "latestTaskData": latest,
+        # the legacy LegacyLabelingTask fields
+        "orgId": None,
+        "projectId": task.project_id,
+        "stageName": task.stage_name,
+        "state": task.state,
+        "taskType": "LABEL",
+        "completionTimeMs": None,
+        "progressSavedAt": task.progress_saved_at,
+        "assignedTo": user_view(assignee),
+        "taskData": latest,
+    }

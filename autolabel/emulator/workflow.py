@@ -1,0 +1,452 @@
+"""The server's rules: who may write what to which task, and where a task goes next.
+
+Rules (protocol §5.2, §8.3; export-format.md §4):
+
+* label writes (``putManualLabelingTaskAndLabels``, ``putManualLabelingTask``) only on a
+  task whose current stage is the named stage and that is assigned to the caller; a draft
+  (``finished=false``) keeps it there with state ``STAGED``; a submit routes it on;
+* reviews (``putExpertReviewTask``) only in a review stage, by the assignee; pass goes to
+  ``routing.passed``, fail to ``routing.failed`` (a feedback stage leads back to Label,
+  where the task is given back to the labeler who last worked on it);
+* ``moveTaskToStart`` only from Ground Truth (``END``) to the first label stage;
+* entering a stage leaves a task unassigned unless its ``stageConfig.autoAssign`` is true,
+  in which case it goes back to whoever last worked on it in that stage.
+
+Every attempt is recorded in the events table, refused or accepted. A refusal raises
+:class:`RuleViolation`, whose message names the task and the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from autolabel.emulator.store import (
+    LabelRecord,
+    ProjectRecord,
+    Store,
+    TaskRecord,
+    UserRecord,
+    utc_now,
+)
+
+GROUND_TRUTH = "END"
+ARCHIVED = "ARCHIVED"
+LABEL_BRICK = "manual-labeling"
+REVIEW_BRICK = "expert-review"
+OUTPUT_BRICK = "labelset-output"
+FEEDBACK_BRICK = "feedback"
+INPUT_BRICK = "labelset-input"
+
+T = TypeVar("T")
+
+
+class RuleViolation(Exception):
+    """A request breaks a server rule; the message is what the API answers."""
+
+
+# -- stages -------------------------------------------------------------------------------
+
+
+def stage_config(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage's ``stageConfig`` as a dict (it is stored as a JSON string or an object)."""
+    config = stage.get("stageConfig") or {}
+    parsed = json.loads(config) if isinstance(config, str) else config
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def stage_named(project: ProjectRecord, name: str) -> dict[str, Any] | None:
+    """The stage called ``name``, or None."""
+    return next((s for s in project.stages if s["stageName"] == name), None)
+
+
+def stages_of(project: ProjectRecord, brick: str) -> list[str]:
+    """Names of the stages with the given brick, in pipeline order."""
+    return [s["stageName"] for s in project.stages if s["brickName"] == brick]
+
+
+def is_ground_truth(project: ProjectRecord, name: str | None) -> bool:
+    """True for ``END`` and the output stage's name (both mean Ground Truth, §2.1)."""
+    return name == GROUND_TRUTH or (name is not None and name in stages_of(project, OUTPUT_BRICK))
+
+
+def first_label_stage(project: ProjectRecord) -> str:
+    """Where new tasks start: the input stage's next stage, else the first label stage."""
+    for stage in project.stages:
+        if stage["brickName"] == INPUT_BRICK:
+            return resolve_stage(project, stage["routing"].get("nextStageName"))
+    labels = stages_of(project, LABEL_BRICK)
+    if not labels:
+        raise RuleViolation(f"Project {project.project_id} has no label stage")
+    return labels[0]
+
+
+def resolve_stage(project: ProjectRecord, name: str | None) -> str:
+    """The stage a task actually lands in when routed to ``name``.
+
+    Feedback stages forward to their ``feedbackStageName``; the output stage, ``Output``
+    and ``END`` are Ground Truth.
+    """
+    for _ in range(len(project.stages) + 1):
+        if name is None or is_ground_truth(project, name) or name == "Output":
+            return GROUND_TRUTH
+        stage = stage_named(project, name)
+        if stage is None or stage["brickName"] != FEEDBACK_BRICK:
+            return name
+        name = stage["routing"].get("feedbackStageName")
+    raise RuleViolation(f"Project {project.project_id} has a routing loop at {name}")
+
+
+def _last_worker(store: Store, task_id: str, stage_name: str) -> str | None:
+    """The user whose accepted write in ``stage_name`` was the most recent."""
+    for event in reversed(store.events(task_id)):
+        if event.accepted and event.stage_name == stage_name and event.user_id:
+            return event.user_id
+    return None
+
+
+def enter_stage(
+    store: Store, project: ProjectRecord, task: TaskRecord, target: str, *, returned: bool = False
+) -> str:
+    """Move ``task`` into ``target`` (already resolved); returns the stage it is in.
+
+    ``returned`` marks a rejection: the task goes back to its previous labeler.
+    """
+    now = utc_now()
+    if target == GROUND_TRUTH:
+        store.update_task(
+            task.task_id,
+            stage_name=GROUND_TRUTH,
+            state="COMPLETED",
+            assigned_to=None,
+            assigned_at=None,
+            completed_at=now,
+        )
+        return target
+    stage = stage_named(project, target)
+    auto = bool(stage and stage_config(stage).get("autoAssign"))
+    assignee = _last_worker(store, task.task_id, target) if (auto or returned) else None
+    store.update_task(
+        task.task_id,
+        stage_name=target,
+        state="ASSIGNED" if assignee else "UNASSIGNED",
+        assigned_to=assignee,
+        assigned_at=now if assignee else None,
+        progress_saved_at=None,
+        completed_at=None,
+    )
+    return target
+
+
+# -- checks -------------------------------------------------------------------------------
+
+
+def project_for(store: Store, caller: UserRecord, org_id: str, project_id: str) -> ProjectRecord:
+    """The project, if the caller's org owns it; else a violation naming the project."""
+    project = store.project(project_id)
+    if project is None or project.org_id != org_id or caller.org_id != org_id:
+        raise RuleViolation(f"Project {project_id} does not exist in organization {org_id}")
+    return project
+
+
+def task_in(store: Store, project: ProjectRecord, task_id: str) -> TaskRecord:
+    """The task, if it belongs to the project."""
+    task = store.task(task_id)
+    if task is None or task.project_id != project.project_id:
+        raise RuleViolation(f"Task {task_id} does not exist in project {project.project_id}")
+    return task
+
+
+def _check_queued(task: TaskRecord, stage_name: str, caller: UserRecord) -> None:
+    if task.stage_name != stage_name:
+        raise RuleViolation(
+            f"Task {task.task_id} is not in stage {stage_name}: it is queued in"
+            f" {task.stage_name}. Write to a task only in its current stage."
+        )
+    if task.assigned_to != caller.user_id:
+        holder = task.assigned_to or "nobody"
+        raise RuleViolation(
+            f"Task {task.task_id} is not assigned to you ({caller.user_id}): it is assigned"
+            f" to {holder} in {stage_name}. Only the assignee can write labels or reviews."
+        )
+
+
+def _check_stage_kind(project: ProjectRecord, task_id: str, stage_name: str, *bricks: str) -> None:
+    stage = stage_named(project, stage_name)
+    if stage is None or stage["brickName"] not in bricks:
+        kinds = " or ".join("review" if b == REVIEW_BRICK else "label" for b in bricks)
+        raise RuleViolation(
+            f"Task {task_id}: stage {stage_name} is not a {kinds} stage of project"
+            f" {project.project_id}"
+        )
+
+
+def attempt(
+    store: Store,
+    operation: str,
+    caller: UserRecord,
+    action: Callable[[], T],
+    *,
+    task_id: str | None,
+    stage_name: str | None,
+    finished: bool | None = None,
+    review_val: bool | None = None,
+) -> T:
+    """Run a write in one transaction and record it as an accepted or refused event."""
+    try:
+        with store.transaction():
+            result = action()
+            store.add_event(
+                operation,
+                task_id=task_id,
+                stage_name=stage_name,
+                user_id=caller.user_id,
+                accepted=True,
+                finished=finished,
+                review_val=review_val,
+            )
+    except RuleViolation as exc:
+        store.add_event(
+            operation,
+            task_id=task_id,
+            stage_name=stage_name,
+            user_id=caller.user_id,
+            accepted=False,
+            finished=finished,
+            review_val=review_val,
+            message=str(exc),
+        )
+        raise
+    return result
+
+
+# -- writes -------------------------------------------------------------------------------
+
+
+def save_labels(
+    store: Store,
+    caller: UserRecord,
+    project: ProjectRecord,
+    *,
+    task_id: str,
+    stage_name: str,
+    finished: bool,
+    labels_data: str | None,
+    labels_data_path: str | None,
+    labels_map: list[dict[str, Any] | None],
+    storage_id: str,
+    file_exists: Callable[[str], bool],
+) -> None:
+    """``putManualLabelingTaskAndLabels``: save labels, then keep (draft) or route (submit)."""
+
+    def action() -> None:
+        task = task_in(store, project, task_id)
+        _check_stage_kind(project, task_id, stage_name, LABEL_BRICK, REVIEW_BRICK)
+        _check_queued(task, stage_name, caller)
+        try:
+            parsed = json.loads(labels_data or "[]")
+        except json.JSONDecodeError as exc:
+            raise RuleViolation(f"Task {task_id}: labelsData is not JSON ({exc})") from None
+        if not isinstance(parsed, list):
+            raise RuleViolation(f"Task {task_id}: labelsData must be a JSON list")
+        paths = [e["labelName"] for e in labels_map if e and e.get("labelName")]
+        if labels_data_path:
+            paths.append(labels_data_path)
+        for path in paths:
+            if not file_exists(path):
+                raise RuleViolation(f"Task {task_id}: label file {path} was not uploaded")
+        store.add_labels(
+            LabelRecord(
+                td_id=str(uuid.uuid4()),
+                task_id=task_id,
+                stage_name=stage_name,
+                labels_data=json.dumps(parsed),
+                labels_data_path=labels_data_path,
+                labels_map=labels_map,
+                storage_id=storage_id,
+                created_by=caller.user_id,
+                created_at=utc_now(),
+                finished=finished,
+            )
+        )
+        if not finished:
+            store.update_task(task_id, state="STAGED", progress_saved_at=utc_now())
+            return
+        _submit(store, project, task, stage_name, corrected=True)
+
+    attempt(
+        store,
+        "putManualLabelingTaskAndLabels",
+        caller,
+        action,
+        task_id=task_id,
+        stage_name=stage_name,
+        finished=finished,
+    )
+
+
+def _submit(
+    store: Store, project: ProjectRecord, task: TaskRecord, stage_name: str, *, corrected: bool
+) -> None:
+    stage = stage_named(project, stage_name) or {}
+    routing = stage.get("routing") or {}
+    if stage.get("brickName") == REVIEW_BRICK:
+        # A review stage's submit with labels is "accept with correction" (export-format §4.3).
+        store.update_task(task.task_id, review_state="CORRECTED" if corrected else "PASSED")
+        target = routing.get("passed")
+    else:
+        target = routing.get("nextStageName")
+    enter_stage(store, project, task, resolve_stage(project, target))
+
+
+def submit_existing(
+    store: Store, caller: UserRecord, project: ProjectRecord, *, task_id: str, stage_name: str
+) -> None:
+    """``putManualLabelingTask``: submit the task with the labels it already has."""
+
+    def action() -> None:
+        task = task_in(store, project, task_id)
+        _check_stage_kind(project, task_id, stage_name, LABEL_BRICK)
+        _check_queued(task, stage_name, caller)
+        _submit(store, project, task, stage_name, corrected=False)
+
+    attempt(
+        store,
+        "putManualLabelingTask",
+        caller,
+        action,
+        task_id=task_id,
+        stage_name=stage_name,
+        finished=True,
+    )
+
+
+def review(
+    store: Store,
+    caller: UserRecord,
+    project: ProjectRecord,
+    *,
+    task_id: str,
+    stage_name: str,
+    passed: bool,
+) -> None:
+    """``putExpertReviewTask``: accept (to ``routing.passed``) or reject (``routing.failed``)."""
+
+    def action() -> None:
+        task = task_in(store, project, task_id)
+        _check_stage_kind(project, task_id, stage_name, REVIEW_BRICK)
+        _check_queued(task, stage_name, caller)
+        routing = (stage_named(project, stage_name) or {}).get("routing") or {}
+        store.update_task(task_id, review_state="PASSED" if passed else "FAILED")
+        target = resolve_stage(project, routing.get("passed" if passed else "failed"))
+        enter_stage(store, project, task, target, returned=not passed)
+
+    attempt(
+        store,
+        "putExpertReviewTask",
+        caller,
+        action,
+        task_id=task_id,
+        stage_name=stage_name,
+        review_val=passed,
+    )
+
+
+def move_to_start(
+    store: Store, caller: UserRecord, project: ProjectRecord, *, task_id: str
+) -> None:
+    """``moveTaskToStart``: send a Ground Truth task back to the first label stage."""
+
+    def action() -> None:
+        task = task_in(store, project, task_id)
+        if task.stage_name != GROUND_TRUTH:
+            raise RuleViolation(
+                f"Task {task_id} is queued in {task.stage_name}, not in Ground Truth: only"
+                " Ground Truth tasks can be moved to start"
+            )
+        store.update_task(task_id, review_state=None)
+        enter_stage(store, project, task, first_label_stage(project))
+
+    task = store.task(task_id)
+    attempt(
+        store,
+        "moveTaskToStart",
+        caller,
+        action,
+        task_id=task_id,
+        stage_name=task.stage_name if task else None,
+    )
+
+
+def assign(
+    store: Store,
+    caller: UserRecord,
+    project: ProjectRecord,
+    *,
+    task_ids: list[str],
+    emails: list[str] | None,
+    current_user: bool = False,
+) -> list[TaskRecord]:
+    """``assignTasksMultipleUsers``: assign each task (in its stage) or unassign it.
+
+    ``emails`` entries may be emails, user ids or ``API:`` ids; the first one becomes the
+    assignee (this emulator has no consensus). None unassigns; ``current_user`` assigns to
+    the caller.
+    """
+    assignee: UserRecord | None = caller if current_user else None
+    if emails:
+        found = store.user(emails[0])
+        if found is None or found.org_id != project.org_id:
+            raise RuleViolation(
+                f"User {emails[0]} is not a member of organization {project.org_id}"
+            )
+        assignee = found
+    done = []
+    for task_id in task_ids:
+
+        def action(task_id: str = task_id) -> TaskRecord:
+            task = task_in(store, project, task_id)
+            if task.stage_name in (GROUND_TRUTH, ARCHIVED):
+                raise RuleViolation(
+                    f"Task {task_id} is in {task.stage_name}: only tasks in a label or"
+                    " review stage can be assigned"
+                )
+            store.update_task(
+                task_id,
+                assigned_to=assignee.user_id if assignee else None,
+                assigned_at=utc_now() if assignee else None,
+                state="ASSIGNED" if assignee else "UNASSIGNED",
+            )
+            return task
+
+        task = store.task(task_id)
+        stage = task.stage_name if task else None
+        done.append(
+            attempt(
+                store, "assignTasksMultipleUsers", caller, action, task_id=task_id, stage_name=stage
+            )
+        )
+    return [t for t in (store.task(t.task_id) for t in done) if t is not None]
+
+
+def assign_queue(
+    store: Store, caller: UserRecord, project: ProjectRecord, *, stage_name: str, count: int
+) -> list[TaskRecord]:
+    """``assignLabelingTasks`` (SDK < 2.13): give the caller up to ``count`` free tasks."""
+    _check_stage_kind(project, "(any)", stage_name, LABEL_BRICK, REVIEW_BRICK)
+    free = [
+        t
+        for t in store.tasks(project.project_id)
+        if t.stage_name == stage_name and t.assigned_to is None
+    ]
+    mine = [
+        t
+        for t in store.tasks(project.project_id)
+        if t.stage_name == stage_name and t.assigned_to == caller.user_id
+    ]
+    picked = sorted(free, key=lambda t: -(t.priority or 0.0))[: max(0, count - len(mine))]
+    for task in picked:
+        assign(store, caller, project, task_ids=[task.task_id], emails=[caller.user_id])
+    return [t for t in (store.task(x.task_id) for x in [*mine, *picked]) if t is not None]

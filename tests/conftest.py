@@ -1,0 +1,93 @@
+"""Shared fixtures: a seeded local RedBrick emulator served over real HTTP.
+
+* ``emulator`` -- a fresh emulator per test (3 phantom CT studies of 32x32x16 voxels, all
+  in ``Label`` and assigned to the API key), served on a free ``localhost`` port; yields an
+  :class:`autolabel.emulator.EmulatorHandle` (``url``, ``org_id``, ``project_id``,
+  ``api_key``, fault control, task state, events, helpers to act as other users).
+* ``emulator_factory`` -- ``emulator_factory(studies=..., shape=..., from_paths=...,
+  faults=...)`` for a custom one (served until the test ends).
+* ``emulator_template`` -- the session's seeded data folder (read-only; copied per test).
+
+Seeding writes real DICOM files, so it happens once per session per configuration; each
+test gets its own copy of the folder, hence its own state.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autolabel.emulator import EmulatorHandle, FaultRule, seed, serve_in_thread
+
+#: The default fixture's studies: small phantoms keep every test fast on two cores.
+DEFAULT_STUDIES = 3
+DEFAULT_SHAPE = (32, 32, 16)
+
+EmulatorFactory = Callable[..., EmulatorHandle]
+
+
+@pytest.fixture(scope="session")
+def _emulator_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Path]:
+    return {}
+
+
+def _template(
+    cache: dict[Any, Path],
+    factory: pytest.TempPathFactory,
+    studies: int,
+    shape: tuple[int, int, int],
+    from_paths: tuple[str, ...],
+) -> Path:
+    key = (studies, shape, from_paths)
+    if key not in cache:
+        folder = factory.mktemp("emulator-template")
+        seed(folder, studies=studies, shape=shape, from_paths=from_paths)
+        cache[key] = folder
+    return cache[key]
+
+
+@pytest.fixture(scope="session")
+def emulator_template(
+    _emulator_templates: dict[Any, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The seeded data folder the ``emulator`` fixture copies (do not modify it)."""
+    return _template(_emulator_templates, tmp_path_factory, DEFAULT_STUDIES, DEFAULT_SHAPE, ())
+
+
+@pytest.fixture
+def emulator_factory(
+    _emulator_templates: dict[Any, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> Iterator[EmulatorFactory]:
+    """Start emulators with custom seeding; each is served until the test ends."""
+    with ExitStack() as stack:
+        count = 0
+
+        def start(
+            *,
+            studies: int = DEFAULT_STUDIES,
+            shape: tuple[int, int, int] = DEFAULT_SHAPE,
+            from_paths: tuple[str | Path, ...] = (),
+            faults: tuple[FaultRule, ...] = (),
+        ) -> EmulatorHandle:
+            nonlocal count
+            count += 1
+            paths = tuple(str(p) for p in from_paths)
+            template = _template(_emulator_templates, tmp_path_factory, studies, shape, paths)
+            data_dir = tmp_path / f"emulator-{count}"
+            shutil.copytree(template, data_dir)
+            return stack.enter_context(serve_in_thread(data_dir, faults=faults))
+
+        yield start
+
+
+@pytest.fixture
+def emulator(emulator_factory: EmulatorFactory) -> EmulatorHandle:
+    """A fresh seeded emulator served on ``http://localhost:<free port>``."""
+    return emulator_factory()
