@@ -56,10 +56,15 @@ def _parse(raw: bytes, path: Path, what: str) -> tuple[Any, npt.NDArray[Any]]:
         offset = int(header.get_data_offset())
         count = int(np.prod(shape, dtype=np.int64))
         data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
-    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
-        raise ImageError(f"{what}: {path} is not a valid NIfTI file ({exc})") from exc
-    except ValueError as exc:
-        raise ImageError(f"{what}: {path} is truncated or not NIfTI ({exc})") from exc
+    except (
+        _nib.filebasedimages.ImageFileError,
+        _nib.spatialimages.HeaderDataError,
+        _nib.wrapstruct.WrapStructError,
+        ValueError,
+    ) as exc:
+        raise ImageError(
+            f"{what}: {path} is not a valid NIfTI file or is truncated ({exc})"
+        ) from exc
     return header, data.reshape(shape, order="F")
 
 
@@ -101,10 +106,18 @@ def load_nifti(path: str | os.PathLike[str], *, source: str = "") -> Volume:
         affine=np.asarray(header.get_best_affine(), dtype=np.float64),
         modality="",
         source=what,
-        qform=np.asarray(header.get_qform(), dtype=np.float64),
+        qform=_qform(header),
         qform_code=int(header["qform_code"]),
         sform_code=int(header["sform_code"]),
     )
+
+
+def _qform(header: Any) -> npt.NDArray[np.float64] | None:
+    """The header's qform matrix; None when its quaternion is numerically invalid."""
+    try:
+        return np.asarray(header.get_qform(), dtype=np.float64)
+    except ValueError:  # nibabel: "w2 should be positive" on rounding noise
+        return None
 
 
 def _label_dtype(label_map: npt.NDArray[Any], what: str) -> np.dtype[Any]:
