@@ -393,7 +393,11 @@ class Transport:
                     with self._session.get(
                         url, stream=True, timeout=self.transfer_timeout
                     ) as response:
-                        self._check_storage_status(response, shown, operation)
+                        error = self._storage_error(response, shown, operation)
+                        if isinstance(error, TransportError):
+                            raise _Retry(error, _retry_after(response))
+                        if error is not None:
+                            raise error
                         for chunk in response.iter_content(_CHUNK):
                             out.write(chunk)
                 except requests.RequestException as exc:
@@ -430,27 +434,28 @@ class Transport:
             raise self._transport_error(operation, exc, shown) from exc
         with response:
             if response.status_code not in (200, 201):
-                self._check_storage_status(response, shown, operation)
+                error = self._storage_error(response, shown, operation)
+                if error is not None:
+                    raise error
                 raise PlatformError(
                     f"{operation}: {shown} answered HTTP {response.status_code}",
                     operation=operation,
                     status=response.status_code,
                 )
 
-    def _check_storage_status(
+    def _storage_error(
         self, response: requests.Response, shown: str, operation: str
-    ) -> None:
+    ) -> PlatformError | None:
+        """The error for a storage answer, or None when it succeeded (status < 400)."""
         status = response.status_code
         if status < 400:
-            return
+            return None
         message = f"{operation}: {shown} answered HTTP {status}"
         if status in RETRYABLE_STATUSES:
-            raise _Retry(
-                TransportError(message, operation=operation, status=status), _retry_after(response)
-            )
+            return TransportError(message, operation=operation, status=status)
         if status == 404:
-            raise NotFoundError(message, operation=operation, status=status)
-        raise PlatformError(
+            return NotFoundError(message, operation=operation, status=status)
+        return PlatformError(
             message + " (an expired or invalid presigned URL?)", operation=operation, status=status
         )
 
