@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -192,3 +193,37 @@ def test_key_appears_in_no_log_error_or_file(
     for path in work.rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(401, "AuthError"), (403, "AuthError"), (404, "NotFoundError")]
+)
+def test_refusals_are_mapped_and_not_retried(
+    project: Project, emulator: EmulatorHandle, status: int, error: str
+) -> None:
+    """401/403 mean the key is refused and 404 a wrong endpoint: raised at once, never retried."""
+    rule = emulator.add_fault("taskSDK", "status", status=status, times=None)
+    with pytest.raises(PlatformError) as caught:
+        project.get_task(emulator.task_ids("Label")[0])
+    assert type(caught.value).__name__ == error and caught.value.status == status
+    assert rule.fired == 1
+
+
+def test_invalid_document_is_a_graphql_error(project: Project) -> None:
+    """A document the schema rejects (HTTP 400 with errors) raises GraphQLError with the reason."""
+    with pytest.raises(GraphQLError) as caught:
+        project.client.transport.execute(
+            "broken", "query broken { noSuchField }", {}, idempotent=True
+        )
+    assert caught.value.status == 400
+    assert any("noSuchField" in m for m in caught.value.messages)
+
+
+def test_one_client_serves_many_threads(project: Project, emulator: EmulatorHandle) -> None:
+    """Worker threads share one project: concurrent reads all succeed, through a 503 too."""
+    ids = emulator.task_ids("Label") * 8
+    emulator.add_fault("taskSDK", "status", status=503, times=3)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        names = list(pool.map(lambda task_id: project.get_task(task_id).name, ids))
+    assert sorted(set(names)) == ["phantom-000", "phantom-001", "phantom-002"]
+    assert len(names) == len(ids)
