@@ -23,8 +23,9 @@ from autolabel.errors import AuthError, AutolabelError, ConfigError, TransportEr
 
 #: Command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "autolabel.commands.emulator",
+    "autolabel.commands.run",
     "autolabel.commands.status",
+    "autolabel.commands.emulator",
     "autolabel.commands.models",
     "autolabel.commands.predict",
 )

@@ -1,0 +1,189 @@
+"""``autolabel run``: pre-label the tasks assigned to the API key in a stage.
+
+Saves drafts by default; ``--finalize`` submits; ``--dry-run`` writes nothing to RedBrick
+and keeps each task's label files, the exact ``series`` payload and a preview PNG in the
+results folder. A ledger in the work folder makes re-runs skip what the same model version
+did; ``--force`` redoes it. Exit codes: 0 all done, 1 some tasks failed, 2 usage or
+configuration, 3 authentication or RedBrick unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from autolabel.commands._connect import add_connection_arguments, connect
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``run`` sub-command."""
+    parser = subparsers.add_parser(
+        "run",
+        help="pre-label the tasks assigned to the API key (drafts by default)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_connection_arguments(parser)
+    add_run_arguments(parser)
+    parser.set_defaults(handler=run_command)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The task, model, mode and output flags shared by ``run`` and ``watch``."""
+    tasks = parser.add_argument_group("tasks")
+    tasks.add_argument("--stage", help="label stage to work in (default: Label)")
+    tasks.add_argument(
+        "--task-id", action="append", default=[], metavar="ID", help="only this task (repeatable)"
+    )
+    tasks.add_argument("--name", help='tasks whose name starts with NAME ("NAME" for exact)')
+    tasks.add_argument("--limit", type=int, help="at most N tasks")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="NAME|PATH", help="model card (default: ct-threshold)")
+    model.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    model.add_argument("--mapping", metavar="FILE", help="model label → category (TOML/JSON)")
+    model.add_argument(
+        "--allow-unmapped", action="store_true", help="drop model labels with no category"
+    )
+    model.add_argument(
+        "--empty",
+        choices=("skip", "submit", "flag"),
+        default="skip",
+        help="what to do when the model finds nothing (default: skip the task)",
+    )
+    model.add_argument(
+        "--instances", action="store_true", help="one instance per connected component"
+    )
+    model.add_argument(
+        "--min-component-voxels", type=int, default=0, help="drop smaller components"
+    )
+    mode = parser.add_argument_group("mode and output")
+    exclusive = mode.add_mutually_exclusive_group()
+    exclusive.add_argument("--finalize", action="store_true", help="submit instead of drafts")
+    exclusive.add_argument(
+        "--dry-run", action="store_true", help="write nothing to RedBrick; keep results locally"
+    )
+    mode.add_argument("--out", help="results folder (default: WORK/results)")
+    mode.add_argument("--work", help="work folder with the ledger (default: ./autolabel-work)")
+    mode.add_argument("--force", action="store_true", help="redo tasks the ledger marks done")
+    mode.add_argument("--fetch-workers", type=int, help="parallel downloads (default: 4)")
+    mode.add_argument("--write-workers", type=int, help="parallel uploads (default: 2)")
+    mode.add_argument("--queue-depth", type=int, help="tasks waiting between stages (default: 2)")
+    mode.add_argument("--no-previews", action="store_true", help="skip the preview PNGs")
+    mode.add_argument("--json", action="store_true", help="print the summary as JSON")
+    mode.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_options(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The :class:`RunOptions` and :class:`RunSettings` the flags (and autolabel.toml) ask for."""
+    from autolabel.convert import load_mapping
+    from autolabel.pipeline import RunOptions
+    from autolabel.settings import resolve_run
+
+    mode = "final" if args.finalize else "dry-run" if args.dry_run else None
+    settings = resolve_run(
+        {
+            "stage": args.stage,
+            "model": args.model,
+            "device": args.device,
+            "mode": mode,
+            "work_dir": args.work,
+            "out_dir": args.out,
+            "limit": args.limit,
+            "force": args.force or None,
+            "fetch_workers": args.fetch_workers,
+            "write_workers": args.write_workers,
+            "queue_depth": args.queue_depth,
+        },
+        config_path=args.config,
+    )
+    options = RunOptions(
+        stage=settings.stage,
+        mode=settings.mode,
+        task_ids=tuple(args.task_id),
+        name=args.name,
+        limit=settings.limit,
+        force=settings.force,
+        work_dir=Path(settings.work_dir),
+        out_dir=Path(settings.out_dir) if settings.out_dir else None,
+        mapping=load_mapping(args.mapping) if args.mapping else None,
+        allow_unmapped=args.allow_unmapped,
+        empty=args.empty,
+        instances=args.instances,
+        min_component_voxels=args.min_component_voxels,
+        previews=not args.no_previews,
+        fetch_workers=settings.fetch_workers,
+        write_workers=settings.write_workers,
+        queue_depth=settings.queue_depth,
+    )
+    return options, settings
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT/SIGTERM: the run finishes the tasks in hand and stops.
+
+    A second signal restores the default handlers, so a second Ctrl-C interrupts at once.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            raise KeyboardInterrupt
+        print("autolabel: stopping after the tasks in hand (again to abort)", file=sys.stderr)
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Open the project, load the model once, run, print the summary; return the exit code."""
+    from rich.console import Console
+
+    from autolabel.api import DEFAULT_MODEL
+    from autolabel.inference import load_model
+    from autolabel.pipeline import run
+    from autolabel.progress import RunProgress, print_summary
+
+    options, settings = run_options(args)
+    console = Console(stderr=True)
+    project = connect(args)
+    with project:
+        model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
+        with (
+            stop_on_signals() as stop,
+            RunProgress(console, enabled=not (args.quiet or args.json)) as progress,
+        ):
+            summary = run(
+                project,
+                model,
+                options,
+                stop=stop,
+                on_stage=progress.on_stage,
+                on_task=progress.on_task,
+                command=tuple(sys.argv),
+            )
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print_summary(console, summary)
+        console.print(f"results: {options.results_dir}", highlight=False)
+    return summary.exit_code

@@ -1,0 +1,185 @@
+"""Fetch: choose the tasks of a run and bring each one's series to local volumes.
+
+Task selection follows RedBrick's rule that only tasks queued in a stage and assigned to the
+API key can be written there: :func:`select_tasks` lists them (or checks the ones asked for
+by id or name) lazily, so a project of any size streams through the run.
+
+:func:`fetch_task` re-reads one task (items and latest labels), refuses tasks a person has
+labelled, downloads its series into a folder of the work directory, decodes each into a
+:class:`~autolabel.records.Volume` and removes the downloaded files again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from autolabel import imaging
+from autolabel.errors import ImageError, NotFoundError
+from autolabel.records import Volume
+from autolabel.redbrick import Project, Task
+
+#: Told about a task a run leaves out: ``(task_id, task_name, reason)``.
+SkipHandler = Callable[[str, str, str], None]
+
+
+class TaskSkipped(Exception):
+    """The task must not be written by this run; ``reason`` says why (it is not an error)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LabelsMarker:
+    """Who wrote a task's latest labels and when, as seen at fetch time."""
+
+    created_by: str | None
+    created_at: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> LabelsMarker:
+        """The marker of ``task``'s latest labels (both None when it has none)."""
+        if task.labels is None:
+            return cls(None, None)
+        return cls(task.labels.created_by, task.labels.created_at)
+
+
+@dataclass(frozen=True)
+class FetchedSeries:
+    """One series of a task, decoded."""
+
+    index: int
+    name: str
+    volume: Volume
+
+
+@dataclass(frozen=True)
+class FetchedTask:
+    """A task with its series decoded, the checksum of its input files and its labels marker."""
+
+    task: Task
+    series: tuple[FetchedSeries, ...]
+    input_checksum: str
+    marker: LabelsMarker
+
+
+def select_tasks(
+    project: Project,
+    stage_name: str,
+    *,
+    task_ids: Sequence[str] = (),
+    name: str | None = None,
+    limit: int | None = None,
+    on_skip: SkipHandler | None = None,
+) -> Iterator[Task]:
+    """The tasks a run works on, lazily.
+
+    By default: every task queued in ``stage_name`` and assigned to the key. With
+    ``task_ids`` or ``name`` (prefix search, or exact in double quotes): those tasks, and
+    ``on_skip(task_id, name, reason)`` is told about each that is not queued in the stage for
+    the key or does not exist. ``limit`` caps how many are yielded.
+    """
+    user = project.current_user_id
+    count = 0
+
+    def wanted(task: Task) -> bool:
+        problem = writable_problem(task, stage_name, user)
+        if problem is not None:
+            if on_skip is not None:
+                on_skip(task.task_id, task.name, problem)
+            return False
+        return True
+
+    if task_ids:
+        candidates: Iterator[Task] = _tasks_by_id(project, task_ids, on_skip)
+    elif name:
+        exact = name.startswith('"') and name.endswith('"') and len(name) > 1
+        candidates = iter(project.find_tasks(name.strip('"'), exact=exact))
+    else:
+        candidates = project.list_assigned_tasks(stage_name)
+    for task in candidates:
+        if limit is not None and count >= limit:
+            return
+        if (task_ids or name) and not wanted(task):
+            continue
+        count += 1
+        yield task
+
+
+def _tasks_by_id(
+    project: Project,
+    task_ids: Sequence[str],
+    on_skip: SkipHandler | None,
+) -> Iterator[Task]:
+    for task_id in dict.fromkeys(task_ids):
+        try:
+            yield project.get_task(task_id)
+        except NotFoundError:
+            if on_skip is not None:
+                on_skip(task_id, "", "no such task in this project")
+
+
+def writable_problem(task: Task, stage_name: str, user_id: str) -> str | None:
+    """Why ``task`` cannot be written in ``stage_name`` by ``user_id``, or None if it can."""
+    if task.stage_name != stage_name:
+        return (
+            f"task is in stage {task.stage_name or 'unknown'!r}, not {stage_name!r}; "
+            "only tasks queued in the run's stage can be written"
+        )
+    if task.assignee != user_id:
+        who = task.assignee_email or task.assignee or "nobody"
+        return (
+            f"task is assigned to {who}, not to this API key; assign it to the key "
+            "(project.labeling.assign_tasks) to pre-label it"
+        )
+    return None
+
+
+def human_labels_problem(task: Task, user_id: str) -> str | None:
+    """A reason to leave ``task`` alone if a person (not this key) wrote its labels."""
+    labels = task.labels
+    if labels is None or labels.created_by in (None, user_id):
+        return None
+    if not labels.labels and not labels.labels_map:
+        return None
+    return (
+        f"task already has labels saved by {labels.created_by} at {labels.created_at}; "
+        "autolabel never overwrites a person's work"
+    )
+
+
+def fetch_task(project: Project, task: Task, stage_name: str, folder: Path) -> FetchedTask:
+    """Re-read ``task``, check it may be written, download and decode each of its series.
+
+    Raises :class:`TaskSkipped` when the task is no longer queued in ``stage_name`` for the
+    key or a person has labelled it, :class:`~autolabel.errors.ImageError` when a series
+    cannot be decoded (naming the task and series) and
+    :class:`~autolabel.errors.PlatformError` when RedBrick fails. ``folder`` is created for
+    the download and removed afterwards, whatever happens.
+    """
+    fresh = project.get_task(task.task_id)
+    user = project.current_user_id
+    problem = writable_problem(fresh, stage_name, user) or human_labels_problem(fresh, user)
+    if problem is not None:
+        raise TaskSkipped(problem)
+    try:
+        downloaded = project.download_items(fresh, folder)
+        files = [path for series in downloaded for path in series.paths]
+        if not files:
+            raise ImageError(f"task {fresh.task_id} ({fresh.name}): it has no image items")
+        checksum = imaging.checksum_files(files)
+        decoded = []
+        for series in downloaded:
+            label = series.name or f"series {series.index}"
+            source = f"task {fresh.task_id} ({fresh.name}), {label}"
+            if not series.paths:
+                raise ImageError(f"{source}: the series has no items")
+            volume = imaging.load_volume(list(series.paths), source=source)
+            decoded.append(FetchedSeries(series.index, series.name or "", volume))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return FetchedTask(fresh, tuple(decoded), checksum, LabelsMarker.of(fresh))
