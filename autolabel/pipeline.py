@@ -549,6 +549,10 @@ class _Runner:
             detail["reason"] = reason
         if outcome.volumes_ml:
             detail["volumes_ml"] = outcome.volumes_ml
+        if outcome.files:
+            detail["files"] = outcome.files
+        if outcome.seconds:
+            detail["stage_seconds"] = outcome.seconds
         handle.record(
             task.task_id,
             TaskState(status),
