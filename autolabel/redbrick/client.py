@@ -36,7 +36,8 @@ def paginate(
     """Yield entries across cursor pages (§1.7) until the cursor is null or ``limit`` is hit.
 
     ``fetch_page(after, first)`` returns ``(entries, next_cursor)``. An empty page with a
-    non-null cursor is followed (the server may filter a page empty).
+    non-null cursor is followed (the server may filter a page empty), unless the cursor did
+    not move, which would loop forever.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
@@ -44,13 +45,14 @@ def paginate(
     cursor: str | None = None
     while limit is None or seen < limit:
         first = page_size if limit is None else min(page_size, limit - seen)
+        previous = cursor
         entries, cursor = fetch_page(cursor, first)
         for entry in entries:
             yield entry
             seen += 1
             if limit is not None and seen >= limit:
                 return
-        if not cursor:
+        if not cursor or (not entries and cursor == previous):
             return
 
 

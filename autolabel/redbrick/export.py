@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autolabel.redbrick.types import GROUND_TRUTH_STAGE, TaskFilters, json_field
+from autolabel.redbrick.types import GROUND_TRUTH_STAGE, Task, TaskFilters, json_field
 
 if TYPE_CHECKING:
     from autolabel.redbrick.project import Project
@@ -242,8 +242,6 @@ class Export:
                 page_size=max(1, concurrency),
             )
         folder = Path(destination or p.project_id)
-        from autolabel.redbrick.types import Task
-
         for raw in raws:
             task = Task.from_wire(raw)
             labels = task.labels

@@ -145,15 +145,15 @@ class Labeling:
             except AutolabelError as exc:
                 failed += [_failure(t, exc) for t in chunk]
                 continue
-            pairs = dict(zip((id(c) for c in converted), chunk, strict=True))
 
             def save(item: ConvertedTask) -> None:
                 writer.save(item, stage_name=stage_name, finished=finalize)
 
-            errors = _gather(pool, converted, save)
-            by_id = {e["task_id"]: e["error"] for e in errors}
+            errors = {e["task_id"]: e["error"] for e in _gather(pool, converted, save)}
             failed += [
-                _failure(pairs[id(c)], by_id[c.task_id]) for c in converted if c.task_id in by_id
+                _failure(source, errors[item.task_id])
+                for item, source in zip(converted, chunk, strict=True)
+                if item.task_id in errors
             ]
         return failed
 
