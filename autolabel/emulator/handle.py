@@ -258,7 +258,9 @@ def serve_in_thread(
     emulator = Emulator(data_dir, faults=faults)
     server = EmulatorHTTPServer((host, port), emulator)
     emulator.base_url = f"http://localhost:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="autolabel-emulator", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="autolabel-emulator", daemon=True
+    )
     thread.start()
     try:
         served = _write_url(Path(data_dir), connection, emulator.base_url)
