@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,10 @@ def load_torchscript(card: ModelCard, device: torch.device) -> torch.nn.Module:
     if card.weights is None or not card.weights.is_file():
         raise ConfigError(f"model card {card.path}: TorchScript weights not found: {card.weights}")
     try:
-        net: torch.nn.Module = torch.jit.load(str(card.weights), map_location=device)  # type: ignore[no-untyped-call]
+        with warnings.catch_warnings():
+            # TorchScript is a supported card kind on purpose; torch 2.13 flags jit.load.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net: torch.nn.Module = torch.jit.load(str(card.weights), map_location=device)  # type: ignore[no-untyped-call]
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"cannot load TorchScript weights {card.weights}: {exc}") from exc
     return net

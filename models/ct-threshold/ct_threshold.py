@@ -2,10 +2,11 @@
 
 Steps, on the volume's own grid:
 
-1. body: voxels above ``body_hu``, the largest 6-connected component, with holes filled in
-   every axial slice (so the lungs and airways count as inside);
-2. lung: voxels below ``lung_hu`` inside the body, keeping connected components of at
-   least ``min_lung_ml`` (this drops sinuses, bowel gas and the table's shadow);
+1. body: voxels above ``body_hu`` (between air at -1000 and the lightest lung), the largest
+   6-connected component, with holes filled in every axial slice (airways count as inside);
+2. lung: voxels below ``lung_hu`` inside the body (its outermost voxel layer excluded),
+   keeping connected components of at least ``min_lung_ml`` (this drops sinuses and bowel
+   gas);
 3. bone: voxels at or above ``bone_hu`` inside the body.
 
 Labels: 1 body (everything else inside it), 2 lung, 3 bone.
@@ -43,7 +44,7 @@ class CtThreshold:
 
     def __init__(self, *, card: Any, device: str) -> None:
         options = dict(card.options)
-        self.body_hu = float(options.get("body_hu", -500.0))
+        self.body_hu = float(options.get("body_hu", -950.0))
         self.lung_hu = float(options.get("lung_hu", -400.0))
         self.min_lung_ml = float(options.get("min_lung_ml", 200.0))
         self.bone_hu = float(options.get("bone_hu", 226.0))
@@ -54,7 +55,8 @@ class CtThreshold:
         axial = next((i for i, c in enumerate(volume.orientation) if c in "SI"), 2)
         body = _fill_slices(_largest_component(hu > self.body_hu), axial)
         labels = body.astype(np.uint8)
-        air, count = ndimage.label((hu < self.lung_hu) & body)
+        # The outermost body voxel is skin (or partial volume with the air outside): never lung.
+        air, count = ndimage.label((hu < self.lung_hu) & ndimage.binary_erosion(body))
         if count:
             voxel_ml = float(np.prod(volume.spacing)) / 1000.0
             sizes = np.bincount(air.ravel()) * voxel_ml
