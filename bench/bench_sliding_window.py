@@ -97,12 +97,15 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--weights", type=Path, default=ROOT / "models" / "phantom-unet" / "model.pt"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
     dtype = autocast_dtype(args.autocast, device)
-    net = torch.jit.load(str(ROOT / "models" / "phantom-unet" / "model.pt"), map_location=device)
+    net = torch.jit.load(str(args.weights), map_location=device)
     net = net.eval().to(memory_format=torch.channels_last_3d)
     phantom = make_phantom(tuple(args.shape), seed=4242)
     window = (np.clip(phantom.hu.astype(np.float32), -1000, 400) + 1000) / 1400
