@@ -49,3 +49,33 @@ def test_malformed_key_is_refused_before_any_request(key: str) -> None:
     assert "43" in str(caught.value)
     if key:
         assert key not in str(caught.value)
+
+
+def test_request_body_is_gzip_base64_json_like_the_sdk() -> None:
+    """The body is base64(gzip(JSON {query, variables})) and headers carry the key, not Bearer."""
+    import base64
+    import gzip
+    import json
+
+    client = RedBrickClient("k" * 43, "http://localhost:1")
+    body = client.transport._encode("query q { me { userId } }", {"a": 1})
+    assert body.startswith(b"H4sI")  # base64 of the gzip magic
+    assert json.loads(gzip.decompress(base64.b64decode(body))) == {
+        "query": "query q { me { userId } }",
+        "variables": {"a": 1},
+    }
+    headers = client.transport._graphql_headers
+    assert headers["ApiKey"] == "k" * 43 and headers["Content-Encoding-RB"] == "gzip"
+    assert "Authorization" not in headers
+    assert "k" * 43 not in repr(client) + repr(client.transport)
+
+
+def test_tls_verification_stays_on_despite_the_sdk_variable(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RB_DISABLE_SSL_VERIFICATION does not turn TLS checks off; it only earns a warning."""
+    monkeypatch.setenv("RB_DISABLE_SSL_VERIFICATION", "1")
+    client = RedBrickClient("k" * 43)
+    assert client.transport._session.verify is True
+    assert "RB_DISABLE_SSL_VERIFICATION is set but ignored" in caplog.text
+    assert client.transport.endpoint == "https://api.redbrickai.com/graphql/"

@@ -35,7 +35,8 @@ from autolabel.errors import (
 )
 from autolabel.redbrick.client import RedBrickClient, paginate
 from autolabel.redbrick.project import Context, DownloadedSeries, Project, get_project
-from autolabel.redbrick.transport import DEFAULT_URL, RetryPolicy, Transport, graphql_endpoint
+from autolabel.redbrick.retry import RetryPolicy
+from autolabel.redbrick.transport import DEFAULT_URL, Transport, graphql_endpoint
 from autolabel.redbrick.types import (
     GROUND_TRUTH_STAGE,
     PUBLIC_STORAGE_ID,

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from autolabel.errors import GraphQLError, NotFoundError
 from autolabel.redbrick import documents
-from autolabel.redbrick.transport import RetryPolicy, Transport
+from autolabel.redbrick.retry import RetryPolicy
+from autolabel.redbrick.transport import Transport
 from autolabel.redbrick.types import (
     AssignedTask,
     ConvertResult,

@@ -27,7 +27,8 @@ from autolabel.redbrick.client import RedBrickClient
 from autolabel.redbrick.export import Export
 from autolabel.redbrick.labeling import Labeling
 from autolabel.redbrick.labels import LabelWriter
-from autolabel.redbrick.transport import DEFAULT_URL, RetryPolicy
+from autolabel.redbrick.retry import RetryPolicy
+from autolabel.redbrick.transport import DEFAULT_URL
 from autolabel.redbrick.types import (
     REDBRICK_STORAGE_ID,
     LabelStorage,

@@ -17,19 +17,15 @@ message or a ``repr``; any server text that echoes it is scrubbed before it is r
 from __future__ import annotations
 
 import base64
-import email.utils
 import gzip
 import json
 import logging
 import os
-import random
-import re
 import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,9 +38,10 @@ from autolabel.errors import (
     GraphQLError,
     NotFoundError,
     PlatformError,
-    TaskStateError,
     TransportError,
 )
+from autolabel.redbrick.messages import error_from_messages
+from autolabel.redbrick.retry import RETRYABLE_STATUSES, RetryPolicy, retry_after_seconds
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -79,100 +76,6 @@ def graphql_endpoint(url: str | None = None) -> str:
         host = urllib.parse.urlsplit(base).netloc
         base = f"https://{host}/api"
     return base + "/graphql/"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """When and how long to wait before repeating an idempotent request.
-
-    * ``attempts``: total tries, the first included (1 disables retries);
-    * backoff: ``min(backoff_max, backoff_base * 2**(n-1))`` before try ``n+1``, with equal
-      jitter (half fixed, half random) so that parallel workers do not retry in step;
-    * a ``Retry-After`` header (seconds or HTTP date) on 429/503 is honoured when it is
-      longer than the backoff, up to ``retry_after_max`` seconds.
-
-    Retried: connection errors, timeouts, HTTP 429, 500, 502, 503, 504, and truncated
-    downloads. Never retried: mutations and uploads (see :meth:`Transport.execute`).
-    """
-
-    attempts: int = 4
-    backoff_base: float = 0.5
-    backoff_max: float = 20.0
-    retry_after_max: float = 60.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to sleep after failed try number ``attempt`` (1-based)."""
-        backoff = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
-        backoff = backoff / 2 + random.uniform(0, backoff / 2)
-        if retry_after is not None:
-            return min(self.retry_after_max, max(backoff, retry_after))
-        return backoff
-
-
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-# Messages of the server's task rules (redbrick-protocol.md §5.2). The real server's texts
-# are closed; these cover the documented rules in the emulator's and plausible wordings.
-_TASK_STATE = re.compile(
-    "|".join(
-        (
-            r"not assigned",
-            r"assigned to (?:another|someone)",
-            r"not (?:queued )?in (?:the )?(?:\w+ )?stage",
-            r"wrong stage",
-            r"not in ground truth",
-            r"only ground truth",
-            r"only tasks in",
-            r"already (?:submitted|completed|reviewed)",
-            r"is not an? (?:label|review)(?:ing)? stage",
-            r"cannot be (?:moved|submitted|assigned)",
-        )
-    ),
-    re.IGNORECASE,
-)
-_NOT_FOUND = re.compile(
-    r"not found|does not exist|doesn't exist|no such|unknown (?:task|project)", re.I
-)
-_AUTH = re.compile(
-    r"unauthori[sz]ed|unauthenticated|not authenticated|invalid api ?key|forbidden", re.I
-)
-
-
-def error_from_messages(
-    messages: list[str], *, operation: str, status: int | None
-) -> PlatformError:
-    """Map the ``errors[].message`` of a GraphQL answer to the narrowest error class.
-
-    Task-rule violations (not assigned to the key, not queued in the stage, not in Ground
-    Truth, already done) → :class:`TaskStateError`; a missing object → :class:`NotFoundError`;
-    a refused key → :class:`AuthError`; anything else → :class:`GraphQLError` (which keeps
-    every message in ``messages``).
-    """
-    text = "; ".join(messages)
-    if any(_AUTH.search(m) for m in messages):
-        return AuthError(
-            f"{operation}: RedBrick refused the API key: {text}", operation=operation, status=status
-        )
-    if any(_TASK_STATE.search(m) for m in messages):
-        return TaskStateError(f"{operation}: {text}", operation=operation, status=status)
-    if any(_NOT_FOUND.search(m) for m in messages):
-        return NotFoundError(f"{operation}: {text}", operation=operation, status=status)
-    return GraphQLError([f"{operation}: {m}" for m in messages], operation=operation, status=status)
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _without_query(url: str) -> str:
@@ -323,7 +226,7 @@ class Transport:
                 operation=operation,
                 status=status,
             )
-            raise _Retry(error, _retry_after(response))
+            raise _Retry(error, retry_after_seconds(response))
         try:
             answer = response.json()
         except ValueError as exc:
@@ -395,7 +298,7 @@ class Transport:
                     ) as response:
                         error = self._storage_error(response, shown, operation)
                         if isinstance(error, TransportError):
-                            raise _Retry(error, _retry_after(response))
+                            raise _Retry(error, retry_after_seconds(response))
                         if error is not None:
                             raise error
                         for chunk in response.iter_content(_CHUNK):
