@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
+
 import pytest
 
 from autolabel.errors import AuthError
@@ -53,10 +57,6 @@ def test_malformed_key_is_refused_before_any_request(key: str) -> None:
 
 def test_request_body_is_gzip_base64_json_like_the_sdk() -> None:
     """The body is base64(gzip(JSON {query, variables})) and headers carry the key, not Bearer."""
-    import base64
-    import gzip
-    import json
-
     client = RedBrickClient("k" * 43, "http://localhost:1")
     body = client.transport._encode("query q { me { userId } }", {"a": 1})
     assert body.startswith(b"H4sI")  # base64 of the gzip magic
