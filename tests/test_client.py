@@ -205,6 +205,10 @@ def test_put_tasks_reports_failures_and_carries_on(
     assert served.latest_labels(stolen) is None
     with pytest.raises(ValueError, match="not a Label stage"):
         project.labeling.put_tasks("Review_1", tasks)
+    with pytest.raises(ValueError, match="label_validate=True"):
+        project.labeling.put_tasks("Label", tasks, label_validate=True)
+    (no_decision,) = project.review.put_tasks("Review_1", [{"taskId": ok}])
+    assert "no review_result and no series" in no_decision["error"]
 
 
 def test_missing_label_file_fails_only_that_task(
@@ -360,3 +364,19 @@ def test_logs_at_debug_carry_no_key(
         project.context,
     ):
         assert key not in repr(thing)
+
+
+def test_unknown_category_fails_the_task_with_the_servers_reason(
+    project: Project, served: EmulatorHandle, tmp_path: Path
+) -> None:
+    """RedBrick's conversion refuses a category the taxonomy lacks; the task fails, nothing saved."""
+    task_id = served.task_ids("Label")[0]
+    bad = [
+        {"segmentations": str(label_file(tmp_path)), "segmentMap": {"1": "Liver", "2": "Pancreas"}}
+    ]
+    failed = project.labeling.put_tasks(
+        "Label", [{"taskId": task_id, "series": bad}], finalize=False
+    )
+    assert len(failed) == 1 and failed[0]["taskId"] == task_id
+    assert "ConversionError" in failed[0]["error"] and "Pancreas" in failed[0]["error"]
+    assert served.latest_labels(task_id) is None

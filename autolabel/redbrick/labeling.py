@@ -73,6 +73,11 @@ class Labeling:
         review_result: bool | None = None,
         review_comment: str | Mapping[str, Any] | None = None,
         label_storage_id: str | None = REDBRICK_STORAGE_ID,
+        label_validate: bool = False,
+        prune_segmentations: bool = False,
+        rt_struct: bool = False,
+        dicom_seg: bool = False,
+        mhd: bool = False,
         concurrency: int = 10,
     ) -> list[Failed]:
         """Save or submit labels, or review, for tasks queued in ``stage_name`` for this key.
@@ -91,23 +96,21 @@ class Labeling:
         Returns the input tasks that failed, each with an ``"error"`` string; the others are
         done. Raises ``ValueError`` for a stage of the wrong kind and
         :class:`~autolabel.errors.AuthError` if the key is refused.
+
+        The SDK's NIfTI options (``label_validate``, ``prune_segmentations``) and format
+        conversions (``rt_struct``, ``dicom_seg``, ``mhd``) are accepted for compatibility but
+        only as ``False``: this client uploads label files as they are, so check, prune or
+        convert them first (:mod:`autolabel.imaging`); ``True`` raises ``ValueError``.
         """
+        _refuse_options(
+            label_validate=label_validate,
+            prune_segmentations=prune_segmentations,
+            rt_struct=rt_struct,
+            dicom_seg=dicom_seg,
+            mhd=mhd,
+        )
         self._check_stage(stage_name)
-        failed: list[Failed] = []
-        with_labels: list[Mapping[str, Any]] = []
-        plain: list[Mapping[str, Any]] = []
-        for task in tasks:
-            if not isinstance(task.get("taskId"), str) or not task["taskId"]:
-                failed.append(_failure(task, "the task has no taskId"))
-            elif (review_result is False) if self.review else existing_labels:
-                plain.append(task)
-            elif isinstance(task.get("series"), list) or task.get("classification"):
-                with_labels.append(task)
-            elif self.review and review_result is True:
-                plain.append(task)
-            else:
-                reason = "no review_result and no series" if self.review else "no series"
-                failed.append(_failure(task, f"invalid task: {reason}"))
+        with_labels, plain, failed = self._split(tasks, existing_labels, review_result)
         storage_id = label_storage_id or self.project.label_storage()["storageId"]
         workers = max(1, min(concurrency, 10))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="put_tasks") as pool:
@@ -124,6 +127,27 @@ class Labeling:
                 "put_tasks %s: task %s failed: %s", stage_name, entry.get("taskId"), entry["error"]
             )
         return failed
+
+    def _split(
+        self, tasks: Sequence[Mapping[str, Any]], existing_labels: bool, review_result: bool | None
+    ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], list[Failed]]:
+        """``(with labels, without labels, failed)`` as the SDK classifies tasks (§4.1)."""
+        with_labels: list[Mapping[str, Any]] = []
+        plain: list[Mapping[str, Any]] = []
+        failed: list[Failed] = []
+        for task in tasks:
+            if not isinstance(task.get("taskId"), str) or not task["taskId"]:
+                failed.append(_failure(task, "the task has no taskId"))
+            elif (review_result is False) if self.review else existing_labels:
+                plain.append(task)  # a reject ignores any series, as RedBrick does
+            elif isinstance(task.get("series"), list) or task.get("classification"):
+                with_labels.append(task)
+            elif self.review and review_result is True:
+                plain.append(task)
+            else:
+                reason = "no review_result and no series" if self.review else "no series"
+                failed.append(_failure(task, f"invalid task: {reason}"))
+        return with_labels, plain, failed
 
     def _put_with_labels(
         self,
@@ -238,6 +262,15 @@ class Labeling:
                 user_id=self.project.context.key_id,
                 limit=limit,
             )
+        )
+
+
+def _refuse_options(**options: bool) -> None:
+    unsupported = sorted(name for name, value in options.items() if value)
+    if unsupported:
+        raise ValueError(
+            f"put_tasks({', '.join(f'{n}=True' for n in unsupported)}) is not supported: "
+            "prepare one NIfTI label map per series before calling put_tasks"
         )
 
 
