@@ -300,6 +300,11 @@ def test_export_tasks_with_labels_and_files(
     assert sorted(label["category"] for label in exported["labels"]) == ["Liver", "Spleen"]
     assert Path(exported["labelsMap"][0]["labelName"]).read_bytes() == path.read_bytes()
     assert all(Path(item).is_file() for item in exported["series"][0]["items"])
+    assert exported["series"][0]["segmentMap"] == {
+        "1": {"category": "Liver"},
+        "2": {"category": "Spleen"},
+    }
+    assert Path(exported["series"][0]["segmentations"]).read_bytes() == path.read_bytes()
     every = list(project.export.export_tasks(concurrency=3))
     assert len(every) == TASKS
 

@@ -81,6 +81,32 @@ def format_list_entry(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def segment_map(labels: list[dict[str, Any]], series_index: int) -> dict[str, Any]:
+    """The ``segmentMap`` of one series from internal label objects (inverse of §4.5).
+
+    Labels with ``dicom.instanceid`` whose ``volumeindex`` is this series (or unset) map
+    ``str(instanceid)`` to ``{"category", "attributes": {name: value}}``.
+    """
+    out: dict[str, Any] = {}
+    for label in labels:
+        dicom = label.get("dicom")
+        volume = label.get("volumeindex")
+        if not isinstance(dicom, dict) or dicom.get("instanceid") is None:
+            continue
+        if volume is not None and volume != series_index:
+            continue
+        entry: dict[str, Any] = {"category": label.get("category")}
+        attributes = {
+            a["name"]: a.get("value")
+            for a in label.get("attributes") or []
+            if isinstance(a, dict) and a.get("name")
+        }
+        if attributes:
+            entry["attributes"] = attributes
+        out[str(dicom["instanceid"])] = entry
+    return out
+
+
 class Export:
     """Task listing and export (``project.export``)."""
 
@@ -216,10 +242,12 @@ class Export:
         """Yield tasks with series, items and their latest labels.
 
         Entries: ``{"taskId", "name", "currentStageName", "status", "assignee", "storageId",
-        "series": [{"name", "items", "metaData"}], "labels": [internal label objects],
-        "labelsMap": [{"seriesIndex", "labelName"}], "updatedBy"}``. With ``with_labels`` each
-        stored label file is downloaded to ``<destination>/segmentations/<task>/<n>.nii.gz``
-        and ``labelsMap[].labelName`` becomes that local path; with ``with_files`` the images
+        "series": [{"name", "items", "metaData", "segmentMap", "segmentations"?}],
+        "labels": [internal label objects], "labelsMap": [{"seriesIndex", "labelName"}],
+        "updatedBy"}``. ``segmentMap`` maps each instance id of the series' label file to
+        ``{"category", "attributes"}`` as in the series format. With ``with_labels`` each
+        stored label file is downloaded to ``<destination>/segmentations/<task>/<n>.nii.gz``,
+        set as the series' ``segmentations`` and in ``labelsMap``; with ``with_files`` the images
         go to ``<destination>/images/<task>/`` and ``series[].items`` become local paths.
         """
         p = self.project
@@ -253,7 +281,12 @@ class Export:
                 "assignee": task.assignee_email or task.assignee,
                 "storageId": task.storage_id,
                 "series": [
-                    {"name": s.name, "items": list(s.items), "metaData": s.meta_data}
+                    {
+                        "name": s.name,
+                        "items": list(s.items),
+                        "metaData": s.meta_data,
+                        "segmentMap": segment_map(labels.labels if labels else [], s.index),
+                    }
                     for s in task.series
                 ],
                 "labels": labels.labels if labels else [],
@@ -266,6 +299,9 @@ class Export:
                     local = files.get(entry.get("seriesIndex") or 0)
                     if local is not None:
                         entry["labelName"] = str(local)
+                for index, series in enumerate(out["series"]):
+                    if index in files:
+                        series["segmentations"] = str(files[index])
             if with_files:
                 downloaded = p.download_items(task, folder / "images" / task.name)
                 for series, got in zip(out["series"], downloaded, strict=False):
