@@ -1,0 +1,61 @@
+"""``autolabel report``: one self-contained HTML file of what a run did.
+
+Reads the ledger of the work folder (not RedBrick) and writes, per task, the preview of
+the labels on three planes, the volume of each category in ml, the seconds of each stage
+and the outcome (draft saved, submitted, dry run, skipped, failed -- with reasons), with
+the model's name, version and weights hash and the run's totals. Images are embedded:
+the file can be mailed or attached to a ticket as it is. By default the latest run;
+``--run`` picks one, ``--runs N`` the N newest (0: all).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autolabel.errors import ConfigError
+from autolabel.settings import DEFAULT_WORK_DIR
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``report`` sub-command."""
+    parser = subparsers.add_parser(
+        "report",
+        help="write an HTML report of a run (previews, volumes, timings, outcomes)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--work",
+        default=DEFAULT_WORK_DIR,
+        metavar="DIR",
+        help=f"work folder holding the ledger (default: ./{DEFAULT_WORK_DIR})",
+    )
+    parser.add_argument("--run", metavar="RUN_ID", help="report this run (default: the latest)")
+    parser.add_argument(
+        "--runs", type=int, default=1, metavar="N", help="report the N newest runs (0: all)"
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="FILE", help="HTML file to write (default: WORK/report.html)"
+    )
+    parser.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Write the report and print its path; usage errors for a missing ledger or run."""
+    from autolabel.ledger import ledger_path
+    from autolabel.report import write_report
+
+    if not ledger_path(args.work).is_file():
+        raise ConfigError(
+            f"no ledger in {args.work}: nothing has run with this work folder "
+            "(give the folder of `autolabel run` with --work)"
+        )
+    if args.runs < 0:
+        raise ConfigError("--runs must be 0 (all) or more")
+    try:
+        path = write_report(args.work, args.out, args.run, runs=args.runs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"report: {path}")
+    return 0
