@@ -74,6 +74,9 @@ def test_get_project_reads_stages_taxonomy_and_key(
     categories = {o["category"] for o in project.taxonomy["objectTypes"]}
     assert {"Liver", "Spleen", "Kidney"} <= categories
     assert project.context.key_id == served.key_user_id == project.current_user_id
+    members = project.client.members(served.org_id)
+    assert served.human_email in {m["user"]["email"] for m in members}
+    assert project.label_storage()["storageId"]
 
 
 def test_unknown_project_is_not_found(served: EmulatorHandle) -> None:
@@ -179,8 +182,9 @@ def test_draft_then_submit_stores_the_label_file(
     assert sorted(label["category"] for label in served.labels(task_id)) == ["Liver", "Spleen"]
     saved = project.get_task(task_id).labels
     assert saved is not None and saved.created_by == served.key_user_id
-    failed = project.labeling.put_tasks("Label", [{"taskId": task_id, "series": series(path)}])
-    assert failed == []
+    # label_storage_id=None: labels go to the project's label storage (getLabelStorage)
+    tasks = [{"taskId": task_id, "series": series(path)}]
+    assert project.labeling.put_tasks("Label", tasks, label_storage_id=None) == []
     assert served.task(task_id).stage_name == "Review_1"
 
 
