@@ -33,6 +33,10 @@ _PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
 _UNCOMPRESSED_LE = {str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}
 #: Below this many files the pool's start-up and transfer cost more than it saves.
 POOL_MIN_FILES = 96
+#: On two cores the pool gained nothing while inference or other work held the CPUs
+#: (bench/bench_imaging.py: 1.02x over serial headers; perf-limits.md saw 1.5x on an idle
+#: machine), so by default it is used only where cores are to spare.
+POOL_MIN_CPUS = 4
 
 
 @dataclass(frozen=True)
@@ -182,11 +186,14 @@ def read_headers(paths: Sequence[str | Path], *, workers: int | None = None) -> 
     """Headers of ``paths`` in the same order.
 
     ``workers=None`` picks a pool of two processes for series of at least
-    :data:`POOL_MIN_FILES` files on a machine with two or more cores, else reads serially;
-    ``workers=1`` forces serial reading. The first error found is raised.
+    :data:`POOL_MIN_FILES` files on a machine with at least :data:`POOL_MIN_CPUS` cores,
+    else reads serially; ``workers=1`` forces serial reading, ``workers=2`` the pool. The
+    first error found is raised.
     """
     names = [os.fspath(p) for p in paths]
-    use_pool = workers != 1 and len(names) >= POOL_MIN_FILES and (os.cpu_count() or 1) >= 2
+    use_pool = (
+        workers != 1 and len(names) >= POOL_MIN_FILES and (os.cpu_count() or 1) >= POOL_MIN_CPUS
+    )
     if workers is not None and workers > 1:
         use_pool = True
     if use_pool:
