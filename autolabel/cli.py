@@ -24,6 +24,9 @@ from autolabel.errors import AuthError, AutolabelError, ConfigError, TransportEr
 #: Command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "autolabel.commands.run",
+    "autolabel.commands.review",
+    "autolabel.commands.reannotate",
+    "autolabel.commands.watch",
     "autolabel.commands.status",
     "autolabel.commands.emulator",
     "autolabel.commands.models",

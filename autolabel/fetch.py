@@ -12,6 +12,7 @@ labelled, downloads its series into a folder of the work directory, decodes each
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +117,23 @@ def _tasks_by_id(
     on_skip: SkipHandler | None,
 ) -> Iterator[Task]:
     for task_id in dict.fromkeys(task_ids):
+        if not _is_uuid(task_id):
+            if on_skip is not None:
+                on_skip(task_id, "", "not a task id: RedBrick task ids are UUIDs")
+            continue
         try:
             yield project.get_task(task_id)
         except NotFoundError:
             if on_skip is not None:
                 on_skip(task_id, "", "no such task in this project")
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def writable_problem(task: Task, stage_name: str, user_id: str) -> str | None:
@@ -152,6 +165,32 @@ def human_labels_problem(task: Task, user_id: str) -> str | None:
     )
 
 
+def load_task_series(
+    project: Project, task: Task, folder: Path
+) -> tuple[tuple[FetchedSeries, ...], str]:
+    """Download and decode every series of ``task`` (read with items); return them and the
+    checksum of the input files. ``folder`` is removed afterwards, whatever happens.
+    Raises :class:`~autolabel.errors.ImageError` naming the task and series.
+    """
+    try:
+        downloaded = project.download_items(task, folder)
+        files = [path for series in downloaded for path in series.paths]
+        if not files:
+            raise ImageError(f"task {task.task_id} ({task.name}): it has no image items")
+        checksum = imaging.checksum_files(files)
+        decoded = []
+        for series in downloaded:
+            label = series.name or f"series {series.index}"
+            source = f"task {task.task_id} ({task.name}), {label}"
+            if not series.paths:
+                raise ImageError(f"{source}: the series has no items")
+            volume = imaging.load_volume(list(series.paths), source=source)
+            decoded.append(FetchedSeries(series.index, series.name or "", volume))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return tuple(decoded), checksum
+
+
 def fetch_task(project: Project, task: Task, stage_name: str, folder: Path) -> FetchedTask:
     """Re-read ``task``, check it may be written, download and decode each of its series.
 
@@ -166,20 +205,5 @@ def fetch_task(project: Project, task: Task, stage_name: str, folder: Path) -> F
     problem = writable_problem(fresh, stage_name, user) or human_labels_problem(fresh, user)
     if problem is not None:
         raise TaskSkipped(problem)
-    try:
-        downloaded = project.download_items(fresh, folder)
-        files = [path for series in downloaded for path in series.paths]
-        if not files:
-            raise ImageError(f"task {fresh.task_id} ({fresh.name}): it has no image items")
-        checksum = imaging.checksum_files(files)
-        decoded = []
-        for series in downloaded:
-            label = series.name or f"series {series.index}"
-            source = f"task {fresh.task_id} ({fresh.name}), {label}"
-            if not series.paths:
-                raise ImageError(f"{source}: the series has no items")
-            volume = imaging.load_volume(list(series.paths), source=source)
-            decoded.append(FetchedSeries(series.index, series.name or "", volume))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return FetchedTask(fresh, tuple(decoded), checksum, LabelsMarker.of(fresh))
+    series, checksum = load_task_series(project, fresh, folder)
+    return FetchedTask(fresh, series, checksum, LabelsMarker.of(fresh))

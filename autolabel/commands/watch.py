@@ -1,0 +1,74 @@
+"""``autolabel watch``: pre-label new uploads as they are assigned to the API key.
+
+Polls every ``--interval`` seconds and runs the pipeline on the tasks that appeared (the
+ledger skips those already done), with the model loaded once and kept warm. SIGINT or
+SIGTERM stops it cleanly after the tasks in hand. Takes the same flags as ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from autolabel.commands._connect import add_connection_arguments, connect
+from autolabel.commands.run import add_run_arguments, run_options, stop_on_signals
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``watch`` sub-command."""
+    parser = subparsers.add_parser(
+        "watch",
+        help="keep pre-labelling new tasks as they are assigned",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_connection_arguments(parser)
+    add_run_arguments(parser)
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between polls")
+    parser.add_argument("--max-polls", type=int, help="stop after N polls (default: never)")
+    parser.set_defaults(handler=watch_command)
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    """Poll and run until stopped; exit 1 if any task failed along the way."""
+    from autolabel.api import DEFAULT_MODEL
+    from autolabel.inference import load_model
+    from autolabel.pipeline import run
+
+    options, settings = run_options(args)
+    failed = 0
+    polls = 0
+    project = connect(args)
+    with project, stop_on_signals() as stop:
+        model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
+        print(
+            f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
+            "(Ctrl-C to stop)",
+            file=sys.stderr,
+        )
+        while not stop.is_set():
+            summary = run(project, model, options, stop=stop, command=tuple(sys.argv))
+            polls += 1
+            failed += len(summary.failed)
+            if summary.outcomes or args.json:
+                line = {
+                    "poll": polls,
+                    "done": len(summary.done),
+                    "skipped": len(summary.skipped),
+                    "failed": len(summary.failed),
+                    "tasks": [o.to_dict() for o in summary.outcomes],
+                }
+                if args.json:
+                    print(json.dumps(line), flush=True)
+                else:
+                    print(
+                        f"poll {polls}: done {line['done']}, skipped {line['skipped']}, "
+                        f"failed {line['failed']}",
+                        flush=True,
+                    )
+            if args.max_polls is not None and polls >= args.max_polls:
+                break
+            stop.wait(args.interval)
+    print(f"autolabel: watch stopped after {polls} poll(s)", file=sys.stderr)
+    return 1 if failed else 0

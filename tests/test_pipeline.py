@@ -1,0 +1,259 @@
+"""The pipeline end to end against the emulator, over sockets: drafts, submits, dry runs,
+re-runs, and races with people."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from autolabel.emulator import EmulatorHandle
+from autolabel.inference import load_model
+from autolabel.ledger import Ledger, TaskState, ledger_path
+from autolabel.pipeline import RunOptions, RunSummary, run
+from autolabel.records import Volume
+from autolabel.redbrick import Project, get_project
+
+
+@pytest.fixture(scope="module")
+def ct_model() -> Any:
+    return load_model("ct-threshold", device="cpu")
+
+
+def _project(emulator: EmulatorHandle) -> Project:
+    return get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url)
+
+
+def _run(emulator: EmulatorHandle, model: Any, tmp_path: Path, **options: Any) -> RunSummary:
+    with _project(emulator) as project:
+        return run(project, model, RunOptions(work_dir=tmp_path / "work", **options))
+
+
+def _label_array(data: bytes) -> np.ndarray:
+    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    image = nib.Nifti1Image.from_bytes(raw)
+    return np.asarray(image.dataobj)
+
+
+def test_draft_run_saves_each_task_once_with_the_right_segment_map_and_voxels(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    summary = _run(emulator, ct_model, tmp_path)
+    assert summary.exit_code == 0
+    assert [o.status for o in summary.outcomes] == ["draft_saved"] * 3
+    assert emulator.write_counts() == {t: 1 for t in emulator.task_ids()}
+    for outcome in summary.outcomes:
+        record = emulator.task(outcome.task_id)
+        assert (record.stage_name, record.state, record.assigned_to) == (
+            "Label",
+            "STAGED",
+            emulator.key_user_id,
+        )
+        categories = {
+            label["dicom"]["instanceid"]: label["category"]
+            for label in emulator.labels(outcome.task_id)
+        }
+        assert set(categories.values()) == {"Body", "Lung", "Bone"}
+        stored = _label_array(emulator.label_files(outcome.task_id)[0])
+        local = np.asarray(nib.load(outcome.files["labels-0"]).dataobj)
+        assert np.array_equal(stored, local)
+        # Known answer: lungs are air-filled, bone is dense -- check against the image.
+        payload = json.loads(Path(outcome.files["payload"]).read_text())
+        assert payload["taskId"] == outcome.task_id
+        assert payload["series"][0]["segmentMap"] == {
+            str(k): {"category": v} for k, v in sorted(categories.items())
+        }
+        assert Path(outcome.files["preview-0"]).stat().st_size > 1000
+        assert outcome.volumes_ml["Body"] > outcome.volumes_ml["Bone"] > 0
+
+
+def test_labels_lie_on_the_image_grid(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    summary = _run(emulator, ct_model, tmp_path)
+    from autolabel.fetch import load_task_series
+
+    with _project(emulator) as project:
+        outcome = summary.outcomes[0]
+        task = project.get_task(outcome.task_id)
+        (series,), _ = load_task_series(project, task, tmp_path / "dl")
+    volume: Volume = series.volume
+    stored = _label_array(emulator.label_files(outcome.task_id)[0])
+    assert stored.shape == volume.shape
+    lung = stored == _value_of(emulator, outcome.task_id, "Lung")
+    bone = stored == _value_of(emulator, outcome.task_id, "Bone")
+    hu = np.asarray(volume.array)
+    assert lung.sum() > 0 and np.median(hu[lung]) < -600
+    assert bone.sum() > 0 and np.median(hu[bone]) > 250
+
+
+def _value_of(emulator: EmulatorHandle, task_id: str, category: str) -> int:
+    for label in emulator.labels(task_id):
+        if label["category"] == category:
+            return int(label["dicom"]["instanceid"])
+    raise AssertionError(f"{category} not in the labels of {task_id}")
+
+
+def test_finalize_submits_and_moves_tasks_to_review(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    summary = _run(emulator, ct_model, tmp_path, mode="final")
+    assert [o.status for o in summary.outcomes] == ["submitted"] * 3
+    assert sorted(emulator.task_ids("Review_1")) == sorted(emulator.task_ids())
+    assert emulator.write_counts() == {t: 1 for t in emulator.task_ids()}
+
+
+def test_dry_run_writes_nothing_to_redbrick_and_keeps_the_payloads(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    before = [(t.task_id, t.stage_name, t.state, t.assigned_to) for t in emulator.tasks()]
+    summary = _run(emulator, ct_model, tmp_path, mode="dry-run", out_dir=tmp_path / "out")
+    after = [(t.task_id, t.stage_name, t.state, t.assigned_to) for t in emulator.tasks()]
+    assert before == after
+    assert emulator.events() == []
+    assert all(emulator.latest_labels(t) is None for t in emulator.task_ids())
+    assert [o.status for o in summary.outcomes] == ["dry_run"] * 3
+    for outcome in summary.outcomes:
+        folder = tmp_path / "out" / outcome.task_name
+        assert {p.name for p in folder.iterdir()} == {
+            "series-0-labels.nii.gz",
+            "series-0-preview.png",
+            "series.json",
+        }
+        payload = json.loads((folder / "series.json").read_text())
+        assert payload["series"][0]["segmentations"] == str(folder / "series-0-labels.nii.gz")
+
+
+def test_a_rerun_skips_what_the_same_model_did_and_force_redoes_it(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    first = _run(emulator, ct_model, tmp_path)
+    again = _run(emulator, ct_model, tmp_path)
+    assert len(first.done) == 3
+    assert again.outcomes == [] and again.already_done == 3
+    assert emulator.write_counts() == {t: 1 for t in emulator.task_ids()}
+    forced = _run(emulator, ct_model, tmp_path, force=True)
+    assert len(forced.done) == 3  # our own drafts may be replaced by our own key
+    assert emulator.write_counts() == {t: 2 for t in emulator.task_ids()}
+
+
+def test_limit_and_task_selection(emulator: EmulatorHandle, ct_model: Any, tmp_path: Path) -> None:
+    ids = emulator.task_ids()
+    one = _run(emulator, ct_model, tmp_path, limit=1)
+    assert len(one.done) == 1
+    missing = "00000000-0000-4000-8000-000000000000"
+    picked = _run(emulator, ct_model, tmp_path / "b", task_ids=(ids[2], missing, "task-7"))
+    statuses = {o.task_id: (o.status, o.reason) for o in picked.outcomes}
+    assert statuses[ids[2]][0] == "draft_saved"
+    assert statuses[missing] == ("skipped", "no such task in this project")
+    assert statuses["task-7"] == ("skipped", "not a task id: RedBrick task ids are UUIDs")
+
+
+class _Interfering:
+    """The real model, plus a person acting on the task while the model runs."""
+
+    def __init__(self, model: Any, act: Any) -> None:
+        self.model = model
+        self.act = act
+        self.spec = model.spec
+
+    def predict(self, volume: Volume) -> Any:
+        self.act(volume.source)
+        return self.model.predict(volume)
+
+
+def _writes_by_key(emulator: EmulatorHandle, task_id: str) -> int:
+    """Accepted label writes the API key made to a task."""
+    return sum(
+        1
+        for e in emulator.events(task_id)
+        if e.accepted and e.user_id == emulator.key_user_id and e.operation.startswith("put")
+    )
+
+
+def test_a_person_saving_a_draft_between_fetch_and_write_is_never_overwritten(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    target = emulator.task_ids()[0]
+    person = emulator.as_user(emulator.human_email)
+
+    def act(source: str) -> None:
+        if target in source:
+            emulator.assign(target, emulator.human_email)
+            person.save_labels(target, labels=[])
+            emulator.assign(target, emulator.key_user_id)  # handed back, but now labelled
+
+    summary = _run(emulator, _Interfering(ct_model, act), tmp_path)
+    outcome = next(o for o in summary.outcomes if o.task_id == target)
+    assert outcome.status == "skipped"
+    assert "a person saved labels" in outcome.reason
+    latest = emulator.latest_labels(target)
+    assert latest is not None and latest.created_by != emulator.key_user_id
+    assert _writes_by_key(emulator, target) == 0
+    assert len(summary.done) == 2
+
+
+def test_a_task_reassigned_between_fetch_and_write_is_skipped(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    target = emulator.task_ids()[1]
+
+    def act(source: str) -> None:
+        if target in source:
+            emulator.assign(target, emulator.human_email)
+
+    summary = _run(emulator, _Interfering(ct_model, act), tmp_path)
+    outcome = next(o for o in summary.outcomes if o.task_id == target)
+    assert outcome.status == "skipped"
+    assert "assigned to" in outcome.reason and emulator.human_email in outcome.reason
+    assert _writes_by_key(emulator, target) == 0
+
+
+def test_tasks_a_person_already_labelled_are_left_alone(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    target = emulator.task_ids()[2]
+    emulator.assign(target, emulator.human_email)
+    emulator.as_user(emulator.human_email).save_labels(target, labels=[{"category": "Liver"}])
+    emulator.assign(target, emulator.key_user_id)
+    summary = _run(emulator, ct_model, tmp_path)
+    outcome = next(o for o in summary.outcomes if o.task_id == target)
+    assert outcome.status == "skipped" and "never overwrites" in outcome.reason
+    assert _writes_by_key(emulator, target) == 0
+
+
+def test_a_bad_series_fails_its_task_only_and_the_ledger_says_why(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    target = emulator.task_ids()[0]
+    record = emulator.task(target)
+    # Corrupt one stored DICOM slice of the task: a real, undecodable item.
+    emulator.emulator.blobs.write(
+        record.items[3], b"not a dicom file", content_type=None, encoding=None
+    )
+    summary = _run(emulator, ct_model, tmp_path)
+    assert summary.exit_code == 1
+    failed = {o.task_id: o for o in summary.failed}
+    assert list(failed) == [target]
+    assert target in failed[target].reason or record.name in failed[target].reason
+    assert len(summary.done) == 2
+    with Ledger(ledger_path(tmp_path / "work")) as ledger:
+        history = ledger.history(target)
+        assert history[-1].state is TaskState.FAILED
+        assert history[-1].error_type == "ImageError"
+
+
+def test_an_unknown_category_mapping_stops_the_run_before_any_write(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    from autolabel.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="Pancreas"):
+        _run(emulator, ct_model, tmp_path, mapping={"bone": "Pancreas"})
+    assert emulator.events() == []
