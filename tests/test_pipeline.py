@@ -4,7 +4,6 @@ re-runs, and races with people."""
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from pathlib import Path
 from typing import Any
