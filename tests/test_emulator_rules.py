@@ -359,3 +359,40 @@ def test_legacy_assign_labeling_tasks(emulator: EmulatorHandle) -> None:
         )
         == 1
     )
+
+
+def test_auto_assign_returns_the_task_to_its_last_reviewer(emulator: EmulatorHandle) -> None:
+    """With stageConfig.autoAssign a resubmitted task goes straight back to its reviewer."""
+    emulator.set_stage_config("Review_1", autoAssign=True)
+    task_id = emulator.task_ids("Label")[0]
+    _put(emulator, task_id, finished=True)
+    assert emulator.task(task_id).assigned_to is None  # nobody reviewed it here yet
+    reviewer = emulator.as_user(emulator.human_email)
+    reviewer.claim(task_id)
+    reviewer.review(task_id, passed=False)
+    _put(emulator, task_id, finished=True)
+    task = emulator.task(task_id)
+    assert (task.stage_name, task.state) == ("Review_1", "ASSIGNED")
+    assert task.assigned_to == reviewer.user.user_id
+    project = emulator.graphql(
+        "query($orgId: UUID!, $projectId: UUID!) { project(orgId: $orgId, projectId: $projectId)"
+        " { stages { stageName stageConfig } } }",
+        _ids(emulator),
+    )
+    configs = {
+        s["stageName"]: json.loads(s["stageConfig"]) for s in project["data"]["project"]["stages"]
+    }
+    assert configs["Review_1"]["autoAssign"] is True
+
+
+def test_completed_filter_lists_what_a_user_submitted(emulator: EmulatorHandle) -> None:
+    """recentlyCompleted lists tasks the user finished in that stage, wherever they are now."""
+    done, _, _ = emulator.task_ids("Label")
+    _put(emulator, done, finished=True)
+    key = emulator.key_user_id
+    filters = {"recentlyCompleted": True, "userId": key, "completedAtFrom": "2000-01-01T00:00:00Z"}
+    assert _listed(emulator, stageName="Label", manualLabelingFilters=filters) == ["phantom-000"]
+    late = {**filters, "completedAtFrom": "2999-01-01T00:00:00Z"}
+    assert _listed(emulator, stageName="Label", manualLabelingFilters=late) == []
+    human = {"recentlyCompleted": True, "userId": emulator.human_email}
+    assert _listed(emulator, stageName="Label", manualLabelingFilters=human) == []

@@ -303,3 +303,24 @@ def test_pagination_past_one_page(emulator_factory: Any, tmp_path: Path) -> None
     )
     assert len(exported) == 12
     assert json.dumps(exported)  # plain JSON all the way down
+
+
+def test_sdk_sees_injected_faults(project: Any, emulator: EmulatorHandle, label_file: Path) -> None:
+    """Faults reach the SDK as the real failures: 429, GraphQL error, presigned PUT 403."""
+    from redbrick.common.exceptions import RateLimitError
+
+    task_id = emulator.task_ids("Label")[0]
+    emulator.add_fault("tasksListSDK", "status", status=429, retry_after=1)
+    with pytest.raises(RateLimitError):
+        list(project.export.list_tasks(stage_name="Label"))
+    emulator.add_fault("putTaskAndLabelsSDK", "graphql_error", message="database is busy")
+    with pytest.raises(redbrick.GraphQLError, match="database is busy"):
+        project.labeling.put_tasks("Label", [{"taskId": task_id, "series": _series(label_file)}])
+    assert emulator.latest_labels(task_id) is None  # the mutation never ran
+    emulator.add_fault("storage:PUT", "status", status=403, message="signature expired")
+    with pytest.raises(ConnectionError, match="Error in uploading"):
+        project.labeling.put_tasks("Label", [{"taskId": task_id, "series": _series(label_file)}])
+    assert emulator.write_count(task_id) == 0
+    assert [f["fired"] for f in emulator.faults()] == [1, 1, 1]
+    project.labeling.put_tasks("Label", [{"taskId": task_id, "series": _series(label_file)}])
+    assert emulator.task(task_id).stage_name == "Review_1"

@@ -231,6 +231,19 @@ class EmulatorHandle:
         """Run a GraphQL document in-process as ``user`` (default: the seeded key)."""
         return self.emulator.run_as(user or self.key_user_id, query, variables)
 
+    def set_stage_config(self, stage_name: str, **config: Any) -> None:
+        """Change a stage's ``stageConfig`` keys, e.g. ``autoAssign=True``."""
+        project = self.emulator.store.project(self.project_id)
+        if project is None or not any(s["stageName"] == stage_name for s in project.stages):
+            raise KeyError(f"no stage {stage_name} in project {self.project_id}")
+        stages = [
+            {**s, "stageConfig": {**(s.get("stageConfig") or {}), **config}}
+            if s["stageName"] == stage_name
+            else s
+            for s in project.stages
+        ]
+        self.emulator.store.set_stages(self.project_id, stages)
+
     def set_presign_ttl(self, seconds: float) -> None:
         """How long newly presigned storage URLs stay valid (a negative value: expired)."""
         self.emulator.blobs.ttl_s = seconds

@@ -296,6 +296,14 @@ class Store:
                 ),
             )
 
+    def set_stages(self, project_id: str, stages: list[dict[str, Any]]) -> None:
+        """Replace a project's stages (``stageConfig``/``routing`` as the SDK shows them)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE projects SET stages = ?, updated_at = ? WHERE project_id = ?",
+                (json.dumps(stages), utc_now(), project_id),
+            )
+
     def project(self, project_id: str) -> ProjectRecord | None:
         """A project by id."""
         rows = self._rows("SELECT * FROM projects WHERE project_id = ?", (project_id,))
