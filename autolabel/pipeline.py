@@ -31,7 +31,14 @@ import numpy.typing as npt
 
 from autolabel import convert
 from autolabel.engine import EngineStats, Stage, StageEngine
-from autolabel.errors import AuthError, AutolabelError, ConfigError, LedgerError
+from autolabel.errors import (
+    AuthError,
+    AutolabelError,
+    ConfigError,
+    LedgerError,
+    PlatformError,
+    TransportError,
+)
 from autolabel.fetch import (
     FetchedTask,
     LabelsMarker,
@@ -392,7 +399,9 @@ class _Runner:
         began = time.perf_counter()
         task = job.task
         folder = self.downloads / _safe_name(task.task_id)
-        job.fetched = fetch_task(self.project, task, self.options.stage, folder)
+        job.fetched = _with_retries(
+            lambda: fetch_task(self.project, task, self.options.stage, folder)
+        )
         job.task = job.fetched.task
         seconds = time.perf_counter() - began
         job.outcome = TaskOutcome(
@@ -564,6 +573,20 @@ class _Runner:
             self.outcomes.append(outcome)
         if self.on_task is not None:
             self.on_task(outcome)
+
+
+def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> FetchedTask:
+    """Fetch again after a transient failure (the client already retried each request; a
+    fresh try also presigns the items again)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fetch()
+        except PlatformError as exc:
+            transient = isinstance(exc, TransportError) or exc.operation.startswith("storage")
+            if not transient or attempt == attempts:
+                raise
+            time.sleep(0.5 * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _default_mapping(

@@ -6,9 +6,9 @@ The write protocol (with the ledger's, see :mod:`autolabel.ledger`):
    labels are the ones seen at fetch time (a person saved nothing since) -- otherwise the
    task is skipped with that reason (:class:`~autolabel.fetch.TaskSkipped`);
 2. record the intent (``writing``) -- the caller's ``record_intent`` commits it;
-3. send the write once. A mutation is never retried blindly: after a transport error the
-   task is re-read, and only if the write did not land (and the task is still ours,
-   unchanged) is it sent again, up to ``attempts`` times.
+3. send the write once. A mutation is never retried blindly: after a transport error (or a
+   refused upload to a presigned URL) the task is re-read, and only if the write did not
+   land (and the task is still ours, unchanged) is it sent again, up to ``attempts`` times.
 
 :func:`write_landed` is the same test the pipeline uses at start-up to settle writes a
 killed run left in doubt.
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from autolabel.errors import TransportError
+from autolabel.errors import PlatformError, TransportError
 from autolabel.fetch import LabelsMarker, TaskSkipped, writable_problem
 from autolabel.redbrick import Project, Task
 
@@ -85,8 +85,8 @@ def write_task(
                 task_id, stage_name, series, finalize=finalize, provenance=provenance
             )
             return
-        except TransportError:
-            if attempt == attempts:
+        except PlatformError as exc:
+            if not _transient(exc) or attempt == attempts:
                 raise
             time.sleep(backoff_s * 2 ** (attempt - 1))
             after = project.get_task(task_id)
@@ -95,3 +95,9 @@ def write_task(
             ):
                 return
             check_unchanged(project, task_id, stage_name, before)
+
+
+def _transient(exc: PlatformError) -> bool:
+    """A failure worth another try: transport trouble, or a refused storage transfer (an
+    expired presigned URL is replaced by a fresh one on the next try)."""
+    return isinstance(exc, TransportError) or exc.operation.startswith("storage")
