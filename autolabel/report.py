@@ -180,13 +180,13 @@ def write_report(
 
 
 def _task_ends(ledger: Ledger, run_id: str) -> tuple[TaskEvent, ...]:
-    """The last event of each task in a run, in the order the tasks ended."""
+    """The last event of each task in a run, by task name."""
     latest: dict[str, TaskEvent] = {}
     for task_id in _run_task_ids(ledger.path, run_id):
         for event in ledger.history(task_id):
             if event.run_id == run_id:
                 latest[event.task_id] = event
-    return tuple(sorted(latest.values(), key=lambda e: e.seq))
+    return tuple(sorted(latest.values(), key=lambda e: (e.task_name, e.task_id)))
 
 
 def _run_task_ids(path: Path, run_id: str) -> list[str]:
