@@ -238,3 +238,11 @@ def test_checksum_ignores_order_and_sees_content_changes(tmp_path, ct):
     copy = tmp_path / "changed.dcm"
     copy.write_bytes(paths[0].read_bytes()[:-1] + b"\x01")
     assert checksum_files([copy, *paths[1:]]) != digest
+
+
+def test_nifti_without_its_suffix_is_recognised(tmp_path):
+    """A downloaded item named without .nii.gz still loads as NIfTI (by its magic)."""
+    item = tmp_path / "item-0"
+    item.write_bytes((NIB_DATA / "standard.nii.gz").read_bytes())
+    vol = load_volume([item])
+    assert np.array_equal(vol.array, np.asanyarray(nib.load(NIB_DATA / "standard.nii.gz").dataobj))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from collections.abc import Sequence
@@ -27,11 +28,24 @@ def _folder_files(folder: Path) -> list[Path]:
     return files
 
 
+def _sniff_nifti(path: Path) -> bool:
+    """Whether a file without a NIfTI name holds one (NIfTI-1/2 magic, gzipped or not)."""
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(2)
+        opener = gzip.open if head == b"\x1f\x8b" else open
+        with opener(path, "rb") as fp:
+            block = fp.read(348)
+    except (OSError, EOFError):
+        return False
+    return block[344:348] in (b"n+1\0", b"ni1\0") or block[4:8] in (b"n+2\0", b"ni2\0")
+
+
 def load_volume(path_or_paths: PathLike | Sequence[PathLike], *, source: str = "") -> Volume:
     """Load a series from a NIfTI file, a folder of DICOM files, or a list of DICOM files.
 
-    * A path ending in ``.nii``/``.nii.gz`` (alone, or as the only item of a list) is read
-      with :func:`load_nifti`.
+    * A path ending in ``.nii``/``.nii.gz`` (alone, or as the only item of a list), or a
+      single file holding NIfTI magic whatever its name, is read with :func:`load_nifti`.
     * A folder is read as one DICOM series of all files in it (hidden files and DICOMDIR
       skipped); any other file or list of files with :func:`load_dicom_series`.
     * Raises :class:`ImageError` for a missing path, an empty folder, or a list that mixes
@@ -49,6 +63,8 @@ def load_volume(path_or_paths: PathLike | Sequence[PathLike], *, source: str = "
         if not item.exists():
             raise ImageError(f"{what}: {item} does not exist")
     niftis = [p for p in items if is_nifti_path(p)]
+    if not niftis and len(items) == 1 and items[0].is_file() and _sniff_nifti(items[0]):
+        niftis = items
     if niftis:
         if len(items) > 1:
             raise ImageError(
