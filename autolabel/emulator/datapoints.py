@@ -13,7 +13,8 @@ import sqlite3
 import uuid
 from typing import Any
 
-from autolabel.emulator.store import LabelRecord, ProjectRecord, Store, TaskRecord, utc_now
+from autolabel.emulator.entities import LabelRecord, ProjectRecord, TaskRecord, utc_now
+from autolabel.emulator.store import Store
 from autolabel.emulator.workflow import (
     GROUND_TRUTH,
     RuleViolation,

@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from autolabel.emulator import workflow
+from autolabel.emulator import assignment, workflow
 from autolabel.emulator.datapoints import REDBRICK_STORAGE
+from autolabel.emulator.entities import EventRecord, LabelRecord, TaskRecord, UserRecord
 from autolabel.emulator.faults import FaultRule
 from autolabel.emulator.seed import HUMAN_EMAIL, Connection
 from autolabel.emulator.server import EmulatorHTTPServer
 from autolabel.emulator.service import Emulator, MintedUser
-from autolabel.emulator.store import EventRecord, LabelRecord, TaskRecord, UserRecord
 
 LOOPBACK = "127.0.0.1"
 
@@ -89,7 +89,7 @@ class Actor:
 
     def claim(self, task_id: str) -> None:
         """Assign the task (in its current stage) to this user."""
-        workflow.assign(
+        assignment.assign(
             self._emulator.store, self.user, self._project(), task_ids=[task_id],
             emails=[self.user.user_id],
         )  # fmt: skip

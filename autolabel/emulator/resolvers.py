@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import graphql
 
-from autolabel.emulator import datapoints, tasklist, workflow
+from autolabel.emulator import assignment, datapoints, tasklist, workflow
+from autolabel.emulator.entities import ProjectRecord, UserRecord
 from autolabel.emulator.importformat import InvalidImport, validate_and_convert
 from autolabel.emulator.storage import BlobStore
-from autolabel.emulator.store import ProjectRecord, Store, UserRecord
+from autolabel.emulator.store import Store
 from autolabel.emulator.views import project_view, stages_view, task_view, taxonomy_view, user_view
 from autolabel.emulator.workflow import RuleViolation
 
@@ -217,7 +218,7 @@ def _items_upload_presign(_: Any, info: Info, **args: Any) -> Any:
 
 def _assign(_: Any, info: Info, **args: Any) -> Any:
     ctx = _ctx(info)
-    tasks = workflow.assign(
+    tasks = assignment.assign(
         ctx.store,
         ctx.caller,
         ctx.project(args),
@@ -291,7 +292,7 @@ def _create_datapoint(_: Any, info: Info, **args: Any) -> Any:
 def _assign_queue(_: Any, info: Info, **args: Any) -> Any:
     ctx = _ctx(info)
     project = ctx.project(args)
-    tasks = workflow.assign_queue(
+    tasks = assignment.assign_queue(
         ctx.store, ctx.caller, project, stage_name=args["stageName"], count=int(args["count"])
     )
     views = []

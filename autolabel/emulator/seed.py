@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.emulator.datapoints import new_task
+from autolabel.emulator.entities import ProjectRecord, UserRecord, utc_now
 from autolabel.emulator.service import Emulator, new_api_key
-from autolabel.emulator.store import ProjectRecord, UserRecord, utc_now
 
 CONNECTION_FILE = "connection.json"
 HUMAN_EMAIL = "labeler@example.com"

@@ -19,11 +19,12 @@ from typing import Any
 
 import graphql
 
-from autolabel.emulator import workflow
+from autolabel.emulator import assignment
+from autolabel.emulator.entities import UserRecord
 from autolabel.emulator.faults import FaultBook, FaultRule
 from autolabel.emulator.resolvers import RequestContext, build_executable_schema
 from autolabel.emulator.storage import BlobStore
-from autolabel.emulator.store import Store, UserRecord
+from autolabel.emulator.store import Store
 from autolabel.emulator.workflow import RuleViolation
 
 #: RedBrick API keys are 43 characters long (the SDK refuses any other length).
@@ -205,7 +206,7 @@ class Emulator:
             raise KeyError(f"no task {task_id}")
         actor = self.store.users(project.org_id)[0]
         try:
-            workflow.assign(
+            assignment.assign(
                 self.store, actor, project, task_ids=[task_id], emails=[user] if user else None
             )
         except RuleViolation as exc:

@@ -12,16 +12,28 @@ HTTP server and the test that drives it can share a :class:`Store`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from autolabel.emulator.entities import (
+    EventRecord,
+    LabelRecord,
+    ProjectRecord,
+    TaskRecord,
+    UserRecord,
+    key_digest,
+    labels_from_row,
+    opt_bool,
+    project_from_row,
+    task_from_row,
+    user_from_row,
+    utc_now,
+)
 
 DB_NAME = "emulator.sqlite3"
 
@@ -55,112 +67,6 @@ CREATE TABLE IF NOT EXISTS blobs(
   key TEXT PRIMARY KEY, content_type TEXT, content_encoding TEXT, size INTEGER NOT NULL,
   sha256 TEXT NOT NULL, created_at TEXT NOT NULL);
 """
-
-
-def utc_now() -> str:
-    """The current time as an ISO-8601 UTC string (what the API returns for timestamps)."""
-    return datetime.now(timezone.utc).isoformat()
-
-
-def key_digest(api_key: str) -> str:
-    """SHA-256 hex of an API key: the only form in which keys are stored."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    """A member of an org: a human (email) or an API key (``API:<uuid>``, empty email)."""
-
-    user_id: str
-    org_id: str
-    email: str
-    given_name: str
-    family_name: str
-    role: str
-
-    @property
-    def is_api_key(self) -> bool:
-        """True for API-key users."""
-        return self.user_id.startswith("API:")
-
-
-@dataclass(frozen=True)
-class ProjectRecord:
-    """A project with its stages (SDK ``stages`` shape) and V2 taxonomy, as stored."""
-
-    project_id: str
-    org_id: str
-    name: str
-    td_type: str
-    taxonomy: dict[str, Any]
-    stages: list[dict[str, Any]]
-    created_at: str
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """One task: its datapoint (items, series) and where it stands in the workflow.
-
-    ``stage_name`` is a stage of the project, ``"END"`` (Ground Truth) or ``"ARCHIVED"``;
-    ``state`` is one of RedBrick's ``TaskStates``; ``assigned_to`` a user id or None.
-    """
-
-    task_id: str
-    project_id: str
-    dp_id: str
-    name: str
-    items: list[str]
-    series_info: list[dict[str, Any]]
-    storage_id: str
-    meta_data: str | None
-    priority: float | None
-    created_by: str
-    created_at: str
-    updated_at: str
-    stage_name: str
-    state: str
-    assigned_to: str | None
-    assigned_at: str | None
-    progress_saved_at: str | None
-    completed_at: str | None
-    review_state: str | None
-
-
-@dataclass(frozen=True)
-class LabelRecord:
-    """One saved version of a task's labels (the newest is the task's latest)."""
-
-    td_id: str
-    task_id: str
-    stage_name: str
-    labels_data: str
-    labels_data_path: str | None
-    labels_map: list[dict[str, Any] | None]
-    storage_id: str
-    created_by: str
-    created_at: str
-    finished: bool
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """One write attempt: accepted or refused (then ``message`` says why)."""
-
-    seq: int
-    task_id: str | None
-    operation: str
-    stage_name: str | None
-    user_id: str | None
-    finished: bool | None
-    review_val: bool | None
-    accepted: bool
-    message: str | None
-    at: str
-
-
-def _opt_bool(value: Any) -> bool | None:
-    return None if value is None else bool(value)
 
 
 class Store:
@@ -262,7 +168,7 @@ class Store:
     def user_by_key(self, api_key: str) -> UserRecord | None:
         """The user an API key belongs to, or None for an unknown key."""
         rows = self._rows("SELECT * FROM users WHERE key_sha256 = ?", (key_digest(api_key),))
-        return _user(rows[0]) if rows else None
+        return user_from_row(rows[0]) if rows else None
 
     def user(self, ident: str) -> UserRecord | None:
         """A user by user id or (case-insensitive) email."""
@@ -270,12 +176,12 @@ class Store:
             "SELECT * FROM users WHERE user_id = ? OR (email != '' AND lower(email) = lower(?))",
             (ident, ident),
         )
-        return _user(rows[0]) if rows else None
+        return user_from_row(rows[0]) if rows else None
 
     def users(self, org_id: str) -> list[UserRecord]:
         """The members of an org, oldest first."""
         rows = self._rows("SELECT * FROM users WHERE org_id = ? ORDER BY rowid", (org_id,))
-        return [_user(r) for r in rows]
+        return [user_from_row(r) for r in rows]
 
     # -- projects ---------------------------------------------------------------------------
 
@@ -307,7 +213,7 @@ class Store:
     def project(self, project_id: str) -> ProjectRecord | None:
         """A project by id."""
         rows = self._rows("SELECT * FROM projects WHERE project_id = ?", (project_id,))
-        return _project(rows[0]) if rows else None
+        return project_from_row(rows[0]) if rows else None
 
     def projects(self, org_id: str | None = None) -> list[ProjectRecord]:
         """The projects of an org (all orgs when None), oldest first."""
@@ -315,7 +221,7 @@ class Store:
             rows = self._rows("SELECT * FROM projects ORDER BY rowid")
         else:
             rows = self._rows("SELECT * FROM projects WHERE org_id = ? ORDER BY rowid", (org_id,))
-        return [_project(r) for r in rows]
+        return [project_from_row(r) for r in rows]
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -353,14 +259,14 @@ class Store:
     def task(self, task_id: str) -> TaskRecord | None:
         """A task by id."""
         rows = self._rows("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
-        return _task(rows[0]) if rows else None
+        return task_from_row(rows[0]) if rows else None
 
     def task_by_name(self, project_id: str, name: str) -> TaskRecord | None:
         """A task by its (unique) name in a project."""
         rows = self._rows(
             "SELECT * FROM tasks WHERE project_id = ? AND name = ?", (project_id, name)
         )
-        return _task(rows[0]) if rows else None
+        return task_from_row(rows[0]) if rows else None
 
     def tasks(self, project_id: str | None = None) -> list[TaskRecord]:
         """The tasks of a project (all projects when None) in creation order."""
@@ -370,7 +276,7 @@ class Store:
             rows = self._rows(
                 "SELECT * FROM tasks WHERE project_id = ? ORDER BY seq", (project_id,)
             )
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     def update_task(self, task_id: str, **changes: Any) -> None:
         """Set task columns (``updated_at`` is set to now unless given)."""
@@ -407,14 +313,14 @@ class Store:
     def label_history(self, task_id: str) -> list[LabelRecord]:
         """Every saved version of a task's labels, oldest first."""
         rows = self._rows("SELECT * FROM labels WHERE task_id = ? ORDER BY seq", (task_id,))
-        return [_labels(r) for r in rows]
+        return [labels_from_row(r) for r in rows]
 
     def latest_labels(self, task_id: str) -> LabelRecord | None:
         """The newest labels of a task, or None when it has none."""
         rows = self._rows(
             "SELECT * FROM labels WHERE task_id = ? ORDER BY seq DESC LIMIT 1", (task_id,)
         )
-        return _labels(rows[0]) if rows else None
+        return labels_from_row(rows[0]) if rows else None
 
     # -- events -----------------------------------------------------------------------------
 
@@ -461,8 +367,8 @@ class Store:
                 operation=str(r["operation"]),
                 stage_name=r["stage_name"],
                 user_id=r["user_id"],
-                finished=_opt_bool(r["finished"]),
-                review_val=_opt_bool(r["review_val"]),
+                finished=opt_bool(r["finished"]),
+                review_val=opt_bool(r["review_val"]),
                 accepted=bool(r["accepted"]),
                 message=r["message"],
                 at=str(r["at"]),
@@ -486,43 +392,3 @@ class Store:
         """The index entry of a stored object: content_type, content_encoding, size, sha256."""
         rows = self._rows("SELECT * FROM blobs WHERE key = ?", (key,))
         return dict(rows[0]) if rows else None
-
-
-def _user(row: sqlite3.Row) -> UserRecord:
-    return UserRecord(
-        user_id=str(row["user_id"]),
-        org_id=str(row["org_id"]),
-        email=str(row["email"]),
-        given_name=str(row["given_name"]),
-        family_name=str(row["family_name"]),
-        role=str(row["role"]),
-    )
-
-
-def _project(row: sqlite3.Row) -> ProjectRecord:
-    return ProjectRecord(
-        project_id=str(row["project_id"]),
-        org_id=str(row["org_id"]),
-        name=str(row["name"]),
-        td_type=str(row["td_type"]),
-        taxonomy=json.loads(row["taxonomy"]),
-        stages=json.loads(row["stages"]),
-        created_at=str(row["created_at"]),
-        updated_at=str(row["updated_at"]),
-    )
-
-
-def _task(row: sqlite3.Row) -> TaskRecord:
-    values = dict(row)
-    values.pop("seq")
-    values["items"] = json.loads(values["items"])
-    values["series_info"] = json.loads(values["series_info"])
-    return TaskRecord(**values)
-
-
-def _labels(row: sqlite3.Row) -> LabelRecord:
-    values = dict(row)
-    values.pop("seq")
-    values["labels_map"] = json.loads(values["labels_map"])
-    values["finished"] = bool(values["finished"])
-    return LabelRecord(**values)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from autolabel.emulator.store import ProjectRecord, Store, TaskRecord
+from autolabel.emulator.entities import ProjectRecord, TaskRecord
+from autolabel.emulator.store import Store
 from autolabel.emulator.workflow import GROUND_TRUTH, is_ground_truth
 
 DEFAULT_PAGE = 10

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from autolabel.emulator.store import LabelRecord, ProjectRecord, Store, TaskRecord, UserRecord
+from autolabel.emulator.entities import LabelRecord, ProjectRecord, TaskRecord, UserRecord
+from autolabel.emulator.store import Store
 
 
 def user_view(user: UserRecord | None, *, caller_id: str | None = None) -> dict[str, Any] | None:

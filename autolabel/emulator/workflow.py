@@ -23,14 +23,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from autolabel.emulator.store import (
+from autolabel.emulator.entities import (
     LabelRecord,
     ProjectRecord,
-    Store,
     TaskRecord,
     UserRecord,
     utc_now,
 )
+from autolabel.emulator.store import Store
 
 GROUND_TRUTH = "END"
 ARCHIVED = "ARCHIVED"
@@ -173,7 +173,7 @@ def _check_queued(task: TaskRecord, stage_name: str, caller: UserRecord) -> None
         )
 
 
-def _check_stage_kind(project: ProjectRecord, task_id: str, stage_name: str, *bricks: str) -> None:
+def check_stage_kind(project: ProjectRecord, task_id: str, stage_name: str, *bricks: str) -> None:
     stage = stage_named(project, stage_name)
     if stage is None or stage["brickName"] not in bricks:
         kinds = " or ".join("review" if b == REVIEW_BRICK else "label" for b in bricks)
@@ -243,7 +243,7 @@ def save_labels(
 
     def action() -> None:
         task = task_in(store, project, task_id)
-        _check_stage_kind(project, task_id, stage_name, LABEL_BRICK, REVIEW_BRICK)
+        check_stage_kind(project, task_id, stage_name, LABEL_BRICK, REVIEW_BRICK)
         _check_queued(task, stage_name, caller)
         try:
             parsed = json.loads(labels_data or "[]")
@@ -308,7 +308,7 @@ def submit_existing(
 
     def action() -> None:
         task = task_in(store, project, task_id)
-        _check_stage_kind(project, task_id, stage_name, LABEL_BRICK)
+        check_stage_kind(project, task_id, stage_name, LABEL_BRICK)
         _check_queued(task, stage_name, caller)
         _submit(store, project, task, stage_name, corrected=False)
 
@@ -336,7 +336,7 @@ def review(
 
     def action() -> None:
         task = task_in(store, project, task_id)
-        _check_stage_kind(project, task_id, stage_name, REVIEW_BRICK)
+        check_stage_kind(project, task_id, stage_name, REVIEW_BRICK)
         _check_queued(task, stage_name, caller)
         routing = (stage_named(project, stage_name) or {}).get("routing") or {}
         store.update_task(task_id, review_state="PASSED" if passed else "FAILED")
@@ -378,75 +378,3 @@ def move_to_start(
         task_id=task_id,
         stage_name=task.stage_name if task else None,
     )
-
-
-def assign(
-    store: Store,
-    caller: UserRecord,
-    project: ProjectRecord,
-    *,
-    task_ids: list[str],
-    emails: list[str] | None,
-    current_user: bool = False,
-) -> list[TaskRecord]:
-    """``assignTasksMultipleUsers``: assign each task (in its stage) or unassign it.
-
-    ``emails`` entries may be emails, user ids or ``API:`` ids; the first one becomes the
-    assignee (this emulator has no consensus). None unassigns; ``current_user`` assigns to
-    the caller.
-    """
-    assignee: UserRecord | None = caller if current_user else None
-    if emails:
-        found = store.user(emails[0])
-        if found is None or found.org_id != project.org_id:
-            raise RuleViolation(
-                f"User {emails[0]} is not a member of organization {project.org_id}"
-            )
-        assignee = found
-    done = []
-    for task_id in task_ids:
-
-        def action(task_id: str = task_id) -> TaskRecord:
-            task = task_in(store, project, task_id)
-            if task.stage_name in (GROUND_TRUTH, ARCHIVED):
-                raise RuleViolation(
-                    f"Task {task_id} is in {task.stage_name}: only tasks in a label or"
-                    " review stage can be assigned"
-                )
-            store.update_task(
-                task_id,
-                assigned_to=assignee.user_id if assignee else None,
-                assigned_at=utc_now() if assignee else None,
-                state="ASSIGNED" if assignee else "UNASSIGNED",
-            )
-            return task
-
-        task = store.task(task_id)
-        stage = task.stage_name if task else None
-        done.append(
-            attempt(
-                store, "assignTasksMultipleUsers", caller, action, task_id=task_id, stage_name=stage
-            )
-        )
-    return [t for t in (store.task(t.task_id) for t in done) if t is not None]
-
-
-def assign_queue(
-    store: Store, caller: UserRecord, project: ProjectRecord, *, stage_name: str, count: int
-) -> list[TaskRecord]:
-    """``assignLabelingTasks`` (SDK < 2.13): give the caller up to ``count`` free tasks."""
-    _check_stage_kind(project, "(any)", stage_name, LABEL_BRICK, REVIEW_BRICK)
-    free = [
-        t
-        for t in store.tasks(project.project_id)
-        if t.stage_name == stage_name and t.assigned_to is None
-    ]
-    mine = [
-        t
-        for t in store.tasks(project.project_id)
-        if t.stage_name == stage_name and t.assigned_to == caller.user_id
-    ]
-    picked = sorted(free, key=lambda t: -(t.priority or 0.0))[: max(0, count - len(mine))]
-    for task in picked:
-        assign(store, caller, project, task_ids=[task.task_id], emails=[caller.user_id])
-    return [t for t in (store.task(x.task_id) for x in [*mine, *picked]) if t is not None]
