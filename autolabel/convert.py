@@ -162,7 +162,9 @@ def build_segment_map(
     * ``model_labels`` maps model label ids (1..65535; 0 is background and ignored) to
       class names. ``taxonomy`` is the project's taxonomy as the API returns it (V2, with
       ``objectTypes``), or just its ``objectTypes`` list.
-    * ``mapping`` (optional) is keyed by model class name or id and gives a category name,
+    * ``mapping`` (optional) is keyed by model class name or id (so a
+      :class:`~autolabel.inference.spec.ModelSpec`'s ``categories`` can be passed as it
+      is) and gives a category name,
       a ``classId`` (int, or digits when no category has that name) or ``None`` to drop
       the class. Classes not in it are matched by their own name.
     * Names match exactly, else case-insensitively when that picks one category. The
@@ -174,6 +176,9 @@ def build_segment_map(
     * Kept categories get output values 1..n in order of their first model id; classes
       mapped to the same category share its value.
     """
+    bad_ids = [i for i in model_labels if not 0 <= i <= _MAX_VALUE]
+    if bad_ids:
+        raise ValueError(f"model label ids must lie in 0..{_MAX_VALUE}, got {bad_ids}")
     objects = _object_types(taxonomy)
     mapping = dict(mapping or {})
     known = {*model_labels.values(), *model_labels, *(str(i) for i in model_labels)}

@@ -9,7 +9,7 @@ pydicom's decoders instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,7 @@ def _plane(h: SliceHeader) -> Plane:
 
 def _volume(
     stack: Stack,
-    fill: Any,
+    fill: Callable[[int, npt.NDArray[Any]], None],
     first: SliceHeader,
     source: str,
 ) -> Volume:
