@@ -76,7 +76,7 @@ def assign_queue(
     store: Store, caller: UserRecord, project: ProjectRecord, *, stage_name: str, count: int
 ) -> list[TaskRecord]:
     """``assignLabelingTasks`` (SDK < 2.13): give the caller up to ``count`` free tasks."""
-    check_stage_kind(project, "(any)", stage_name, LABEL_BRICK, REVIEW_BRICK)
+    check_stage_kind(project, "assignLabelingTasks", stage_name, LABEL_BRICK, REVIEW_BRICK)
     free = [
         t
         for t in store.tasks(project.project_id)

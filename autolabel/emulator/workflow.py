@@ -173,13 +173,13 @@ def _check_queued(task: TaskRecord, stage_name: str, caller: UserRecord) -> None
         )
 
 
-def check_stage_kind(project: ProjectRecord, task_id: str, stage_name: str, *bricks: str) -> None:
+def check_stage_kind(project: ProjectRecord, subject: str, stage_name: str, *bricks: str) -> None:
+    """Refuse unless ``stage_name`` is a stage with one of ``bricks``; ``subject`` leads."""
     stage = stage_named(project, stage_name)
     if stage is None or stage["brickName"] not in bricks:
         kinds = " or ".join("review" if b == REVIEW_BRICK else "label" for b in bricks)
         raise RuleViolation(
-            f"Task {task_id}: stage {stage_name} is not a {kinds} stage of project"
-            f" {project.project_id}"
+            f"{subject}: stage {stage_name} is not a {kinds} stage of project {project.project_id}"
         )
 
 
@@ -243,7 +243,7 @@ def save_labels(
 
     def action() -> None:
         task = task_in(store, project, task_id)
-        check_stage_kind(project, task_id, stage_name, LABEL_BRICK, REVIEW_BRICK)
+        check_stage_kind(project, f"Task {task_id}", stage_name, LABEL_BRICK, REVIEW_BRICK)
         _check_queued(task, stage_name, caller)
         try:
             parsed = json.loads(labels_data or "[]")
@@ -308,7 +308,7 @@ def submit_existing(
 
     def action() -> None:
         task = task_in(store, project, task_id)
-        check_stage_kind(project, task_id, stage_name, LABEL_BRICK)
+        check_stage_kind(project, f"Task {task_id}", stage_name, LABEL_BRICK)
         _check_queued(task, stage_name, caller)
         _submit(store, project, task, stage_name, corrected=False)
 
@@ -336,7 +336,7 @@ def review(
 
     def action() -> None:
         task = task_in(store, project, task_id)
-        check_stage_kind(project, task_id, stage_name, REVIEW_BRICK)
+        check_stage_kind(project, f"Task {task_id}", stage_name, REVIEW_BRICK)
         _check_queued(task, stage_name, caller)
         routing = (stage_named(project, stage_name) or {}).get("routing") or {}
         store.update_task(task_id, review_state="PASSED" if passed else "FAILED")
