@@ -176,7 +176,9 @@ def review_tasks(
     scorer = _Scorer(project, model, work_dir) if model is not None else None
     user = project.current_user_id
     decisions: list[TaskDecision] = []
-    for task in _tasks(project, stage_name, task_ids, decisions):
+    for listed in _tasks(project, stage_name, task_ids, decisions):
+        # A listing carries no labels: read the task whole before judging it.
+        task = listed if listed.items_loaded else project.get_task(listed.task_id)
         if task.stage_name != stage_name or task.assignee != user:
             decisions.append(
                 TaskDecision(
