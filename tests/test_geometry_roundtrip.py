@@ -1,10 +1,11 @@
-"""DICOM series -> Volume -> label file -> RedBrick (emulator) -> export: same voxels, same place.
+"""Series -> Volume -> label file -> RedBrick (emulator) -> export: same voxels, same place.
 
 The export runs through the official redbrick-sdk with ``dicom_to_nifti=True``: the SDK
 converts the exported series with dicom2nifti and checks (shape, data offset, affines)
 that the exported label file matches it, warning "Headers of converted nifti image and
 segmentation do not match" otherwise. Every labelled voxel of the export must sit at the
-world coordinate where the phantom has that organ.
+world coordinate where the phantom has that organ. A NIfTI study keeps its own header
+(qform and sform) on the exported label file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from autolabel.convert import build_segment_map, to_series
-from autolabel.imaging import load_dicom_series, write_dicom_series
+from autolabel.imaging import load_dicom_series, load_volume, write_dicom_series
 from autolabel.phantom import PHANTOM_LABELS, make_phantom
 
 redbrick = pytest.importorskip("redbrick")
@@ -135,3 +136,30 @@ def test_labels_survive_redbrick_at_the_same_world_coordinates(
     hu = np.asanyarray(image.dataobj)[tuple(labelled.T)]
     lps = np.linalg.solve(affine_lps, LPS_TO_RAS @ np.c_[world, np.ones(len(world))].T)[:3].T
     assert np.array_equal(hu, phantom.hu[tuple(np.rint(lps).astype(int).T)])
+
+
+def test_nifti_study_labels_keep_the_image_header_through_redbrick(emulator_factory, tmp_path):
+    """A NIfTI study (qform != sform): the exported label file has the image's grid and header."""
+    source = Path(nib.__file__).parent / "tests" / "data" / "reoriented_anat_moved.nii"
+    study = tmp_path / "anat-moved.nii"
+    study.write_bytes(source.read_bytes())
+    handle = emulator_factory(studies=0, from_paths=(study,))
+    (task_id,) = handle.task_ids("Label")
+    sdk = _sdk_project(handle)
+
+    volume = load_volume(study, source=f"task {task_id}")
+    bright = np.asarray(volume.array) > np.percentile(volume.array, 90)
+    segment_map = build_segment_map({1: "body"}, sdk.taxonomy)
+    entry = to_series(
+        bright.astype(np.uint8), volume, segment_map, name="anat", path=tmp_path / "p.nii.gz"
+    )
+    sdk.labeling.put_tasks("Label", [{"taskId": task_id, "series": [entry]}], finalize=False)
+    (exported,) = list(
+        sdk.export.export_tasks(task_id=task_id, destination=str(tmp_path / "export"))
+    )
+    seg = nib.load(exported["series"][0]["segmentations"])
+    image = nib.load(study)
+    assert np.array_equal(np.asanyarray(seg.dataobj) > 0, bright)
+    assert np.allclose(seg.header.get_sform(), image.header.get_sform(), atol=1e-5)
+    assert np.allclose(seg.header.get_qform(), image.header.get_qform(), atol=1e-5)
+    assert np.allclose(seg.affine, image.affine, atol=1e-5)
