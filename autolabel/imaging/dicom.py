@@ -295,6 +295,8 @@ def load_dicom_series(
       missing (install the ``dicom-codecs`` extra).
     * ``header_workers``: see :func:`autolabel.imaging.dicom_headers.read_headers`.
     """
+    if isinstance(paths, str | os.PathLike):
+        raise TypeError("load_dicom_series takes a list of files; use load_volume for a folder")
     names = [os.fspath(p) for p in paths]
     label = source or (str(Path(names[0]).parent) if names else "DICOM series")
     if not names:
