@@ -20,7 +20,13 @@ from typing import Any
 
 from autolabel.emulator import assignment, workflow
 from autolabel.emulator.datapoints import REDBRICK_STORAGE
-from autolabel.emulator.entities import EventRecord, LabelRecord, TaskRecord, UserRecord
+from autolabel.emulator.entities import (
+    EventRecord,
+    LabelRecord,
+    ProjectRecord,
+    TaskRecord,
+    UserRecord,
+)
 from autolabel.emulator.faults import FaultRule
 from autolabel.emulator.seed import HUMAN_EMAIL, Connection
 from autolabel.emulator.server import EmulatorHTTPServer
@@ -41,7 +47,7 @@ class Actor:
         self.user = user
         self._project_id = project_id
 
-    def _project(self) -> Any:
+    def _project(self) -> ProjectRecord:
         project = self._emulator.store.project(self._project_id)
         if project is None:
             raise KeyError(f"no project {self._project_id}")

@@ -197,7 +197,7 @@ def convert_task(task: dict[str, Any], taxonomy: dict[str, Any]) -> dict[str, An
             raise InvalidImport(f"{where}: must be an object")
         unknown = sorted(set(series) - _SERIES_KEYS)
         if unknown:
-            raise InvalidImport(f"{where}: unsupported keys {', '.join(unknown)}")
+            raise InvalidImport(f"{where}: the emulator does not support {', '.join(unknown)}")
         raw_items = series.get("items") or []
         series_items = [raw_items] if isinstance(raw_items, str) else list(raw_items)
         indices = list(range(len(items), len(items) + len(series_items)))
