@@ -108,7 +108,7 @@ def _serve_until_interrupted(emu: Any, result: Any) -> None:
         "\nThe local RedBrick keeps running until Ctrl-C. In another shell:\n"
         f"  export REDBRICK_URL={emu.url} REDBRICK_ORG_ID={emu.org_id} \\\n"
         f"         REDBRICK_PROJECT_ID={emu.project_id} REDBRICK_API_KEY={emu.api_key}\n"
-        "  autolabel run --dry-run --work demo-work   # the tasks back in Label\n"
+        "  autolabel run --dry-run --work demo-work   # the draft still queued for the key\n"
         "(this key is the local emulator's own demo key; it opens nothing else)",
         flush=True,
     )
