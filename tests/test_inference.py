@@ -287,6 +287,8 @@ def test_torchscript_card_predicts_on_the_volume_grid(tmp_path: Path) -> None:
     digest = hashlib.sha256((tmp_path / "net.pt").read_bytes()).hexdigest()
     assert model.spec.weights_sha256 == digest
     assert model.events == []
+    other = _volume((12, 30, 25))  # the same warm model serves the next volume of any shape
+    assert model.predict(other).shape == other.shape
 
 
 def test_reorientation_round_trip_is_exact() -> None:
