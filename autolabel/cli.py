@@ -28,6 +28,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "autolabel.commands.reannotate",
     "autolabel.commands.watch",
     "autolabel.commands.status",
+    "autolabel.commands.report",
+    "autolabel.commands.demo",
     "autolabel.commands.emulator",
     "autolabel.commands.models",
     "autolabel.commands.predict",
