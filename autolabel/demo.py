@@ -9,7 +9,8 @@
    results in ``OUT/results``: first **submits** ``submit`` tasks (``mode="final"``, as
    ``autolabel run --finalize --limit N``), then saves **drafts** of the rest (as
    ``autolabel run``);
-3. plays a colleague who opens one draft, erases one lung from it and submits it
+3. plays a colleague who opens one draft, erases one lung from it (half of another
+   category for a model without lungs) and submits it
    (through the API, as a person with their own key), so that the review stage holds
    labels that agree with the model and labels that do not;
 4. queues the review stage for the API key (as a project admin would) and reviews it
@@ -237,19 +238,26 @@ def _prelabel(
 
 
 def _colleague_corrects(emu: EmulatorHandle, result: DemoResult, say: StepListener) -> str | None:
-    """A person opens the first draft, erases one lung and submits it; its task name."""
+    """A person opens the first draft, erases half of one category and submits it.
+
+    The category is ``Lung`` when the model labels lungs (one lung goes), else the first
+    one the draft has. Returns the task's name, or None when there is no draft to edit.
+    """
     from autolabel import imaging
 
     drafts = [o for run in result.runs if run.mode == "draft" for o in run.done]
     if not drafts:
         return None
     outcome = min(drafts, key=lambda o: o.task_name)
-    entry = dict(_payload_entry(Path(outcome.files["payload"])))
+    entry = _payload_entry(Path(outcome.files["payload"]))
+    categories = {int(v): str(c.get("category")) for v, c in entry["segmentMap"].items()}
+    if not categories:
+        return None
+    category = "Lung" if "Lung" in categories.values() else next(iter(categories.values()))
     source = imaging.load_nifti(entry["segmentations"])
     labels = np.array(source.array)
-    lung = [int(v) for v, c in entry["segmentMap"].items() if c.get("category") == "Lung"]
-    half = labels.shape[0] // 2
-    labels[:half][np.isin(labels[:half], lung)] = 0
+    half = labels[: labels.shape[0] // 2]  # a view: one side of the patient
+    half[np.isin(half, [v for v, c in categories.items() if c == category])] = 0
     scratch = Path(tempfile.mkdtemp(prefix="colleague-", dir=result.work_dir))
     try:
         entry["segmentations"] = str(
@@ -266,7 +274,8 @@ def _colleague_corrects(emu: EmulatorHandle, result: DemoResult, say: StepListen
             raise ConfigError(f"the colleague could not submit {outcome.task_name}: {failed}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    say(f"{name} edited the draft of {outcome.task_name} by hand (erased one lung), submitted it")
+    what = "one lung" if category == "Lung" else f"half of {category}"
+    say(f"{name} edited the draft of {outcome.task_name} by hand (erased {what}), submitted it")
     return outcome.task_name
 
 

@@ -285,7 +285,7 @@ def _totals(tasks: Iterable[TaskEvent]) -> str:
         if rows
         else ""
     )
-    return timing + _volume_table(volumes, "total ml")
+    return timing + _volume_table(volumes, "predicted ml, all tasks")
 
 
 def _index(tasks: Sequence[TaskEvent]) -> str:
