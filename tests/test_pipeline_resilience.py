@@ -146,11 +146,11 @@ def test_faults_at_30_percent_end_every_task_written_or_failed_never_twice(
             assert outcome.reason, outcome
             assert writes[outcome.task_id] <= 1, outcome
     assert max(writes.values()) <= 1
-    assert len(summary.done) >= 4  # retries carry most tasks through
+    assert len(summary.done) >= 4, summary.to_dict()  # retries carry most tasks through
 
     # Once the network heals, a re-run settles writes in doubt and finishes the rest.
     emulator.clear_faults()
     with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
         rerun = run(p, model, options)
-    assert rerun.exit_code == 0
+    assert rerun.exit_code == 0, rerun.to_dict()
     assert _key_writes(emulator) == dict.fromkeys(emulator.task_ids(), 1)
