@@ -13,6 +13,11 @@
 
 A failing task is recorded with its error and the run goes on; authentication failures,
 ledger failures and an unreachable RedBrick stop the run at once.
+
+Two parts are shared with the Ray run (:mod:`autolabel.scale`), so that the logic exists
+once: :class:`TaskSteps` (what is done to one task: fetch, predict, convert, write) and
+:class:`RunBook` (the run's bookkeeping: in-doubt settlement, the streamed task selection,
+every ledger event, outcomes and listeners). Only the scheduling differs.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +51,7 @@ from autolabel.fetch import (
     fetch_task,
     select_tasks,
 )
-from autolabel.inference.spec import SegmentationModel
+from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.ledger import Ledger, ModelKey, Run, TaskState, ledger_path
 from autolabel.overlay import save_overlay
 from autolabel.records import Volume
@@ -111,7 +116,8 @@ class TaskOutcome:
     ``status`` is a ledger state value: ``draft_saved``, ``submitted``, ``dry_run``,
     ``skipped`` or ``failed``. ``reason`` explains a skip or failure; ``seconds`` holds the
     duration of each stage; ``volumes_ml`` the predicted volume per taxonomy category;
-    ``files`` the local results (label files, payload, preview).
+    ``files`` the local results (label files, payload, preview); ``worker`` the Ray actor
+    that did the task (empty in a local run).
     """
 
     task_id: str
@@ -122,10 +128,11 @@ class TaskOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     volumes_ml: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    worker: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
+        out = {
             "task_id": self.task_id,
             "task_name": self.task_name,
             "status": self.status,
@@ -135,11 +142,58 @@ class TaskOutcome:
             "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
             "files": dict(self.files),
         }
+        if self.worker:
+            out["worker"] = self.worker
+        return out
+
+
+@dataclass
+class WorkerStats:
+    """What one worker of a scaled-out run (a Ray actor) did.
+
+    ``tasks`` counts the tasks it ended (written, skipped or failed), ``failed`` those that
+    failed; ``busy_s`` sums its per-task seconds and ``alive_s`` is how long it was up.
+    ``died`` says the actor was lost during the run; ``requeued`` lists the tasks it held
+    then, which were handed to other actors.
+    """
+
+    name: str
+    node: str
+    device: str
+    tasks: int = 0
+    failed: int = 0
+    busy_s: float = 0.0
+    alive_s: float = 0.0
+    died: str = ""
+    requeued: list[str] = field(default_factory=list)
+
+    @property
+    def tasks_per_min(self) -> float:
+        """Tasks ended per minute of the worker's life (0 when it did none)."""
+        return 60.0 * self.tasks / self.alive_s if self.alive_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "name": self.name,
+            "node": self.node,
+            "device": self.device,
+            "tasks": self.tasks,
+            "failed": self.failed,
+            "busy_s": round(self.busy_s, 3),
+            "alive_s": round(self.alive_s, 3),
+            "tasks_per_min": round(self.tasks_per_min, 2),
+            "died": self.died,
+            "requeued": list(self.requeued),
+        }
 
 
 @dataclass
 class RunSummary:
-    """What a run did: one :class:`TaskOutcome` per task it touched, and stage timings."""
+    """What a run did: one :class:`TaskOutcome` per task it touched, and stage timings.
+
+    ``workers`` holds per-actor statistics when the run was spread over Ray (else empty).
+    """
 
     run_id: str
     mode: str
@@ -150,6 +204,7 @@ class RunSummary:
     wall_s: float
     resolved: int = 0
     already_done: int = 0
+    workers: list[WorkerStats] = field(default_factory=list)
 
     def _with(self, *statuses: str) -> list[TaskOutcome]:
         return [o for o in self.outcomes if o.status in statuses]
@@ -189,7 +244,7 @@ class RunSummary:
                         "per_task_s": round(s.per_job_s, 3),
                     }
                 )
-        return {
+        out: dict[str, Any] = {
             "run_id": self.run_id,
             "mode": self.mode,
             "stage": self.stage,
@@ -209,6 +264,9 @@ class RunSummary:
             "stages": stages,
             "tasks": [o.to_dict() for o in self.outcomes],
         }
+        if self.workers:
+            out["workers"] = [w.to_dict() for w in self.workers]
+        return out
 
 
 @dataclass
@@ -226,11 +284,34 @@ StageListener = Callable[[str, str], None]
 #: Called when a task ends: its outcome.
 OutcomeListener = Callable[[TaskOutcome], None]
 
+#: Why a task whose prediction is empty is skipped (``empty="skip"``).
+EMPTY_REASON = (
+    "the model found nothing in this task (empty prediction; use --empty submit to write it anyway)"
+)
+
 
 def model_key(model: SegmentationModel) -> ModelKey:
     """The ledger identity of a loaded model."""
-    spec = model.spec
+    return spec_key(model.spec)
+
+
+def spec_key(spec: ModelSpec) -> ModelKey:
+    """The ledger identity of a model spec (name, version, weights hash)."""
     return ModelKey(spec.name, spec.version, spec.weights_sha256)
+
+
+def segment_map_for(
+    spec: ModelSpec, taxonomy: Mapping[str, Any], options: RunOptions
+) -> convert.SegmentMap:
+    """The model label → taxonomy category map of a run; :class:`ConfigError` when a model
+    class has no category (unless ``options.allow_unmapped``)."""
+    mapping: dict[str | int, convert.Target] = {
+        spec.labels[i]: spec.category_of(i) for i in spec.labels
+    }
+    mapping.update(options.mapping or {})
+    return convert.build_segment_map(
+        dict(spec.labels), taxonomy, mapping, allow_unmapped=options.allow_unmapped
+    )
 
 
 def run(
@@ -253,195 +334,68 @@ def run(
     :class:`~autolabel.errors.LedgerError` and :class:`~autolabel.errors.ConfigError`
     (e.g. a model class with no taxonomy category) -- everything else is per task.
     """
+    steps = TaskSteps(project, model, options)
     own_ledger = ledger is None
     book = ledger if ledger is not None else Ledger(ledger_path(options.work_dir))
     try:
-        return _Runner(project, model, options, book, stop, on_stage, on_task).go(command)
+        runbook = RunBook(project, steps.key, options, book, stop, on_stage, on_task)
+        return _Runner(runbook, steps).go(command)
     finally:
         if own_ledger:
             book.close()
 
 
-class _Runner:
-    """One run's state; see :func:`run`."""
+class TaskSteps:
+    """The work done on one task, with no ledger and no scheduling.
 
-    def __init__(
-        self,
-        project: Project,
-        model: SegmentationModel,
-        options: RunOptions,
-        ledger: Ledger,
-        stop: threading.Event | None,
-        on_stage: StageListener | None,
-        on_task: OutcomeListener | None,
-    ) -> None:
+    The local run (:func:`run`) and the Ray actors of :mod:`autolabel.scale` call the same
+    steps, so a task is fetched, predicted, converted and written the same way on both:
+
+    * :meth:`fetch` -- re-read, guard, download and decode (retrying transient failures);
+    * :meth:`predict` -- one label map per series;
+    * :meth:`convert` -- label files, previews and the ``series`` payload in
+      ``options.results_dir``; fills the outcome's files and volumes;
+    * :meth:`write` -- the guarded, exactly-once write of :func:`autolabel.submit.write_task`;
+      the caller's ``record_intent`` must commit the ``writing`` intent.
+
+    Errors are raised as they come (:class:`~autolabel.fetch.TaskSkipped` for a task that
+    must be left alone); the caller records them.
+    """
+
+    def __init__(self, project: Project, model: SegmentationModel, options: RunOptions) -> None:
         self.project = project
         self.model = model
         self.options = options
-        self.ledger = ledger
-        self.stop = stop or threading.Event()
-        self.on_stage = on_stage
-        self.on_task = on_task
         self.key = model_key(model)
-        self.outcomes: list[TaskOutcome] = []
-        self._lock = threading.Lock()
-        self.segment_map = convert.build_segment_map(
-            dict(model.spec.labels),
-            project.taxonomy,
-            _default_mapping(model, options.mapping),
-            allow_unmapped=options.allow_unmapped,
-        )
-        self.downloads = options.work_dir / "downloads"
+        self.segment_map = segment_map_for(model.spec, project.taxonomy, options)
         self.provenance = {"Model": f"{self.key.name} {self.key.version}"}
 
-    # -- the run ---------------------------------------------------------------------------
+    def fetch(self, task: Task, folder: Path) -> FetchedTask:
+        """Re-read, check and decode ``task`` (downloading into ``folder``, removed after)."""
+        return _with_retries(lambda: fetch_task(self.project, task, self.options.stage, folder))
 
-    def go(self, command: tuple[str, ...]) -> RunSummary:
+    def predict(self, fetched: FetchedTask) -> list[npt.NDArray[np.integer]]:
+        """The model's label map of each series of ``fetched``."""
+        return [self.model.predict(series.volume) for series in fetched.series]
+
+    def convert(
+        self,
+        fetched: FetchedTask,
+        label_maps: Sequence[npt.NDArray[np.integer]],
+        outcome: TaskOutcome,
+    ) -> list[dict[str, Any]]:
+        """Write the task's label files, previews and payload; return the ``series`` entries.
+
+        An empty list means nothing is left to write (every series empty under the ``skip``
+        policy). ``outcome.files`` and ``outcome.volumes_ml`` are filled in.
+        """
         options = self.options
-        begun = time.perf_counter()
-        handle = self.ledger.start_run(
-            mode=options.mode,
-            command=command,
-            options=_loggable(options),
-            model=self.key,
-        )
-        status = "failed"
-        try:
-            resolved = self._settle_in_doubt(handle)
-            done = set() if options.force else self._done_ids()
-            already = 0
-
-            def jobs() -> Any:
-                nonlocal already
-                for task in select_tasks(
-                    self.project,
-                    options.stage,
-                    task_ids=options.task_ids,
-                    name=options.name,
-                    limit=None,
-                    on_skip=lambda tid, name, why: self._skip_unselected(handle, tid, name, why),
-                ):
-                    if task.task_id in done:
-                        already += 1
-                        continue
-                    if options.limit is not None and self._fed >= options.limit:
-                        return
-                    self._fed += 1
-                    self._emit(task.task_id, "queued")
-                    yield _Job(task)
-
-            self._fed = 0
-            engine: StageEngine[_Job] = StageEngine(
-                [
-                    Stage("fetch", lambda job: self._fetch(handle, job), options.fetch_workers),
-                    Stage("infer", lambda job: self._infer(handle, job), 1),
-                    Stage("write", lambda job: self._write(handle, job), options.write_workers),
-                ],
-                on_error=lambda job, stage, exc: self._failed(handle, job, stage, exc),
-                queue_depth=options.queue_depth,
-                stop=self.stop,
-            )
-            stats = engine.run(jobs())
-            status = "interrupted" if self.stop.is_set() else "finished"
-        finally:
-            handle.finish(status)
-        return RunSummary(
-            run_id=handle.run_id,
-            mode=options.mode,
-            stage=options.stage,
-            model=self.key,
-            outcomes=self.outcomes,
-            stages=stats,
-            wall_s=time.perf_counter() - begun,
-            resolved=resolved,
-            already_done=already,
-        )
-
-    def _emit(self, task_id: str, stage: str) -> None:
-        if self.on_stage is not None:
-            self.on_stage(task_id, stage)
-
-    def _skip_unselected(self, handle: Run, task_id: str, name: str, reason: str) -> None:
-        self._emit(task_id, "queued")
-        self._finish(handle, _Job(_stub(task_id, name)), "skipped", reason)
-
-    def _done_ids(self) -> set[str]:
-        return self.ledger.done_task_ids(self.key, self.options.mode)
-
-    def _settle_in_doubt(self, handle: Run) -> int:
-        """Record the writes a killed run sent but did not confirm, if RedBrick has them."""
-        if self.options.mode == "dry-run":
-            return 0
-        resolved = 0
-        user = self.project.current_user_id
-        for event in self.ledger.in_doubt_writes(self.key):
-            if event.mode != self.options.mode:
-                continue
-            before = LabelsMarker(
-                event.detail.get("labels_before_by"), event.detail.get("labels_before_at")
-            )
-            task = self.project.get_task(event.task_id)
-            finalize = event.mode == "final"
-            stage = str(event.detail.get("stage") or self.options.stage)
-            if write_landed(task, user_id=user, stage_name=stage, finalize=finalize, before=before):
-                handle.record(
-                    event.task_id,
-                    TaskState.SUBMITTED if finalize else TaskState.DRAFT_SAVED,
-                    task_name=event.task_name,
-                    detail={"resolved": "the write of an interrupted run had landed"},
-                )
-                resolved += 1
-        return resolved
-
-    # -- stages ------------------------------------------------------------------------------
-
-    def _fetch(self, handle: Run, job: _Job) -> bool:
-        began = time.perf_counter()
-        task = job.task
-        folder = self.downloads / _safe_name(task.task_id)
-        job.fetched = _with_retries(
-            lambda: fetch_task(self.project, task, self.options.stage, folder)
-        )
-        job.task = job.fetched.task
-        seconds = time.perf_counter() - began
-        job.outcome = TaskOutcome(
-            task.task_id, job.task.name, "fetched", seconds={"fetch": seconds}
-        )
-        handle.record(
-            task.task_id,
-            TaskState.FETCHED,
-            task_name=job.task.name,
-            input_checksum=job.fetched.input_checksum,
-            detail={"seconds": seconds, "series": len(job.fetched.series)},
-        )
-        self._emit(task.task_id, "fetch")
-        return True
-
-    def _infer(self, handle: Run, job: _Job) -> bool:
-        assert job.fetched is not None and job.outcome is not None
-        began = time.perf_counter()
-        job.label_maps = [self.model.predict(series.volume) for series in job.fetched.series]
-        seconds = time.perf_counter() - began
-        job.outcome.seconds["infer"] = seconds
-        handle.record(
-            job.task.task_id,
-            TaskState.PREDICTED,
-            task_name=job.task.name,
-            detail={"seconds": seconds},
-        )
-        self._emit(job.task.task_id, "infer")
-        return True
-
-    def _write(self, handle: Run, job: _Job) -> bool:
-        assert job.fetched is not None and job.outcome is not None
-        options = self.options
-        task = job.task
-        began = time.perf_counter()
+        task = fetched.task
         folder = options.results_dir / _safe_name(task.name or task.task_id)
         folder.mkdir(parents=True, exist_ok=True)
         entries: list[dict[str, Any]] = []
         volumes: dict[str, float] = {}
-        for series, label_map in zip(job.fetched.series, job.label_maps, strict=True):
+        for series, label_map in zip(fetched.series, label_maps, strict=True):
             path = folder / f"series-{series.index}-labels.nii.gz"
             entry = convert.to_series(
                 label_map,
@@ -456,7 +410,7 @@ class _Runner:
             if entry is None:
                 continue
             entries.append(dict(entry))
-            job.outcome.files[f"labels-{series.index}"] = str(path)
+            outcome.files[f"labels-{series.index}"] = str(path)
             for category, ml in _volumes_ml(label_map, series.volume, self.segment_map).items():
                 volumes[category] = volumes.get(category, 0.0) + ml
             if options.previews:
@@ -470,109 +424,336 @@ class _Runner:
                     names=dict(self.model.spec.labels),
                     title=f"{task.name} · {series.name or series.index} · {self.key}",
                 )
-                job.outcome.files[f"preview-{series.index}"] = str(preview)
-        job.outcome.volumes_ml = volumes
-        payload = {"taskId": task.task_id, "series": entries}
+                outcome.files[f"preview-{series.index}"] = str(preview)
+        outcome.volumes_ml = volumes
         payload_path = folder / "series.json"
-        _write_json(payload_path, payload)
-        job.outcome.files["payload"] = str(payload_path)
-        job.label_maps = []  # free memory before the network wait
-        convert_s = time.perf_counter() - began
-        job.outcome.seconds["convert"] = convert_s
-        handle.record(
+        _write_json(payload_path, {"taskId": task.task_id, "series": entries})
+        outcome.files["payload"] = str(payload_path)
+        return entries
+
+    def write(
+        self,
+        task_id: str,
+        entries: Sequence[Mapping[str, Any]],
+        before: LabelsMarker,
+        *,
+        record_intent: Callable[[], object],
+    ) -> str:
+        """Save or submit ``entries`` (see :func:`autolabel.submit.write_task`); return the
+        ledger state it reached (``draft_saved`` or ``submitted``)."""
+        finalize = self.options.mode == "final"
+        write_task(
+            self.project,
+            task_id,
+            self.options.stage,
+            entries,
+            finalize=finalize,
+            before=before,
+            provenance=self.provenance,
+            record_intent=record_intent,
+        )
+        return "submitted" if finalize else "draft_saved"
+
+
+class RunBook:
+    """The bookkeeping of one run, whatever schedules its tasks.
+
+    It owns the ledger handle, the outcomes and the listeners: it settles writes left in
+    doubt, streams the tasks to do, and records each task's state changes exactly as the
+    local run does (the Ray driver of :mod:`autolabel.scale` records through it too, so the
+    ledger reads the same). Thread-safe: stage workers record concurrently.
+    """
+
+    def __init__(
+        self,
+        project: Project,
+        key: ModelKey,
+        options: RunOptions,
+        ledger: Ledger,
+        stop: threading.Event | None,
+        on_stage: StageListener | None,
+        on_task: OutcomeListener | None,
+    ) -> None:
+        self.project = project
+        self.key = key
+        self.options = options
+        self.ledger = ledger
+        self.stop = stop or threading.Event()
+        self.on_stage = on_stage
+        self.on_task = on_task
+        self.outcomes: list[TaskOutcome] = []
+        self.already_done = 0
+        self.resolved = 0
+        self._fed = 0
+        self._lock = threading.Lock()
+        self._handle: Run | None = None
+        self._began = time.perf_counter()
+
+    @property
+    def handle(self) -> Run:
+        """The ledger handle of the run (after :meth:`begin`)."""
+        if self._handle is None:
+            raise RuntimeError("RunBook.begin() has not been called")
+        return self._handle
+
+    def begin(self, command: tuple[str, ...]) -> Run:
+        """Record the start of the run in the ledger."""
+        self._began = time.perf_counter()
+        self._handle = self.ledger.start_run(
+            mode=self.options.mode,
+            command=command,
+            options=_loggable(self.options),
+            model=self.key,
+        )
+        return self._handle
+
+    def summary(self, stats: EngineStats | None, **extra: Any) -> RunSummary:
+        """The run's :class:`RunSummary` so far."""
+        return RunSummary(
+            run_id=self.handle.run_id,
+            mode=self.options.mode,
+            stage=self.options.stage,
+            model=self.key,
+            outcomes=self.outcomes,
+            stages=stats,
+            wall_s=time.perf_counter() - self._began,
+            resolved=self.resolved,
+            already_done=self.already_done,
+            **extra,
+        )
+
+    def emit(self, task_id: str, stage: str) -> None:
+        """Tell the stage listener that ``task_id`` was queued or finished ``stage``."""
+        if self.on_stage is not None:
+            self.on_stage(task_id, stage)
+
+    # -- which tasks ---------------------------------------------------------------------
+
+    def tasks(self) -> Iterator[Task]:
+        """The tasks to work on, streamed from the listing: those the ledger marks done for
+        this model and mode are counted in :attr:`already_done` and left out (unless
+        ``force``); at most ``limit`` are yielded; each is announced as ``queued``."""
+        options = self.options
+        done = set() if options.force else self.ledger.done_task_ids(self.key, options.mode)
+        for task in select_tasks(
+            self.project,
+            options.stage,
+            task_ids=options.task_ids,
+            name=options.name,
+            limit=None,
+            on_skip=self._skip_unselected,
+        ):
+            if task.task_id in done:
+                self.already_done += 1
+                continue
+            if options.limit is not None and self._fed >= options.limit:
+                return
+            self._fed += 1
+            self.emit(task.task_id, "queued")
+            yield task
+
+    def _skip_unselected(self, task_id: str, name: str, reason: str) -> None:
+        self.emit(task_id, "queued")
+        self.finish(_stub(task_id, name), None, "skipped", reason)
+
+    def settle_in_doubt(self) -> int:
+        """Record the writes a killed run sent but did not confirm, if RedBrick has them."""
+        if self.options.mode == "dry-run":
+            return 0
+        for event in self.ledger.in_doubt_writes(self.key):
+            if event.mode != self.options.mode:
+                continue
+            before = LabelsMarker(
+                event.detail.get("labels_before_by"), event.detail.get("labels_before_at")
+            )
+            stage = str(event.detail.get("stage") or self.options.stage)
+            if self.write_landed(event.task_id, before, stage=stage):
+                self.handle.record(
+                    event.task_id,
+                    TaskState.SUBMITTED if event.mode == "final" else TaskState.DRAFT_SAVED,
+                    task_name=event.task_name,
+                    detail={"resolved": "the write of an interrupted run had landed"},
+                )
+                self.resolved += 1
+        return self.resolved
+
+    def write_landed(self, task_id: str, before: LabelsMarker, *, stage: str | None = None) -> bool:
+        """Re-read ``task_id``: did this key's write (made after ``before``) land?"""
+        task = self.project.get_task(task_id)
+        return write_landed(
+            task,
+            user_id=self.project.current_user_id,
+            stage_name=stage or self.options.stage,
+            finalize=self.options.mode == "final",
+            before=before,
+        )
+
+    # -- state changes -------------------------------------------------------------------
+
+    def fetched(self, task: Task, fetched: FetchedTask, seconds: float) -> TaskOutcome:
+        """Record ``fetched``; return the task's outcome, started with the fetch time."""
+        self.handle.record(
+            task.task_id,
+            TaskState.FETCHED,
+            task_name=fetched.task.name,
+            input_checksum=fetched.input_checksum,
+            detail={"seconds": seconds, "series": len(fetched.series)},
+        )
+        return TaskOutcome(task.task_id, fetched.task.name, "fetched", seconds={"fetch": seconds})
+
+    def predicted(self, task: Task, outcome: TaskOutcome, seconds: float) -> None:
+        """Record ``predicted`` with the inference time."""
+        outcome.seconds["infer"] = seconds
+        self.handle.record(
+            task.task_id, TaskState.PREDICTED, task_name=task.name, detail={"seconds": seconds}
+        )
+
+    def converted(self, task: Task, outcome: TaskOutcome, seconds: float) -> None:
+        """Record ``converted`` with the conversion time and predicted volumes."""
+        outcome.seconds["convert"] = seconds
+        self.handle.record(
             task.task_id,
             TaskState.CONVERTED,
             task_name=task.name,
-            detail={"seconds": convert_s, "volumes_ml": volumes},
+            detail={"seconds": seconds, "volumes_ml": outcome.volumes_ml},
         )
-        if not entries:
-            self._emit(task.task_id, "write")
-            self._finish(
-                handle,
-                job,
-                "skipped",
-                "the model found nothing in this task (empty prediction; use --empty submit "
-                "to write it anyway)",
-            )
-            return False
-        if options.mode == "dry-run":
-            self._emit(task.task_id, "write")
-            self._finish(handle, job, "dry_run", "")
-            return True
-        finalize = options.mode == "final"
-        marker = job.fetched.marker
-        began = time.perf_counter()
-        write_task(
-            self.project,
+
+    def intent(self, task: Task, before: LabelsMarker) -> None:
+        """Record (and commit) ``writing``: the claim that must precede the write."""
+        self.handle.record(
             task.task_id,
-            options.stage,
-            entries,
-            finalize=finalize,
-            before=marker,
-            provenance=self.provenance,
-            record_intent=lambda: handle.record(
-                task.task_id,
-                TaskState.WRITING,
-                task_name=task.name,
-                detail={
-                    "stage": options.stage,
-                    "labels_before_by": marker.created_by,
-                    "labels_before_at": marker.created_at,
-                },
-            ),
+            TaskState.WRITING,
+            task_name=task.name,
+            detail={
+                "stage": self.options.stage,
+                "labels_before_by": before.created_by,
+                "labels_before_at": before.created_at,
+            },
         )
-        job.outcome.seconds["write"] = time.perf_counter() - began
-        self._emit(task.task_id, "write")
-        self._finish(handle, job, "submitted" if finalize else "draft_saved", "")
-        return True
 
-    # -- endings -----------------------------------------------------------------------------
-
-    def _failed(self, handle: Run, job: _Job, stage: str, exc: BaseException) -> None:
+    def failed(
+        self, task: Task, outcome: TaskOutcome | None, stage: str, exc: BaseException
+    ) -> None:
         """Per-task failures become data; run-fatal errors are re-raised to stop the run."""
         if isinstance(exc, TaskSkipped):
-            self._finish(handle, job, "skipped", exc.reason)
+            self.finish(task, outcome, "skipped", exc.reason)
             return
         if isinstance(exc, AuthError | LedgerError | ConfigError):
             raise exc
         reason = str(exc) if isinstance(exc, AutolabelError) else f"{type(exc).__name__}: {exc}"
-        self._finish(handle, job, "failed", f"{stage}: {reason}", error=exc)
+        self.finish(task, outcome, "failed", f"{stage}: {reason}", error=exc)
 
-    def _finish(
+    def finish(
         self,
-        handle: Run,
-        job: _Job,
+        task: Task,
+        outcome: TaskOutcome | None,
         status: str,
         reason: str,
         *,
         error: BaseException | None = None,
-    ) -> None:
-        task = job.task
-        outcome = job.outcome or TaskOutcome(task.task_id, task.name, status)
+        detail: Mapping[str, Any] | None = None,
+    ) -> TaskOutcome:
+        """Record the task's final state and tell the outcome listener."""
+        outcome = outcome or TaskOutcome(task.task_id, task.name, status)
         outcome.status = status
         outcome.reason = reason
         if error is not None:
             outcome.error_type = type(error).__name__
-        detail: dict[str, Any] = {"seconds": sum(outcome.seconds.values())}
+        record: dict[str, Any] = {"seconds": sum(outcome.seconds.values())}
         if reason:
-            detail["reason"] = reason
+            record["reason"] = reason
         if outcome.volumes_ml:
-            detail["volumes_ml"] = outcome.volumes_ml
+            record["volumes_ml"] = outcome.volumes_ml
         if outcome.files:
-            detail["files"] = outcome.files
+            record["files"] = outcome.files
         if outcome.seconds:
-            detail["stage_seconds"] = outcome.seconds
-        handle.record(
+            record["stage_seconds"] = outcome.seconds
+        record.update(detail or {})
+        self.handle.record(
             task.task_id,
             TaskState(status),
             task_name=task.name,
-            detail=detail,
+            detail=record,
             error=error,
         )
         with self._lock:
             self.outcomes.append(outcome)
         if self.on_task is not None:
             self.on_task(outcome)
+        return outcome
+
+
+class _Runner:
+    """The local schedule of a run: three overlapped stages on one machine."""
+
+    def __init__(self, book: RunBook, steps: TaskSteps) -> None:
+        self.book = book
+        self.steps = steps
+        self.downloads = book.options.work_dir / "downloads"
+
+    def go(self, command: tuple[str, ...]) -> RunSummary:
+        book, options = self.book, self.book.options
+        handle = book.begin(command)
+        status = "failed"
+        try:
+            book.settle_in_doubt()
+            engine: StageEngine[_Job] = StageEngine(
+                [
+                    Stage("fetch", self._fetch, options.fetch_workers),
+                    Stage("infer", self._infer, 1),
+                    Stage("write", self._write, options.write_workers),
+                ],
+                on_error=lambda job, stage, exc: book.failed(job.task, job.outcome, stage, exc),
+                queue_depth=options.queue_depth,
+                stop=book.stop,
+            )
+            stats = engine.run(_Job(task) for task in book.tasks())
+            status = "interrupted" if book.stop.is_set() else "finished"
+        finally:
+            handle.finish(status)
+        return book.summary(stats)
+
+    def _fetch(self, job: _Job) -> bool:
+        began = time.perf_counter()
+        task = job.task
+        job.fetched = self.steps.fetch(task, self.downloads / _safe_name(task.task_id))
+        job.task = job.fetched.task
+        job.outcome = self.book.fetched(task, job.fetched, time.perf_counter() - began)
+        self.book.emit(task.task_id, "fetch")
+        return True
+
+    def _infer(self, job: _Job) -> bool:
+        assert job.fetched is not None and job.outcome is not None
+        began = time.perf_counter()
+        job.label_maps = self.steps.predict(job.fetched)
+        self.book.predicted(job.task, job.outcome, time.perf_counter() - began)
+        self.book.emit(job.task.task_id, "infer")
+        return True
+
+    def _write(self, job: _Job) -> bool:
+        assert job.fetched is not None and job.outcome is not None
+        book, task, outcome = self.book, job.task, job.outcome
+        began = time.perf_counter()
+        entries = self.steps.convert(job.fetched, job.label_maps, outcome)
+        job.label_maps = []  # free memory before the network wait
+        book.converted(task, outcome, time.perf_counter() - began)
+        if not entries:
+            book.emit(task.task_id, "write")
+            book.finish(task, outcome, "skipped", EMPTY_REASON)
+            return False
+        if book.options.mode == "dry-run":
+            book.emit(task.task_id, "write")
+            book.finish(task, outcome, "dry_run", "")
+            return True
+        marker = job.fetched.marker
+        began = time.perf_counter()
+        status = self.steps.write(
+            task.task_id, entries, marker, record_intent=lambda: book.intent(task, marker)
+        )
+        outcome.seconds["write"] = time.perf_counter() - began
+        book.emit(task.task_id, "write")
+        book.finish(task, outcome, status, "")
+        return True
 
 
 def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> FetchedTask:
@@ -587,18 +768,6 @@ def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> Fetche
                 raise
             time.sleep(0.5 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _default_mapping(
-    model: SegmentationModel, overrides: Mapping[str | int, convert.Target] | None
-) -> dict[str | int, convert.Target]:
-    """The card's label → category mapping, with the user's mapping file on top."""
-    spec = model.spec
-    mapping: dict[str | int, convert.Target] = {
-        spec.labels[i]: spec.category_of(i) for i in spec.labels
-    }
-    mapping.update(overrides or {})
-    return mapping
 
 
 def _volumes_ml(
