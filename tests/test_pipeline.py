@@ -59,6 +59,13 @@ def test_draft_run_saves_each_task_once_with_the_right_segment_map_and_voxels(
             for label in emulator.labels(outcome.task_id)
         }
         assert set(categories.values()) == {"Body", "Lung", "Bone"}
+        # Provenance: the taxonomy has a "Model" attribute, so every label carries the model.
+        assert {
+            a["value"]
+            for label in emulator.labels(outcome.task_id)
+            for a in label["attributes"]
+            if a["name"] == "Model"
+        } == {"ct-threshold 1.0.0"}
         stored = _label_array(emulator.label_files(outcome.task_id)[0])
         local = np.asarray(nib.load(outcome.files["labels-0"]).dataobj)
         assert np.array_equal(stored, local)

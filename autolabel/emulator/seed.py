@@ -96,7 +96,9 @@ def ct_taxonomy() -> dict[str, Any]:
                 "classId": class_id,
                 "labelType": label_type,
                 "color": color,
-                "attributes": [],
+                # A free-text attribute where pre-labelling tools stamp their model
+                # (autolabel writes "<name> <version>" into it).
+                "attributes": [{"name": "Model", "attrType": "TEXT", "attrId": 0}],
                 "archived": False,
                 "parents": [],
                 "hint": None,
