@@ -52,7 +52,7 @@ from autolabel.fetch import (
     select_tasks,
 )
 from autolabel.inference.spec import ModelSpec, SegmentationModel
-from autolabel.ledger import Ledger, ModelKey, Run, TaskState, ledger_path
+from autolabel.ledger import Ledger, ModelKey, Run, TaskEvent, TaskState, ledger_path
 from autolabel.overlay import save_overlay
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
@@ -516,11 +516,16 @@ class RunBook:
             model=self.key,
             outcomes=self.outcomes,
             stages=stats,
-            wall_s=time.perf_counter() - self._began,
+            wall_s=self.elapsed_s,
             resolved=self.resolved,
             already_done=self.already_done,
             **extra,
         )
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since :meth:`begin`."""
+        return time.perf_counter() - self._began
 
     def emit(self, task_id: str, stage: str) -> None:
         """Tell the stage listener that ``task_id`` was queued or finished ``stage``."""
@@ -590,16 +595,19 @@ class RunBook:
 
     # -- state changes -------------------------------------------------------------------
 
-    def fetched(self, task: Task, fetched: FetchedTask, seconds: float) -> TaskOutcome:
-        """Record ``fetched``; return the task's outcome, started with the fetch time."""
+    def fetched(
+        self, task: Task, fresh: Task, input_checksum: str, series: int, seconds: float
+    ) -> TaskOutcome:
+        """Record ``fetched`` (``fresh`` is the task as re-read); return the task's outcome,
+        started with the fetch time."""
         self.handle.record(
             task.task_id,
             TaskState.FETCHED,
-            task_name=fetched.task.name,
-            input_checksum=fetched.input_checksum,
-            detail={"seconds": seconds, "series": len(fetched.series)},
+            task_name=fresh.name,
+            input_checksum=input_checksum,
+            detail={"seconds": seconds, "series": series},
         )
-        return TaskOutcome(task.task_id, fetched.task.name, "fetched", seconds={"fetch": seconds})
+        return TaskOutcome(task.task_id, fresh.name, "fetched", seconds={"fetch": seconds})
 
     def predicted(self, task: Task, outcome: TaskOutcome, seconds: float) -> None:
         """Record ``predicted`` with the inference time."""
@@ -618,9 +626,9 @@ class RunBook:
             detail={"seconds": seconds, "volumes_ml": outcome.volumes_ml},
         )
 
-    def intent(self, task: Task, before: LabelsMarker) -> None:
+    def intent(self, task: Task, before: LabelsMarker) -> TaskEvent:
         """Record (and commit) ``writing``: the claim that must precede the write."""
-        self.handle.record(
+        return self.handle.record(
             task.task_id,
             TaskState.WRITING,
             task_name=task.name,
@@ -633,15 +641,15 @@ class RunBook:
 
     def failed(
         self, task: Task, outcome: TaskOutcome | None, stage: str, exc: BaseException
-    ) -> None:
-        """Per-task failures become data; run-fatal errors are re-raised to stop the run."""
+    ) -> TaskOutcome:
+        """Per-task failures become data (the outcome is returned); run-fatal errors are
+        re-raised to stop the run."""
         if isinstance(exc, TaskSkipped):
-            self.finish(task, outcome, "skipped", exc.reason)
-            return
+            return self.finish(task, outcome, "skipped", exc.reason)
         if isinstance(exc, AuthError | LedgerError | ConfigError):
             raise exc
         reason = str(exc) if isinstance(exc, AutolabelError) else f"{type(exc).__name__}: {exc}"
-        self.finish(task, outcome, "failed", f"{stage}: {reason}", error=exc)
+        return self.finish(task, outcome, "failed", f"{stage}: {reason}", error=exc)
 
     def finish(
         self,
@@ -703,7 +711,7 @@ class _Runner:
                     Stage("infer", self._infer, 1),
                     Stage("write", self._write, options.write_workers),
                 ],
-                on_error=lambda job, stage, exc: book.failed(job.task, job.outcome, stage, exc),
+                on_error=lambda job, stage, exc: self._failed(job, stage, exc),
                 queue_depth=options.queue_depth,
                 stop=book.stop,
             )
@@ -713,12 +721,19 @@ class _Runner:
             handle.finish(status)
         return book.summary(stats)
 
+    def _failed(self, job: _Job, stage: str, exc: BaseException) -> None:
+        self.book.failed(job.task, job.outcome, stage, exc)
+
     def _fetch(self, job: _Job) -> bool:
         began = time.perf_counter()
         task = job.task
         job.fetched = self.steps.fetch(task, self.downloads / _safe_name(task.task_id))
         job.task = job.fetched.task
-        job.outcome = self.book.fetched(task, job.fetched, time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        fetched = job.fetched
+        job.outcome = self.book.fetched(
+            task, fetched.task, fetched.input_checksum, len(fetched.series), seconds
+        )
         self.book.emit(task.task_id, "fetch")
         return True
 
