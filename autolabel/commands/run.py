@@ -5,6 +5,10 @@ and keeps each task's label files, the exact ``series`` payload and a preview PN
 results folder. A ledger in the work folder makes re-runs skip what the same model version
 did; ``--force`` redoes it. Exit codes: 0 all done, 1 some tasks failed, 2 usage or
 configuration, 3 authentication or RedBrick unreachable.
+
+``--ray`` spreads the tasks over Ray actors (one per GPU, else CPU actors): a local Ray
+instance, or an existing cluster with ``--ray auto`` / ``--ray ray://HOST:PORT``. The
+ledger stays in the work folder on this machine, which alone decides every write.
 """
 
 from __future__ import annotations
@@ -32,7 +36,52 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_connection_arguments(parser)
     add_run_arguments(parser)
+    add_ray_arguments(parser)
     parser.set_defaults(handler=run_command)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]`` and the actor flags of a run spread over Ray."""
+    ray = parser.add_argument_group("Ray (scale out over GPUs and machines)")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray actors: a local instance, or 'auto' / 'ray://HOST:PORT' for a cluster",
+    )
+    ray.add_argument(
+        "--ray-actors", type=int, metavar="N", help="actors (default: one per GPU, else per CPU)"
+    )
+    ray.add_argument(
+        "--ray-cpus-per-actor",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="CPUs each actor reserves (default: 1)",
+    )
+    ray.add_argument(
+        "--ray-in-flight",
+        type=int,
+        default=2,
+        metavar="K",
+        help="tasks handed to one actor at a time (default: 2)",
+    )
+
+
+def ray_options(args: argparse.Namespace) -> Any:
+    """The :class:`~autolabel.scale.RayOptions` the flags ask for, or None without --ray."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from autolabel.scale import RayOptions
+
+    return RayOptions(
+        address=args.ray or None,
+        actors=args.ray_actors,
+        cpus_per_actor=args.ray_cpus_per_actor,
+        in_flight=args.ray_in_flight,
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,10 +210,14 @@ def run_command(args: argparse.Namespace) -> int:
     from autolabel.api import DEFAULT_MODEL
     from autolabel.inference import load_model
     from autolabel.pipeline import run
-    from autolabel.progress import RunProgress, print_summary
+    from autolabel.progress import RunProgress
 
     options, settings = run_options(args)
     console = Console(stderr=True)
+    cluster = ray_options(args)
+    if cluster is not None:
+        summary = _run_on_ray(args, options, settings, cluster, console)
+        return _report(args, console, summary, options)
     project = connect(args)
     with project:
         model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
@@ -181,9 +234,65 @@ def run_command(args: argparse.Namespace) -> int:
                 on_task=progress.on_task,
                 command=tuple(sys.argv),
             )
+    return _report(args, console, summary, options)
+
+
+def _run_on_ray(
+    args: argparse.Namespace, options: Any, settings: Any, cluster: Any, console: Any
+) -> Any:
+    """The run on Ray actors: connection settings (key included) go to the actors once."""
+    from autolabel.api import DEFAULT_MODEL
+    from autolabel.progress import RunProgress
+    from autolabel.scale import run_on_ray
+    from autolabel.settings import resolve_connection
+
+    connection = resolve_connection(
+        url=args.url,
+        org_id=args.org_id,
+        project_id=args.project_id,
+        api_key=args.api_key,
+        profile=args.profile,
+        config_path=args.config,
+    )
+    for note in connection.notes:
+        print(f"autolabel: note: {note}", file=sys.stderr)
+    with (
+        stop_on_signals() as stop,
+        RunProgress(console, enabled=not (args.quiet or args.json)) as progress,
+    ):
+        return run_on_ray(
+            connection,
+            settings.model or DEFAULT_MODEL,
+            options,
+            cluster,
+            device=settings.device,
+            stop=stop,
+            on_stage=progress.on_stage,
+            on_task=progress.on_task,
+            command=tuple(sys.argv),
+        )
+
+
+def _report(args: argparse.Namespace, console: Any, summary: Any, options: Any) -> int:
+    """Print the summary (JSON or tables) and return the exit code."""
+    from rich.table import Table
+
+    from autolabel.progress import print_summary
+
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
-    else:
-        print_summary(console, summary)
-        console.print(f"results: {options.results_dir}", highlight=False)
-    return summary.exit_code
+        return int(summary.exit_code)
+    print_summary(console, summary)
+    if summary.workers:
+        table = Table(title="Ray actors")
+        for column in ("actor", "node", "device", "tasks", "failed", "busy s", "tasks/min"):
+            table.add_column(column, justify="left" if column in ("actor", "node") else "right")
+        table.add_column("lost")
+        for w in summary.workers:
+            table.add_row(
+                w.name, w.node, w.device, str(w.tasks), str(w.failed), f"{w.busy_s:.1f}",
+                f"{w.tasks_per_min:.1f}", w.died or "",
+            )  # fmt: skip
+        console.print(table)
+    console.print(f"results: {options.results_dir}", highlight=False)
+    return int(summary.exit_code)
