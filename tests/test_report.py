@@ -229,6 +229,8 @@ def test_cli_report_writes_the_file_atomically_and_refuses_a_folder_without_ledg
     assert default == work["dir"] / "report.html" and default.is_file()
     assert main(["report", "--work", str(tmp_path / "empty")]) == 2
     assert "no ledger" in capsys.readouterr().err
+    assert main(["report", "--work", str(work["dir"]), "--run", "20000101T000000Z-0"]) == 2
+    assert "no run '20000101T000000Z-0'" in capsys.readouterr().err
 
 
 @needs_chromium
