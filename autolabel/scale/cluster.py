@@ -35,6 +35,8 @@ class RayOptions:
     * ``in_flight``: tasks handed to one actor at a time (its back-pressure, >= 1).
     * ``start_timeout_s``: how long actors may take to start and load the model.
     * ``max_restarts``: lost actors replaced in one run (default: twice ``actors``).
+    * ``in_doubt_grace_s``: how long a write sent by a lost actor may still take to land
+      on RedBrick before the driver re-reads the task and hands it on.
     """
 
     address: str | None = None
@@ -44,6 +46,7 @@ class RayOptions:
     in_flight: int = 2
     start_timeout_s: float = 300.0
     max_restarts: int | None = None
+    in_doubt_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:

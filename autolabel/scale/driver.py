@@ -13,11 +13,13 @@ Scheduling:
 * the task listing is streamed: the next task is pulled only when an actor has a free
   slot (``in_flight`` per actor), so the driver holds at most ``actors * in_flight``
   tasks, whatever the project's size;
-* a lost actor (process killed, out of memory, node gone) is replaced; each task it held
-  is re-read if its write was in flight (landed: recorded as written) and otherwise handed
-  to another actor, with the labels marker of its first fetch so that a late landing of
-  the lost write is recognised, never repeated. A task whose actor dies twice is recorded
-  as failed (:class:`~autolabel.scale.messages.WorkerLostError`);
+* a lost actor (process killed, out of memory, node gone) is replaced, and each task it
+  held is handed to another actor. A task whose write was in flight is first left
+  ``in_doubt_grace_s`` for that write to land, then re-read: landed, it is recorded as
+  written; otherwise it is handed on with the labels marker of its first fetch, so that
+  the guard before the next write still recognises a late landing and never repeats it.
+  A task whose actor dies twice is recorded as failed
+  (:class:`~autolabel.scale.messages.WorkerLostError`);
 * ``stop`` (Ctrl-C) stops handing out tasks; the tasks in hand finish; tasks waiting to
   be handed again are recorded ``queued`` (not started).
 """
@@ -67,6 +69,9 @@ class _Job:
     deaths: list[str] = field(default_factory=list)
     before: LabelsMarker | None = None  # marker of a write a lost actor left in doubt
     prepared: Prepared | None = None
+    lost_on: _Slot | None = None
+    lost_reason: str = ""
+    settle_at: float = 0.0
 
 
 @dataclass
@@ -104,6 +109,7 @@ class RayDriver:
         self.slots: list[_Slot] = []
         self.retired: list[_Slot] = []
         self.pending: collections.deque[_Job] = collections.deque()
+        self.doubtful: list[_Job] = []
         self.key: ModelKey | None = None
         self._owner: dict[Any, _Slot] = {}
         self._spawned = 0
@@ -220,15 +226,21 @@ class RayDriver:
             book.settle_in_doubt()
             self._source = book.tasks()
             while True:
+                if not book.stop.is_set():
+                    self._settle_doubtful(book)
                 self._feed(book)
                 if not any(kind != "open" for s in self.slots for kind, _ in s.calls.values()):
-                    if book.stop.is_set() or (self._exhausted and not self.pending):
+                    idle = self._exhausted and not self.pending and not self.doubtful
+                    if book.stop.is_set() or idle:
                         break
-                    if not self._owner:
+                    if not self._owner and not self.doubtful:
                         raise WorkerLostError(
                             f"no Ray actor left ({self._restarts} replaced); "
                             f"{len(self.pending)} task(s) not done -- see the ledger"
                         )
+                if not self._owner:
+                    time.sleep(_POLL_S)
+                    continue
                 ready, _ = self.ray.wait(list(self._owner), num_returns=1, timeout=_POLL_S)
                 for ref in ready:
                     self._collect(book, ref)
@@ -366,24 +378,41 @@ class RayDriver:
         self._replace()
 
     def _rescue(self, book: RunBook, slot: _Slot, kind: str, job: _Job, reason: str) -> None:
-        prepared, task = job.prepared, job.task
-        if kind == "send" and prepared is not None:
-            before = job.before or prepared.marker
-            if book.write_landed(task.task_id, before):
-                self._end(slot, self._landed(book, prepared.task, job))
-                return
-            job.before = before  # in doubt, not landed: whoever writes next must still see it
         job.deaths.append(slot.name)
-        slot.stats.requeued.append(task.task_id)
+        job.lost_on, job.lost_reason = slot, reason
+        if kind == "send" and job.prepared is not None:
+            # The write may still land: settle it after the grace period, by re-reading.
+            job.before = job.before or job.prepared.marker
+            job.settle_at = time.monotonic() + self.options.in_doubt_grace_s
+            self.doubtful.append(job)
+            return
+        self._requeue(book, job)
+
+    def _settle_doubtful(self, book: RunBook) -> None:
+        """Writes a lost actor left in doubt, once their grace period is over: landed ones
+        are recorded, the others handed on (with the marker the next write must find)."""
+        now = time.monotonic()
+        for job in [j for j in self.doubtful if j.settle_at <= now]:
+            self.doubtful.remove(job)
+            assert job.before is not None and job.lost_on is not None
+            if job.prepared is not None and book.write_landed(job.task.task_id, job.before):
+                self._end(job.lost_on, self._landed(book, job.prepared.task, job))
+                continue
+            self._requeue(book, job)
+
+    def _requeue(self, book: RunBook, job: _Job) -> None:
+        """Hand the task of a lost actor to another one, or fail it after two losses."""
+        assert job.lost_on is not None
         job.prepared = None
+        job.lost_on.stats.requeued.append(job.task.task_id)
         if len(job.deaths) < 2:
             self.pending.appendleft(job)
             return
         error = WorkerLostError(
             f"the actors running this task died {len(job.deaths)} times "
-            f"({', '.join(job.deaths)}); last: {reason}"
+            f"({', '.join(job.deaths)}); last: {job.lost_reason}"
         )
-        self._end(slot, book.failed(task, None, "ray", error))
+        self._end(job.lost_on, book.failed(job.task, None, "ray", error))
 
     def _not_started(self, book: RunBook) -> None:
         """Tasks waiting to be handed again when the run stopped: recorded ``queued``."""
