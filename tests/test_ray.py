@@ -82,9 +82,9 @@ def _ray_run(
     return run_on_ray(_connection(emulator), model, options, cluster, device="cpu")
 
 
-def _ray_workers() -> list[int]:
-    """PIDs of the processes running TaskWorker actors."""
-    pids = []
+def _ray_workers() -> set[int]:
+    """PIDs of the processes running TaskWorker actors (take those of other runs away)."""
+    pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -92,7 +92,7 @@ def _ray_workers() -> list[int]:
             except OSError:
                 continue
             if title.startswith(b"ray::TaskWorker"):
-                pids.append(int(entry.name))
+                pids.add(int(entry.name))
     return pids
 
 
@@ -159,9 +159,12 @@ def test_an_actor_killed_mid_run_has_its_tasks_written_once_by_others(
     """SIGKILL of an actor's process while it downloads: its tasks re-run elsewhere, once."""
     emulator = emulator_factory(studies=6)
     slow = emulator.add_fault("storage:GET", "delay", delay_s=0.4, times=None)
+    before = _ray_workers()
     thread, result = _in_thread(lambda: _ray_run(emulator, tmp_path / "work", RayOptions(actors=2)))
-    _wait_for(lambda: slow.fired >= 2 and len(_ray_workers()) >= 2, "two actors downloading")
-    victim = _ray_workers()[0]
+    _wait_for(
+        lambda: slow.fired >= 2 and len(_ray_workers() - before) >= 2, "two actors downloading"
+    )
+    victim = min(_ray_workers() - before)
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=120)
     (summary,) = result
@@ -184,9 +187,10 @@ def test_an_actor_lost_during_a_write_that_lands_late_is_not_written_twice(
     emulator = emulator_factory(studies=2)
     slow_put = emulator.add_fault("putTaskAndLabelsSDK", "delay", delay_s=2.0, times=1)
     cluster = RayOptions(actors=1, in_flight=1, in_doubt_grace_s=0.0)
+    before = _ray_workers()
     thread, result = _in_thread(lambda: _ray_run(emulator, tmp_path / "work", cluster))
     _wait_for(lambda: slow_put.fired >= 1, "a write under way")
-    (victim,) = _ray_workers()
+    (victim,) = _ray_workers() - before
     os.kill(victim, signal.SIGKILL)
     # The next attempt downloads slower than the lost write takes to land.
     emulator.add_fault("storage:GET", "delay", delay_s=3.0, times=1)

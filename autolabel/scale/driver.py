@@ -251,33 +251,42 @@ class RayDriver:
         return book.summary(_stage_stats(book, len(self.slots)), workers=self.worker_stats())
 
     def _feed(self, book: RunBook) -> None:
-        """Hand tasks to actors with a free slot (streams the listing: pull on demand)."""
+        """Hand tasks to actors with a free slot (streams the listing: pull on demand).
+
+        A task that was on a lost actor is a suspect (it may be what killed it): it is
+        handed only to an idle actor, which gets nothing else while it holds it, so that a
+        second loss is that task's own doing and an innocent neighbour is never blamed.
+        """
         while not book.stop.is_set():
             free = [
                 s
                 for s in self.slots
-                if s.info is not None and len(s.calls) < self.options.in_flight
+                if s.info is not None
+                and len(s.calls) < self.options.in_flight
+                and not _holds_suspect(s)
             ]
-            if not free:
-                return
-            job = self._next_job()
+            job = self._peek_job() if free else None
             if job is None:
                 return
+            if job.deaths:
+                free = [s for s in free if not s.calls]
+                if not free:
+                    return
+            self.pending.popleft()
             slot = min(free, key=lambda s: len(s.calls))
             ref = slot.actor.prepare.remote(job.task)
             slot.calls[ref] = ("prepare", job)
             self._owner[ref] = slot
 
-    def _next_job(self) -> _Job | None:
-        if self.pending:
-            return self.pending.popleft()
-        if self._exhausted or self._source is None:
-            return None
-        task = next(self._source, None)
-        if task is None:
-            self._exhausted = True
-            return None
-        return _Job(task)
+    def _peek_job(self) -> _Job | None:
+        """The next task to hand out (re-queued ones first), pulled from the listing."""
+        if not self.pending and not self._exhausted and self._source is not None:
+            task = next(self._source, None)
+            if task is None:
+                self._exhausted = True
+            else:
+                self.pending.append(_Job(task))
+        return self.pending[0] if self.pending else None
 
     def _collect(self, book: RunBook, ref: Any) -> None:
         slot = self._owner.pop(ref)
@@ -415,7 +424,8 @@ class RayDriver:
         self._end(job.lost_on, book.failed(job.task, None, "ray", error))
 
     def _not_started(self, book: RunBook) -> None:
-        """Tasks waiting to be handed again when the run stopped: recorded ``queued``."""
+        """Tasks taken from the listing or re-queued but not handed out when the run
+        stopped: recorded ``queued`` (not started)."""
         while self.pending:
             job = self.pending.popleft()
             if job.before is not None:
@@ -426,6 +436,10 @@ class RayDriver:
                 task_name=job.task.name,
                 detail={"reason": "not started: the run was stopped"},
             )
+
+
+def _holds_suspect(slot: _Slot) -> bool:
+    return any(job is not None and job.deaths for _, job in slot.calls.values())
 
 
 def _why(exc: BaseException) -> str:
