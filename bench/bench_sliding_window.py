@@ -9,7 +9,7 @@ ratio MONAI / ours (above 1: ours is faster) and the label agreement.
 
     .venv/bin/python bench/bench_sliding_window.py [--device cpu|cuda] [--autocast off|bf16|fp16]
 
-Writes ``bench/results/sliding_window_<device>.json``.
+Writes ``bench/results/sliding_window_<device>_<autocast>.json``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main() -> None:
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"sliding_window_{device.type}.json"
+    path = args.out / f"sliding_window_{device.type}_{args.autocast}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

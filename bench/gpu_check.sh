@@ -2,7 +2,7 @@
 # One prepared GPU check for a session lent a CUDA machine (nothing in CI needs a GPU):
 # the gpu-marked inference tests on CUDA, then the sliding-window benchmark against MONAI
 # on CUDA in fp32 and fp16. Bounded to 8 minutes in all; results land in bench/results/
-# (and in $OUT when that is set).
+# (and are copied to $OUT when that is set).
 #   PYTHON  interpreter with autolabel's dependencies (default: .venv/bin/python, else python3)
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,12 +12,12 @@ if [ -z "$py" ]; then
   if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
 fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-"$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))" || exit 2
+"$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 2
 status=0
 timeout 300 "$py" -m pytest -m gpu tests/test_inference_gpu.py -q -rs -p no:cacheprovider || status=1
-timeout 90 "$py" bench/bench_sliding_window.py --device cuda --autocast off --shape 256 256 192 --repeats 3 || status=1
-mv bench/results/sliding_window_cuda.json bench/results/sliding_window_cuda_fp32.json 2>/dev/null || true
-timeout 90 "$py" bench/bench_sliding_window.py --device cuda --autocast fp16 --shape 256 256 192 --repeats 3 || status=1
-mv bench/results/sliding_window_cuda.json bench/results/sliding_window_cuda_fp16.json 2>/dev/null || true
+for autocast in off fp16; do
+  timeout 90 "$py" bench/bench_sliding_window.py --device cuda --autocast "$autocast" \
+    --shape 256 256 192 --repeats 3 || status=1
+done
 if [ -n "${OUT:-}" ]; then cp bench/results/sliding_window_cuda_*.json "$OUT"/ 2>/dev/null || true; fi
 exit "$status"
