@@ -1,0 +1,359 @@
+"""Benchmark (issue #5): a whole pre-labelling job, ``autolabel run`` against the official SDK.
+
+One invocation seeds an emulator data directory once (``--studies`` synthetic CT studies of
+``--shape``, DICOM series; kept in ``--cache`` for later runs), then runs the contenders
+alternately (A B B A ...), each on a fresh copy of the seeded data served with
+``serve_in_thread`` and each in its own process, timed from start to exit (imports and model
+load included):
+
+* ``autolabel``: the CLI, ``autolabel run --json --quiet`` with default settings (drafts,
+  model ``ct-threshold``);
+* ``sdk``: ``bench/sdk_baseline.py``, the sequential script written from RedBrick's docs
+  (export with files and DICOM-to-NIfTI, ``nib.load(...).get_fdata()``, the same model,
+  ``nib.save``, ``put_tasks(..., finalize=False)``, one task at a time).
+
+After each run the emulator's state is checked: every task has exactly one accepted write,
+is still in Label and holds a draft. The stored label files are read back and mapped to
+taxonomy categories; the two contenders' files must agree (same grid, and per-task voxel
+counts per category within ``--tolerance``; exact equality is reported too).
+
+Medians of ``--repeats`` runs per contender, their ratio (sdk / autolabel, above 1:
+autolabel is faster), the busy seconds per stage of our runs and the baseline's seconds per
+step go to a markdown table on stdout and to ``bench/results/pipeline.json``.
+
+    .venv/bin/python bench/bench_pipeline.py [--studies 12] [--shape 512 512 200] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from autolabel.emulator import EmulatorHandle, seed, serve_in_thread
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+CONTENDERS = ("autolabel", "sdk")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def seeded(cache: Path, studies: int, shape: tuple[int, int, int]) -> Path:
+    """The seeded data directory for (studies, shape), made once."""
+    folder = cache / f"seed-{studies}-{'x'.join(map(str, shape))}"
+    done = folder / ".complete"
+    if not done.is_file():
+        print(f"seeding {studies} studies of {shape} into {folder} ...", flush=True)
+        began = time.perf_counter()
+        seed(folder, studies=studies, shape=shape)
+        done.write_text("ok\n", encoding="utf-8")
+        print(f"seeded in {time.perf_counter() - began:.0f} s", flush=True)
+    return folder
+
+
+def run_autolabel(emu: EmulatorHandle, work: Path) -> dict[str, Any]:
+    command = [
+        PYTHON, "-m", "autolabel", "run", "--url", emu.url, "--org", emu.org_id,
+        "--project", emu.project_id, "--work", str(work), "--json", "--quiet",
+    ]  # fmt: skip
+    env = dict(os.environ, REDBRICK_API_KEY=emu.api_key)
+    began = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work)
+    wall = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"autolabel run failed ({done.returncode}): {done.stderr[-3000:]}")
+    summary = json.loads(done.stdout)
+    return {"wall_s": wall, "summary": summary}
+
+
+def run_sdk(emu: EmulatorHandle, work: Path) -> dict[str, Any]:
+    timings = work / "timings.json"
+    command = [
+        PYTHON, str(ROOT / "bench" / "sdk_baseline.py"), "--url", emu.url, "--org", emu.org_id,
+        "--project", emu.project_id, "--work", str(work), "--timings", str(timings),
+    ]  # fmt: skip
+    env = dict(os.environ, REDBRICK_API_KEY=emu.api_key)
+    began = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work)
+    wall = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"sdk baseline failed ({done.returncode}): {done.stderr[-3000:]}")
+    return {"wall_s": wall, "timings": json.loads(timings.read_text(encoding="utf-8"))}
+
+
+def stored_labels(emu: EmulatorHandle) -> dict[str, dict[str, Any]]:
+    """Per task (by name): the draft check, the stored label file's grid, per-category voxel
+    counts, and a digest of the voxels mapped to taxonomy categories."""
+    writes = emu.write_counts()
+    out: dict[str, dict[str, Any]] = {}
+    for task in emu.tasks():
+        latest = emu.latest_labels(task.task_id)
+        problems = []
+        if writes.get(task.task_id, 0) != 1:
+            problems.append(f"{writes.get(task.task_id, 0)} accepted writes")
+        if task.stage_name != "Label":
+            problems.append(f"in stage {task.stage_name}")
+        if latest is None or latest.finished:
+            problems.append("no draft")
+        entry: dict[str, Any] = {"problems": problems}
+        files = emu.label_files(task.task_id)
+        if len(files) == 1:
+            raw = gzip.decompress(files[0]) if files[0][:2] == b"\x1f\x8b" else files[0]
+            image = nib.Nifti1Image.from_bytes(raw)
+            values = np.asarray(image.dataobj)
+            lut = np.zeros(256, dtype=np.uint8)  # instance value -> classId + 1 (0: none)
+            names = {}
+            for label in emu.labels(task.task_id):
+                lut[int(label["dicom"]["instanceid"])] = int(label["classid"]) + 1
+                names[int(label["classid"]) + 1] = label["category"]
+            categories = lut[values]
+            counts = np.bincount(categories.ravel(), minlength=256)
+            entry.update(
+                shape=list(values.shape),
+                affine=np.round(image.affine, 4).tolist(),
+                voxels={names[c]: int(counts[c]) for c in sorted(names)},
+                digest=hashlib.sha256(np.asfortranarray(categories).tobytes("F")).hexdigest(),
+            )
+        else:
+            problems.append(f"{len(files)} label files")
+        out[task.name] = entry
+    return out
+
+
+def compare(ours: dict[str, Any], theirs: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """Per-task agreement of two contenders' stored labels."""
+    worst = 0.0
+    identical = 0
+    disagreements = []
+    for name in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(name), theirs.get(name)
+        if a is None or b is None or "voxels" not in a or "voxels" not in b:
+            disagreements.append(f"{name}: missing labels")
+            continue
+        if a["shape"] != b["shape"] or not np.allclose(a["affine"], b["affine"], atol=1e-3):
+            disagreements.append(f"{name}: grids differ")
+            continue
+        identical += a["digest"] == b["digest"]
+        for category in set(a["voxels"]) | set(b["voxels"]):
+            x, y = a["voxels"].get(category, 0), b["voxels"].get(category, 0)
+            relative = abs(x - y) / max(x, y, 1)
+            worst = max(worst, relative)
+            if relative > tolerance:
+                disagreements.append(f"{name} {category}: {x} vs {y} voxels")
+    return {
+        "tasks": len(set(ours) | set(theirs)),
+        "identical_voxels": identical,
+        "worst_relative_count_difference": worst,
+        "tolerance": tolerance,
+        "disagreements": disagreements,
+    }
+
+
+def one_run(name: str, data: Path, scratch: Path) -> dict[str, Any]:
+    """A contender on a fresh copy of the seeded data; its result and stored labels."""
+    copy = scratch / f"data-{name}"
+    work = scratch / f"work-{name}"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(data, copy)
+    work.mkdir()
+    load_before = load_average()
+    try:
+        with serve_in_thread(copy) as emu:
+            result = run_autolabel(emu, work) if name == "autolabel" else run_sdk(emu, work)
+            result["labels"] = stored_labels(emu)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    result["load_before"] = load_before
+    result["load_after"] = load_average()
+    problems = {k: v["problems"] for k, v in result["labels"].items() if v["problems"]}
+    result["drafts_saved"] = sum(not v["problems"] for v in result["labels"].values())
+    print(
+        f"  {name:<9} {result['wall_s']:7.1f} s  drafts {result['drafts_saved']}"
+        f"  load {load_before[0]:.2f} -> {result['load_after'][0]:.2f}"
+        + (f"  PROBLEMS {problems}" if problems else ""),
+        flush=True,
+    )
+    return result
+
+
+def our_stages(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median busy seconds (and per-task seconds) per stage of our runs."""
+    out: dict[str, dict[str, float]] = {}
+    names = [s["stage"] for s in runs[0]["summary"]["stages"]]
+    for name in names:
+        rows = [s for r in runs for s in r["summary"]["stages"] if s["stage"] == name]
+        out[name] = {
+            "workers": rows[0]["workers"],
+            "busy_s": statistics.median(s["busy_s"] for s in rows),
+            "per_task_s": statistics.median(s["per_task_s"] for s in rows),
+        }
+    steps: dict[str, list[float]] = {}
+    for r in runs:
+        for task in r["summary"]["tasks"]:
+            for step, seconds in task["seconds"].items():
+                steps.setdefault(step, []).append(seconds)
+    out["per_task_steps_median_s"] = {k: statistics.median(v) for k, v in steps.items()}
+    out["run_wall_s_reported"] = {"median": statistics.median(r["summary"]["wall_s"] for r in runs)}
+    return out
+
+
+def sdk_steps(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median (over runs) of the baseline's total seconds per step."""
+    totals: dict[str, list[float]] = {}
+    for r in runs:
+        t = r["timings"]
+        sums: dict[str, float] = {
+            "connect": t["connect_s"],
+            "model_load": t["model_load_s"],
+        }
+        for task in t["tasks"]:
+            for step, seconds in task["seconds"].items():
+                sums[step] = sums.get(step, 0.0) + seconds
+        sums["export_download_and_rest"] = sums.get("export", 0.0) - sums.get("dicom_to_nifti", 0)
+        sums["process_start_and_imports"] = r["wall_s"] - t["wall_s"]
+        for step, seconds in sums.items():
+            totals.setdefault(step, []).append(seconds)
+    return {k: statistics.median(v) for k, v in totals.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=12)
+    parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 200])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tolerance", type=float, default=0.001)
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "autolabel-bench"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
+    args = parser.parse_args()
+    shape = (args.shape[0], args.shape[1], args.shape[2])
+
+    data = seeded(args.cache, args.studies, shape)
+    order = [CONTENDERS if i % 2 == 0 else CONTENDERS[::-1] for i in range(args.repeats)]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    load_start = load_average()
+    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        for i, pair in enumerate(order, 1):
+            print(f"round {i}/{args.repeats}", flush=True)
+            for name in pair:
+                runs[name].append(one_run(name, data, Path(tmp)))
+    load_end = load_average()
+
+    agreement = compare(runs["autolabel"][0]["labels"], runs["sdk"][0]["labels"], args.tolerance)
+    repeatable = {
+        name: all(r["labels"] == rs[0]["labels"] for r in rs[1:]) for name, rs in runs.items()
+    }
+    walls = {name: [r["wall_s"] for r in rs] for name, rs in runs.items()}
+    medians = {name: statistics.median(w) for name, w in walls.items()}
+    ratio = medians["sdk"] / medians["autolabel"]
+    stages = our_stages(runs["autolabel"])
+    steps = sdk_steps(runs["sdk"])
+    ok = (
+        all(r["drafts_saved"] == args.studies for rs in runs.values() for r in rs)
+        and not agreement["disagreements"]
+    )
+
+    print()
+    print("| contender | median wall (s) | runs (s) | s/study | drafts saved |")
+    print("|---|---:|---|---:|---:|")
+    for name in CONTENDERS:
+        drafts = ", ".join(str(r["drafts_saved"]) for r in runs[name])
+        print(
+            f"| {name} | {medians[name]:.1f} | {', '.join(f'{w:.1f}' for w in walls[name])} |"
+            f" {medians[name] / args.studies:.2f} | {drafts} |"
+        )
+    print(f"\n**ratio sdk / autolabel: {ratio:.2f}x** (target >= 3x)\n")
+    print("| autolabel stage | workers | busy s (median) | per task s |")
+    print("|---|---:|---:|---:|")
+    for name, row in stages.items():
+        if "busy_s" in row:
+            print(f"| {name} | {row['workers']} | {row['busy_s']:.1f} | {row['per_task_s']:.2f} |")
+    print("\n| autolabel per-task step | median s |")
+    print("|---|---:|")
+    for step, seconds in stages["per_task_steps_median_s"].items():
+        print(f"| {step} | {seconds:.2f} |")
+    print("\n| sdk baseline step | total s (median) | per study s |")
+    print("|---|---:|---:|")
+    for step, seconds in steps.items():
+        print(f"| {step} | {seconds:.1f} | {seconds / args.studies:.2f} |")
+    print(
+        f"\nlabels: {agreement['identical_voxels']}/{agreement['tasks']} tasks voxel-identical,"
+        f" worst per-category count difference {agreement['worst_relative_count_difference']:.2e}"
+        f" (tolerance {args.tolerance}); disagreements: {agreement['disagreements'] or 'none'};"
+        f" repeatable: {repeatable}"
+    )
+    print(f"load average: start {load_start}, end {load_end}; {'OK' if ok else 'CHECKS FAILED'}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "studies": args.studies,
+        "shape": list(shape),
+        "model": "ct-threshold",
+        "mode": "draft",
+        "repeats": args.repeats,
+        "order": [list(p) for p in order],
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "load_average": {"start": load_start, "end": load_end},
+        "wall_s": walls,
+        "median_wall_s": medians,
+        "ratio_sdk_over_autolabel": ratio,
+        "checks_ok": ok,
+        "agreement": agreement,
+        "repeatable_labels": repeatable,
+        "autolabel_stages": stages,
+        "sdk_steps_total_s": steps,
+        "runs": {
+            name: [
+                {
+                    "wall_s": r["wall_s"],
+                    "load_before": r["load_before"],
+                    "load_after": r["load_after"],
+                    "drafts_saved": r["drafts_saved"],
+                    **(
+                        {"summary_stages": r["summary"]["stages"],
+                         "summary_wall_s": r["summary"]["wall_s"],
+                         "tasks": [{"name": t["task_name"], "status": t["status"],
+                                    "seconds": t["seconds"]} for t in r["summary"]["tasks"]]}
+                        if name == "autolabel"
+                        else {"timings": r["timings"]}
+                    ),
+                }
+                for r in rs
+            ]
+            for name, rs in runs.items()
+        },
+        "labels_voxels": {
+            name: {task: v.get("voxels") for task, v in rs[0]["labels"].items()}
+            for name, rs in runs.items()
+        },
+    }  # fmt: skip
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    if not ok:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
