@@ -20,7 +20,21 @@ from autolabel.inference.card import ModelCard, find_card, list_cards, models_di
 from autolabel.inference.spec import ModelSpec, SegmentationModel, validate_output
 
 if TYPE_CHECKING:
+    from autolabel.inference.device import DeviceEvent
     from autolabel.inference.runners import LoadedModel
+
+
+def __getattr__(name: str) -> object:
+    """``LoadedModel`` and ``DeviceEvent`` on first use, so that importing stays torch-free."""
+    if name == "LoadedModel":
+        from autolabel.inference.runners import LoadedModel
+
+        return LoadedModel
+    if name == "DeviceEvent":
+        from autolabel.inference.device import DeviceEvent
+
+        return DeviceEvent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_model(
@@ -64,6 +78,8 @@ def list_models() -> list[ModelCard]:
 
 
 __all__ = [
+    "DeviceEvent",
+    "LoadedModel",
     "ModelCard",
     "ModelSpec",
     "SegmentationModel",

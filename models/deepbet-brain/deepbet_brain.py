@@ -17,6 +17,7 @@ the package); nothing is downloaded. The steps follow deepbet 1.0.2's published 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,10 @@ class DeepbetBrain:
         folder = weights_folder()
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(str(card.autocast), self.device)
-        self.bbox_net = torch.jit.load(str(folder / "bbox_model.pt"), map_location=self.device)  # type: ignore[no-untyped-call]
-        self.net = torch.jit.load(str(folder / "model.pt"), map_location=self.device)  # type: ignore[no-untyped-call]
+        with warnings.catch_warnings():  # deepbet ships TorchScript; torch 2.13 flags jit.load
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.bbox_net = torch.jit.load(str(folder / "bbox_model.pt"), map_location=self.device)  # type: ignore[no-untyped-call]
+            self.net = torch.jit.load(str(folder / "model.pt"), map_location=self.device)  # type: ignore[no-untyped-call]
         self.bbox_net.eval()
         self.net.eval()
         self.weights_sha256 = sha256_file(folder / "model.pt")
