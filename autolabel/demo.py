@@ -17,7 +17,11 @@
    with :func:`autolabel.review.review_tasks` in ``auto`` mode: accepted when every
    category's Dice against the model is at least ``min_dice``, rejected with the scores
    otherwise;
-5. writes the HTML report of both runs and the review (``OUT/report.html``).
+5. runs a second model, ``organs_model`` (default ``phantom-unet``: a small 3-D U-Net,
+   so the full torch path -- preprocessing, sliding window, postprocessing), as a **dry
+   run** on the tasks still queued for the key: organ pre-labels kept locally, nothing
+   written to RedBrick;
+6. writes the HTML report of every run and the review (``OUT/report.html``).
 
 ``OUT`` is emptied first when it holds an earlier demo (it has the marker file
 :data:`MARKER`); a folder that holds anything else is refused with
@@ -70,6 +74,7 @@ class DemoOptions:
     studies: int = 4
     shape: tuple[int, int, int] = (128, 128, 64)
     model: str | Path = "ct-threshold"
+    organs_model: str | Path | None = "phantom-unet"
     device: str = "auto"
     port: int = 0
     submit: int | None = None
@@ -178,6 +183,8 @@ def run_demo(
                 task_ids=_queue_review(emu), work_dir=paths.work / "review",
             )  # fmt: skip
             say(_review_line(result.review))
+            if options.organs_model is not None:
+                _organs_dry_run(project, options, paths, result, say)
         result.tasks = _task_states(emu)
         write_report(
             paths.work, paths.report, runs=0, review=review_rows(result.review),
@@ -235,6 +242,21 @@ def _prelabel(
         say(f"{verb} {len(summary.done)} task(s) with {summary.model}: {done}")
         for outcome in summary.skipped + summary.failed:
             say(f"  {outcome.status} {outcome.task_name}: {outcome.reason}")
+
+
+def _organs_dry_run(
+    project: Project, options: DemoOptions, paths: _Paths, result: DemoResult, say: StepListener
+) -> None:
+    """A second model pre-labels organs on the tasks still queued, writing nothing."""
+    from autolabel.inference import load_model
+
+    assert options.organs_model is not None
+    model = load_model(options.organs_model, device=options.device)
+    run_options = RunOptions(mode="dry-run", work_dir=paths.work, out_dir=paths.results / "organs")
+    summary = run_pipeline(project, model, run_options)
+    result.runs.append(summary)
+    done = ", ".join(o.task_name for o in summary.done) or "none"
+    say(f"dry run of {summary.model} (organs, nothing written to RedBrick): {done}")
 
 
 def _colleague_corrects(emu: EmulatorHandle, result: DemoResult, say: StepListener) -> str | None:

@@ -75,12 +75,15 @@ def test_demo_leaves_submits_drafts_and_review_decisions_in_the_emulator(
 
 
 def test_demo_ledger_holds_the_submit_run_and_the_draft_run(demo: dict[str, Any]) -> None:
-    """The work folder's ledger has two runs: two tasks submitted, two drafts saved."""
+    """The work folder's ledger has three runs: two tasks submitted, two drafts saved, and
+    the organ model's dry run on the draft still queued for the key."""
     with Ledger(ledger_path(demo["out"] / "work"), create=False) as ledger:
         runs = ledger.runs()
-        assert sorted(r.mode for r in runs) == ["draft", "final"]
+        assert sorted(r.mode for r in runs) == ["draft", "dry-run", "final"]
         assert all(r.status == "finished" for r in runs)
-        assert ledger.summary().counts == {"submitted": 2, "draft_saved": 2}
+        organs = next(r for r in runs if r.mode == "dry-run")
+        assert organs.model is not None and organs.model.name == "phantom-unet"
+        assert ledger.summary().counts == {"submitted": 2, "draft_saved": 2, "dry_run": 1}
 
 
 def test_demo_report_shows_both_outcomes_the_review_and_decodable_previews(
@@ -95,7 +98,7 @@ def test_demo_report_shows_both_outcomes_the_review_and_decodable_previews(
     for i in range(4):
         assert f"phantom-{i:03d}" in text
     images = decode_images(page)
-    assert len(images) == 4
+    assert len(images) == 5  # four ct-threshold previews and the organ model's dry run
     assert all(np.asarray(i.convert("L")).std() > 10 for i in images)
     assert page.scripts == 0 and page.references == []
 
@@ -114,10 +117,11 @@ def test_demo_report_renders_in_chromium(demo: dict[str, Any], tmp_path: Path) -
 def test_demo_again_starts_clean_and_never_empties_a_foreign_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A second demo into the same folder starts from scratch (one set of tasks, two runs);
+    """A second demo into the same folder starts from scratch (one set of tasks, one
+    ledger run per step);
     a folder the demo did not make is refused (exit 2) and left as it was."""
     out = tmp_path / "demo"
-    options = DemoOptions(out_dir=out, studies=2, shape=(48, 48, 24))
+    options = DemoOptions(out_dir=out, studies=2, shape=(48, 48, 24), organs_model=None)
     first = run_demo(options)
     lines: list[str] = []
     second = run_demo(options, on_step=lines.append)

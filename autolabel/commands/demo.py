@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME|PATH",
         help="model card (default: ct-threshold)",
     )
+    parser.add_argument(
+        "--organs-model",
+        default="phantom-unet",
+        metavar="NAME|PATH|none",
+        help="second model, run as a dry run on the tasks still queued (default: phantom-unet)",
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
         "--port", type=int, default=0, help="emulator port on localhost (default: a free one)"
@@ -62,7 +68,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be within 0..65535, got {args.port}")
     options = DemoOptions(
-        out_dir=args.out, studies=args.studies, model=args.model, device=args.device,
+        out_dir=args.out, studies=args.studies, model=args.model,
+        organs_model=None if args.organs_model == "none" else args.organs_model, device=args.device,
         port=args.port,
     )  # fmt: skip
     print(f"autolabel demo: a local RedBrick with {args.studies} sample CT studies, no account")
