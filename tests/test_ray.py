@@ -183,7 +183,9 @@ def test_an_actor_killed_mid_run_has_its_tasks_written_once_by_others(
 def test_an_actor_lost_during_a_write_that_lands_late_is_not_written_twice(
     local_ray: Any, emulator_factory: Callable[..., EmulatorHandle], tmp_path: Path
 ) -> None:
-    """The lost write lands after the task was handed on: the guard sees it and records it."""
+    """The lost write lands after the driver found it missing and handed the task on: the
+    guard before the next write compares against the first fetch's labels and records the
+    landed write instead of sending a second one."""
     emulator = emulator_factory(studies=2)
     slow_put = emulator.add_fault("putTaskAndLabelsSDK", "delay", delay_s=2.0, times=1)
     cluster = RayOptions(actors=1, in_flight=1, in_doubt_grace_s=0.0)
@@ -192,8 +194,10 @@ def test_an_actor_lost_during_a_write_that_lands_late_is_not_written_twice(
     _wait_for(lambda: slow_put.fired >= 1, "a write under way")
     (victim,) = _ray_workers() - before
     os.kill(victim, signal.SIGKILL)
-    # The next attempt downloads slower than the lost write takes to land.
-    emulator.add_fault("storage:GET", "delay", delay_s=3.0, times=1)
+    # The driver re-reads at once (no grace) and hands the task on; the replacement actor's
+    # re-read is slowed down past the moment the lost write lands.
+    _wait_for(lambda: bool(_ray_workers() - before - {victim}), "a replacement actor")
+    emulator.add_fault("taskSDK", "delay", delay_s=2.5, times=1)
     thread.join(timeout=120)
     (summary,) = result
     assert isinstance(summary, RunSummary), summary
