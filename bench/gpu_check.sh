@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check for a session lent a CUDA machine (nothing in CI needs a GPU):
 # the gpu-marked inference tests on CUDA, then the sliding-window benchmark against MONAI
-# on CUDA in fp32 and fp16. Bounded to 8 minutes in all; results land in bench/results/
+# on CUDA in fp32 and fp16, then one GPU Ray actor vs the local run. Bounded to ~8 minutes; results land in bench/results/
 # (and are copied to $OUT when that is set).
 #   PYTHON  interpreter with autolabel's dependencies (default: .venv/bin/python, else python3)
 set -uo pipefail
@@ -19,5 +19,8 @@ for autocast in off fp16; do
   timeout 90 "$py" bench/bench_sliding_window.py --device cuda --autocast "$autocast" \
     --shape 256 256 192 --repeats 3 || status=1
 done
-if [ -n "${OUT:-}" ]; then cp bench/results/sliding_window_cuda_*.json "$OUT"/ 2>/dev/null || true; fi
+timeout 240 "$py" bench/bench_ray.py gpu --repeats 2 || status=1
+if [ -n "${OUT:-}" ]; then
+  cp bench/results/sliding_window_cuda_*.json bench/results/ray_gpu.json "$OUT"/ 2>/dev/null || true
+fi
 exit "$status"
