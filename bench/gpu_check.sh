@@ -14,12 +14,12 @@ fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 2
 status=0
-timeout 300 "$py" -m pytest -m gpu tests/test_inference_gpu.py -q -rs -p no:cacheprovider || status=1
+timeout 180 "$py" -m pytest -m gpu tests/test_inference_gpu.py -q -rs -p no:cacheprovider || status=1
 for autocast in off fp16; do
-  timeout 90 "$py" bench/bench_sliding_window.py --device cuda --autocast "$autocast" \
+  timeout 75 "$py" bench/bench_sliding_window.py --device cuda --autocast "$autocast" \
     --shape 256 256 192 --repeats 3 || status=1
 done
-timeout 240 "$py" bench/bench_ray.py gpu --repeats 2 || status=1
+timeout 150 "$py" bench/bench_ray.py gpu --repeats 2 || status=1
 if [ -n "${OUT:-}" ]; then
   cp bench/results/sliding_window_cuda_*.json bench/results/ray_gpu.json "$OUT"/ 2>/dev/null || true
 fi
