@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autolabel.pipeline import RunSummary, TaskOutcome
+from autolabel.runs import RunSummary, TaskOutcome
 
 #: The stages of a run, in order, as the progress bars name them.
 STAGES: tuple[str, ...] = ("fetch", "infer", "write")

@@ -3,7 +3,7 @@
 :func:`run_on_ray` does what :func:`autolabel.pipeline.run` does, with the per-task work
 done by Ray actors (one per GPU, or CPU actors): each actor loads the model once and runs
 download → decode → infer → convert → upload for the tasks it is handed, with the local
-run's own code (:class:`~autolabel.pipeline.TaskSteps`).
+run's own code (:class:`~autolabel.steps.TaskSteps`).
 
 One writer of record
 --------------------
@@ -52,8 +52,9 @@ from pathlib import Path
 
 from autolabel.errors import ConfigError
 from autolabel.ledger import Ledger, ledger_path
-from autolabel.pipeline import OutcomeListener, RunBook, RunOptions, RunSummary, StageListener
 from autolabel.redbrick import get_project
+from autolabel.runbook import RunBook
+from autolabel.runs import OutcomeListener, RunOptions, RunSummary, StageListener
 from autolabel.scale.cluster import RayOptions, plan_actors, ray_session
 from autolabel.scale.driver import RayDriver
 from autolabel.scale.messages import WorkerLostError

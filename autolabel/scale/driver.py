@@ -1,7 +1,7 @@
 """The Ray driver: hands tasks to actors, records every state change, authorises each write.
 
 The driver is the one writer of record. It alone holds the ledger (through the same
-:class:`~autolabel.pipeline.RunBook` as the local run), and an actor writes a task to
+:class:`~autolabel.runbook.RunBook` as the local run), and an actor writes a task to
 RedBrick only when handed a :class:`~autolabel.scale.messages.Claim`, which the driver
 issues *after* committing that task's ``writing`` intent. So a ``kill -9`` of the driver
 or of any actor at any moment leaves each write either recorded, not sent, or in doubt --
@@ -37,15 +37,9 @@ from autolabel.engine import EngineStats, StageStats
 from autolabel.errors import AutolabelError, ConfigError
 from autolabel.fetch import LabelsMarker, TaskSkipped
 from autolabel.ledger import ModelKey, TaskState
-from autolabel.pipeline import (
-    EMPTY_REASON,
-    RunBook,
-    RunOptions,
-    RunSummary,
-    TaskOutcome,
-    WorkerStats,
-)
 from autolabel.redbrick import Task
+from autolabel.runbook import RunBook
+from autolabel.runs import RunOptions, RunSummary, TaskOutcome, WorkerStats
 from autolabel.scale.cluster import ActorPlan, RayOptions, spawn_worker
 from autolabel.scale.messages import (
     Claim,
@@ -56,6 +50,7 @@ from autolabel.scale.messages import (
     WorkerLostError,
 )
 from autolabel.settings import ConnectionSettings
+from autolabel.steps import EMPTY_REASON
 
 #: How often the driver looks at its stop event while waiting on actors.
 _POLL_S = 0.25

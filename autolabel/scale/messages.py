@@ -21,8 +21,8 @@ from autolabel import errors
 from autolabel.errors import AutolabelError
 from autolabel.fetch import LabelsMarker, TaskSkipped
 from autolabel.ledger import ModelKey
-from autolabel.pipeline import TaskOutcome
 from autolabel.redbrick import Task
+from autolabel.runs import TaskOutcome
 
 
 class WorkerLostError(AutolabelError):

@@ -7,7 +7,7 @@ it imports no Ray. Its contract:
 * :meth:`TaskWorker.open` receives the connection (API key included) as a direct actor
   call, loads the model once and opens the project; it returns :class:`WorkerInfo`;
 * :meth:`TaskWorker.prepare` runs fetch → infer → convert for one task with
-  :class:`~autolabel.pipeline.TaskSteps` (the local run's code) and returns
+  :class:`~autolabel.steps.TaskSteps` (the local run's code) and returns
   :class:`Prepared`; it writes nothing to RedBrick and no ledger;
 * :meth:`TaskWorker.send` writes one task, only with a :class:`Claim` (the driver's
   committed ``writing`` intent), through ``TaskSteps.write`` -- the local run's guarded
@@ -29,10 +29,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autolabel.pipeline import RunOptions, TaskOutcome, TaskSteps
 from autolabel.redbrick import Task, get_project
+from autolabel.runs import RunOptions, TaskOutcome
 from autolabel.scale.messages import Claim, Prepared, Sent, TaskError, WorkerInfo
 from autolabel.settings import ConnectionSettings
+from autolabel.steps import TaskSteps
 
 
 class TaskWorker:

@@ -1,0 +1,203 @@
+"""What is done to one task, with no ledger and no scheduling: :class:`TaskSteps` fetches
+(re-read, guard, download, decode), predicts, converts (label files, payload, preview) and
+writes (guarded, exactly once). The local run and the Ray actors both call it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from autolabel import convert
+from autolabel.errors import (
+    PlatformError,
+    TransportError,
+)
+from autolabel.fetch import (
+    FetchedTask,
+    LabelsMarker,
+    fetch_task,
+)
+from autolabel.inference.spec import ModelSpec, SegmentationModel
+from autolabel.overlay import save_overlay
+from autolabel.records import Volume
+from autolabel.redbrick import Project, Task
+from autolabel.runs import RunOptions, TaskOutcome, model_key
+from autolabel.submit import write_task
+
+#: Why a task whose prediction is empty is skipped (``empty="skip"``).
+EMPTY_REASON = (
+    "the model found nothing in this task (empty prediction; use --empty submit to write it anyway)"
+)
+
+
+def segment_map_for(
+    spec: ModelSpec, taxonomy: Mapping[str, Any], options: RunOptions
+) -> convert.SegmentMap:
+    """The model label → taxonomy category map of a run; :class:`ConfigError` when a model
+    class has no category (unless ``options.allow_unmapped``)."""
+    mapping: dict[str | int, convert.Target] = {
+        spec.labels[i]: spec.category_of(i) for i in spec.labels
+    }
+    mapping.update(options.mapping or {})
+    return convert.build_segment_map(
+        dict(spec.labels), taxonomy, mapping, allow_unmapped=options.allow_unmapped
+    )
+
+
+class TaskSteps:
+    """The work done on one task, with no ledger and no scheduling.
+
+    The local run (:func:`run`) and the Ray actors of :mod:`autolabel.scale` call the same
+    steps, so a task is fetched, predicted, converted and written the same way on both:
+
+    * :meth:`fetch` -- re-read, guard, download and decode (retrying transient failures);
+    * :meth:`predict` -- one label map per series;
+    * :meth:`convert` -- label files, previews and the ``series`` payload in
+      ``options.results_dir``; fills the outcome's files and volumes;
+    * :meth:`write` -- the guarded, exactly-once write of :func:`autolabel.submit.write_task`;
+      the caller's ``record_intent`` must commit the ``writing`` intent.
+
+    Errors are raised as they come (:class:`~autolabel.fetch.TaskSkipped` for a task that
+    must be left alone); the caller records them.
+    """
+
+    def __init__(self, project: Project, model: SegmentationModel, options: RunOptions) -> None:
+        self.project = project
+        self.model = model
+        self.options = options
+        self.key = model_key(model)
+        self.segment_map = segment_map_for(model.spec, project.taxonomy, options)
+        self.provenance = {"Model": f"{self.key.name} {self.key.version}"}
+
+    def fetch(self, task: Task, folder: Path) -> FetchedTask:
+        """Re-read, check and decode ``task`` (downloading into ``folder``, removed after)."""
+        return _with_retries(lambda: fetch_task(self.project, task, self.options.stage, folder))
+
+    def predict(self, fetched: FetchedTask) -> list[npt.NDArray[np.integer]]:
+        """The model's label map of each series of ``fetched``."""
+        return [self.model.predict(series.volume) for series in fetched.series]
+
+    def convert(
+        self,
+        fetched: FetchedTask,
+        label_maps: Sequence[npt.NDArray[np.integer]],
+        outcome: TaskOutcome,
+    ) -> list[dict[str, Any]]:
+        """Write the task's label files, previews and payload; return the ``series`` entries.
+
+        An empty list means nothing is left to write (every series empty under the ``skip``
+        policy). ``outcome.files`` and ``outcome.volumes_ml`` are filled in.
+        """
+        options = self.options
+        task = fetched.task
+        folder = options.results_dir / safe_name(task.name or task.task_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        entries: list[dict[str, Any]] = []
+        volumes: dict[str, float] = {}
+        for series, label_map in zip(fetched.series, label_maps, strict=True):
+            path = folder / f"series-{series.index}-labels.nii.gz"
+            entry = convert.to_series(
+                label_map,
+                series.volume,
+                self.segment_map,
+                name=series.name or f"{task.name or task.task_id}-{series.index}",
+                path=path,
+                empty=options.empty,
+                instances=options.instances,
+                min_component_voxels=options.min_component_voxels,
+            )
+            if entry is None:
+                continue
+            entries.append(dict(entry))
+            outcome.files[f"labels-{series.index}"] = str(path)
+            for category, ml in _volumes_ml(label_map, series.volume, self.segment_map).items():
+                volumes[category] = volumes.get(category, 0.0) + ml
+            if options.previews:
+                preview = folder / f"series-{series.index}-preview.png"
+                save_overlay(
+                    preview,
+                    np.asarray(series.volume.array),
+                    label_map,
+                    series.volume.spacing,
+                    orientation=series.volume.orientation,
+                    names=dict(self.model.spec.labels),
+                    title=f"{task.name} · {series.name or series.index} · {self.key}",
+                )
+                outcome.files[f"preview-{series.index}"] = str(preview)
+        outcome.volumes_ml = volumes
+        payload_path = folder / "series.json"
+        _write_json(payload_path, {"taskId": task.task_id, "series": entries})
+        outcome.files["payload"] = str(payload_path)
+        return entries
+
+    def write(
+        self,
+        task_id: str,
+        entries: Sequence[Mapping[str, Any]],
+        before: LabelsMarker,
+        *,
+        record_intent: Callable[[], object],
+    ) -> str:
+        """Save or submit ``entries`` (see :func:`autolabel.submit.write_task`); return the
+        ledger state it reached (``draft_saved`` or ``submitted``)."""
+        finalize = self.options.mode == "final"
+        write_task(
+            self.project,
+            task_id,
+            self.options.stage,
+            entries,
+            finalize=finalize,
+            before=before,
+            provenance=self.provenance,
+            record_intent=record_intent,
+        )
+        return "submitted" if finalize else "draft_saved"
+
+
+def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> FetchedTask:
+    """Fetch again after a transient failure (the client already retried each request; a
+    fresh try also presigns the items again)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fetch()
+        except PlatformError as exc:
+            transient = isinstance(exc, TransportError) or exc.operation.startswith("storage")
+            if not transient or attempt == attempts:
+                raise
+            time.sleep(0.5 * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _volumes_ml(
+    label_map: npt.NDArray[np.integer], volume: Volume, segment_map: convert.SegmentMap
+) -> dict[str, float]:
+    """Predicted millilitres per taxonomy category (model classes mapped as written)."""
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    counts = np.bincount(label_map.ravel())
+    out: dict[str, float] = {}
+    for label_id, value in segment_map.values.items():
+        if value and label_id < counts.size and counts[label_id]:
+            category = segment_map.categories[value].name
+            out[category] = out.get(category, 0.0) + float(counts[label_id]) * voxel_ml
+    return out
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(temp, path)
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a file or folder name: letters, digits, ``-_.``; others become ``_``."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return cleaned or "task"
