@@ -12,9 +12,7 @@ from typing import Any
 
 from autolabel import convert
 from autolabel.engine import EngineStats
-from autolabel.errors import (
-    ConfigError,
-)
+from autolabel.errors import ConfigError
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.ledger import ModelKey
 
@@ -24,7 +22,7 @@ MODES = ("draft", "final", "dry-run")
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """What a run does (see :func:`run`).
+    """What a run does (see :func:`autolabel.pipeline.run`).
 
     ``mode`` is ``draft`` (the default: save drafts), ``final`` (submit) or ``dry-run``
     (write nothing to RedBrick; keep label files, payloads and previews in ``out_dir``).
