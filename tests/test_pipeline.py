@@ -174,15 +174,6 @@ class _Interfering:
         return self.model.predict(volume)
 
 
-def _writes_by_key(emulator: EmulatorHandle, task_id: str) -> int:
-    """Accepted label writes the API key made to a task."""
-    return sum(
-        1
-        for e in emulator.events(task_id)
-        if e.accepted and e.user_id == emulator.key_user_id and e.operation.startswith("put")
-    )
-
-
 def test_a_person_saving_a_draft_between_fetch_and_write_is_never_overwritten(
     emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
 ) -> None:
@@ -201,7 +192,7 @@ def test_a_person_saving_a_draft_between_fetch_and_write_is_never_overwritten(
     assert "a person saved labels" in outcome.reason
     latest = emulator.latest_labels(target)
     assert latest is not None and latest.created_by != emulator.key_user_id
-    assert _writes_by_key(emulator, target) == 0
+    assert emulator.key_writes()[target] == 0
     assert len(summary.done) == 2
 
 
@@ -218,7 +209,7 @@ def test_a_task_reassigned_between_fetch_and_write_is_skipped(
     outcome = next(o for o in summary.outcomes if o.task_id == target)
     assert outcome.status == "skipped"
     assert "assigned to" in outcome.reason and emulator.human_email in outcome.reason
-    assert _writes_by_key(emulator, target) == 0
+    assert emulator.key_writes()[target] == 0
 
 
 def test_tasks_a_person_already_labelled_are_left_alone(
@@ -231,7 +222,7 @@ def test_tasks_a_person_already_labelled_are_left_alone(
     summary = _run(emulator, ct_model, tmp_path)
     outcome = next(o for o in summary.outcomes if o.task_id == target)
     assert outcome.status == "skipped" and "never overwrites" in outcome.reason
-    assert _writes_by_key(emulator, target) == 0
+    assert emulator.key_writes()[target] == 0
 
 
 def test_a_bad_series_fails_its_task_only_and_the_ledger_says_why(

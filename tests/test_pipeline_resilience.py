@@ -20,20 +20,6 @@ from autolabel.pipeline import RunOptions, run
 from autolabel.redbrick import RetryPolicy, get_project
 
 
-def _key_writes(emulator: EmulatorHandle) -> dict[str, int]:
-    """Accepted label writes by the API key, per task (every task listed)."""
-    counts = dict.fromkeys(emulator.task_ids(), 0)
-    for event in emulator.events():
-        if (
-            event.accepted
-            and event.task_id in counts
-            and event.user_id == emulator.key_user_id
-            and event.operation.startswith("put")
-        ):
-            counts[event.task_id] += 1
-    return counts
-
-
 def _start_run(emulator: EmulatorHandle, work: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -80,7 +66,7 @@ def test_sigkill_at_several_points_then_rerun_writes_every_task_exactly_once(
     process = _start_run(emulator, work)
     _kill_when(process, lambda: slow_get.fired >= 1)
     emulator.clear_faults()
-    assert sum(_key_writes(emulator).values()) == 0
+    assert sum(emulator.key_writes().values()) == 0
 
     # 2. Killed in the middle of a write: the server still takes the request after the
     #    client died, so the ledger is left with a write in doubt that did land.
@@ -89,17 +75,17 @@ def test_sigkill_at_several_points_then_rerun_writes_every_task_exactly_once(
     _kill_when(process, lambda: slow_put.fired >= 1)
     emulator.clear_faults()
     time.sleep(2.0)  # the delayed write lands on the server
-    assert sum(_key_writes(emulator).values()) >= 1
+    assert sum(emulator.key_writes().values()) >= 1
 
     # 3. Killed after a few more writes.
-    already = sum(_key_writes(emulator).values())
+    already = sum(emulator.key_writes().values())
     process = _start_run(emulator, work)
-    _kill_when(process, lambda: sum(_key_writes(emulator).values()) >= already + 2)
+    _kill_when(process, lambda: sum(emulator.key_writes().values()) >= already + 2)
 
     # 4. A clean re-run finishes the job.
     process = _start_run(emulator, work)
     assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-    assert _key_writes(emulator) == dict.fromkeys(emulator.task_ids(), 1)
+    assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
     assert all(emulator.task(t).state == "STAGED" for t in emulator.task_ids())
 
 
@@ -136,7 +122,7 @@ def test_faults_at_30_percent_end_every_task_written_or_failed_never_twice(
     options = RunOptions(work_dir=tmp_path / "work", previews=False)
     with project:
         summary = run(project, model, options)
-    writes = _key_writes(emulator)
+    writes = emulator.key_writes()
     assert len(summary.outcomes) == 8
     for outcome in summary.outcomes:
         assert outcome.status in ("draft_saved", "failed"), outcome
@@ -153,4 +139,4 @@ def test_faults_at_30_percent_end_every_task_written_or_failed_never_twice(
     with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
         rerun = run(p, model, options)
     assert rerun.exit_code == 0, rerun.to_dict()
-    assert _key_writes(emulator) == dict.fromkeys(emulator.task_ids(), 1)
+    assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)

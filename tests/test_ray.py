@@ -51,20 +51,6 @@ def _connection(emulator: EmulatorHandle) -> ConnectionSettings:
     )
 
 
-def _key_writes(emulator: EmulatorHandle) -> dict[str, int]:
-    """Accepted label writes by the API key, per task (every task listed)."""
-    counts = dict.fromkeys(emulator.task_ids(), 0)
-    for event in emulator.events():
-        if (
-            event.accepted
-            and event.task_id in counts
-            and event.user_id == emulator.key_user_id
-            and event.operation.startswith("put")
-        ):
-            counts[event.task_id] += 1
-    return counts
-
-
 def _states(work: Path, task_ids: list[str]) -> dict[str, list[str]]:
     """Every task's ledger states, in order."""
     with Ledger(ledger_path(work), create=False) as ledger:
@@ -132,7 +118,7 @@ def test_a_ray_run_writes_what_a_local_run_writes(
     assert scaled.exit_code == local.exit_code == 0
     by_id = {o.task_id: o for o in local.outcomes}
     assert {o.task_id: o.status for o in scaled.outcomes} == {t: o.status for t, o in by_id.items()}
-    assert _key_writes(here) == _key_writes(there) == dict.fromkeys(here.task_ids(), 1)
+    assert here.key_writes() == there.key_writes() == dict.fromkeys(here.task_ids(), 1)
     for outcome in scaled.outcomes:
         task_id = outcome.task_id
         assert there.labels(task_id) == here.labels(task_id)
@@ -170,7 +156,7 @@ def test_an_actor_killed_mid_run_has_its_tasks_written_once_by_others(
     (summary,) = result
     assert isinstance(summary, RunSummary), summary
 
-    assert _key_writes(emulator) == dict.fromkeys(emulator.task_ids(), 1)
+    assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
     assert [o.status for o in summary.outcomes] == ["draft_saved"] * 6
     (lost,) = [w for w in summary.workers if w.died]
     assert lost.requeued, "the killed actor held tasks"
@@ -202,7 +188,7 @@ def test_an_actor_lost_during_a_write_that_lands_late_is_not_written_twice(
     (summary,) = result
     assert isinstance(summary, RunSummary), summary
 
-    assert _key_writes(emulator) == dict.fromkeys(emulator.task_ids(), 1)
+    assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
     assert sorted(o.status for o in summary.outcomes) == ["draft_saved"] * 2
     with Ledger(ledger_path(tmp_path / "work"), create=False) as ledger:
         resolved = [
@@ -251,7 +237,7 @@ def test_a_task_that_kills_two_actors_is_recorded_failed(
     assert outcomes[deadly].status == "failed"
     assert outcomes[deadly].error_type == "WorkerLostError"
     assert "died 2 times" in outcomes[deadly].reason
-    assert _key_writes(emulator) == {t: int(t != deadly) for t in emulator.task_ids()}
+    assert emulator.key_writes() == {t: int(t != deadly) for t in emulator.task_ids()}
     assert summary.exit_code == 1
     assert sum(1 for w in summary.workers if w.died) == 2
     with Ledger(ledger_path(tmp_path / "work"), create=False) as ledger:
@@ -281,12 +267,12 @@ def test_ctrl_c_on_a_cluster_run_finishes_tasks_in_hand_and_the_key_stays_out_of
          "--ray-in-flight", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    _wait_for(lambda: sum(_key_writes(emulator).values()) >= 1, "a first write", limit=90)
+    _wait_for(lambda: sum(emulator.key_writes().values()) >= 1, "a first write", limit=90)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err.decode()[-2000:]
     report = json.loads(out)
-    written = _key_writes(emulator)
+    written = emulator.key_writes()
     assert max(written.values()) == 1 and 1 <= sum(written.values()) < 6
     assert report["counts"]["done"] == sum(written.values())
     assert report["workers"][0]["tasks"] == report["counts"]["done"]
@@ -297,7 +283,7 @@ def test_ctrl_c_on_a_cluster_run_finishes_tasks_in_hand_and_the_key_stays_out_of
     emulator.clear_faults()
     again = _ray_run(emulator, work, RayOptions(actors=2))
     assert again.already_done == sum(written.values())
-    assert _key_writes(emulator) == dict.fromkeys(emulator.task_ids(), 1)
+    assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
 
     session = Path(local_ray._private.worker._global_node.get_session_dir_path())
     key = emulator.api_key.encode()

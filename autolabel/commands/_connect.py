@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from autolabel.redbrick import Project, get_project
-from autolabel.settings import resolve_connection
+from autolabel.settings import ConnectionSettings, resolve_connection
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,13 +28,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="autolabel.toml to read (default: ./autolabel.toml)")
 
 
-def connect(args: argparse.Namespace) -> Project:
-    """Resolve the connection settings from ``args`` and open the project.
+def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
+    """Resolve the connection settings from ``args`` (and the other sources).
 
     Notes about the settings (e.g. a skipped session profile) go to stderr; the key never
-    does. Raises :class:`~autolabel.errors.ConfigError` for missing settings and
-    :class:`~autolabel.errors.AuthError` / :class:`~autolabel.errors.TransportError` when
-    RedBrick refuses the key or cannot be reached.
+    does. Raises :class:`~autolabel.errors.ConfigError` for missing settings.
     """
     settings = resolve_connection(
         url=args.url,
@@ -46,4 +44,15 @@ def connect(args: argparse.Namespace) -> Project:
     )
     for note in settings.notes:
         print(f"autolabel: note: {note}", file=sys.stderr)
+    return settings
+
+
+def connect(args: argparse.Namespace) -> Project:
+    """Open the project the connection settings of ``args`` name.
+
+    Raises :class:`~autolabel.errors.ConfigError` for missing settings and
+    :class:`~autolabel.errors.AuthError` / :class:`~autolabel.errors.TransportError` when
+    RedBrick refuses the key or cannot be reached.
+    """
+    settings = connection_settings(args)
     return get_project(settings.org_id, settings.project_id, settings.api_key, url=settings.url)

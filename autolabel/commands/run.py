@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from autolabel.commands._connect import add_connection_arguments, connect
+from autolabel.commands._connect import add_connection_arguments, connect, connection_settings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -244,18 +244,8 @@ def _run_on_ray(
     from autolabel.api import DEFAULT_MODEL
     from autolabel.progress import RunProgress
     from autolabel.scale import run_on_ray
-    from autolabel.settings import resolve_connection
 
-    connection = resolve_connection(
-        url=args.url,
-        org_id=args.org_id,
-        project_id=args.project_id,
-        api_key=args.api_key,
-        profile=args.profile,
-        config_path=args.config,
-    )
-    for note in connection.notes:
-        print(f"autolabel: note: {note}", file=sys.stderr)
+    connection = connection_settings(args)
     with (
         stop_on_signals() as stop,
         RunProgress(console, enabled=not (args.quiet or args.json)) as progress,

@@ -203,6 +203,21 @@ class EmulatorHandle:
             if e.accepted and (operation is None or e.operation == operation)
         )
 
+    def key_writes(self) -> dict[str, int]:
+        """Accepted label writes (``put*`` operations) by the seeded API key, per task;
+        every task is listed, with 0 when the key never wrote it. Exactly-once tests use it.
+        """
+        counts = dict.fromkeys(self.task_ids(), 0)
+        for event in self.events():
+            if (
+                event.accepted
+                and event.task_id in counts
+                and event.user_id == self.key_user_id
+                and event.operation.startswith("put")
+            ):
+                counts[event.task_id] += 1
+        return counts
+
     def write_counts(self, operation: str | None = None) -> dict[str, int]:
         """Accepted writes per task id."""
         return dict(
