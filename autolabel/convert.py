@@ -343,7 +343,7 @@ def _drop_small(out: npt.NDArray[Any], values: Sequence[int], min_voxels: int) -
         if found is None:
             continue
         box, components, _ = found
-        sizes = np.bincount(components.ravel())
+        sizes = np.bincount(components.ravel(order="K"))
         small = np.flatnonzero(sizes < min_voxels)
         small = small[small > 0]
         if small.size:

@@ -182,7 +182,7 @@ def _volumes_ml(
 ) -> dict[str, float]:
     """Predicted millilitres per taxonomy category (model classes mapped as written)."""
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    counts = np.bincount(label_map.ravel())
+    counts = np.bincount(label_map.ravel(order="K"), minlength=max(segment_map.values) + 1)
     out: dict[str, float] = {}
     for label_id, value in segment_map.values.items():
         if value and label_id < counts.size and counts[label_id]:

@@ -28,7 +28,7 @@ def largest_component(labels: LabelMap, label: int) -> None:
     region = labels[box]
     parts, count = ndimage.label(region == label, structure=np.ones((3, 3, 3)))
     if count > 1:
-        sizes = np.bincount(parts.ravel())
+        sizes = np.bincount(parts.ravel(order="K"))
         sizes[0] = 0
         region[(parts != 0) & (parts != int(sizes.argmax()))] = 0
 
@@ -56,7 +56,7 @@ def remove_small(labels: LabelMap, min_voxels: int) -> None:
             continue
         region = labels[box]
         parts, _ = ndimage.label(region == label, structure=np.ones((3, 3, 3)))
-        sizes = np.bincount(parts.ravel())
+        sizes = np.bincount(parts.ravel(order="K"))
         small = sizes < min_voxels
         small[0] = False
         region[small[parts]] = 0
