@@ -2,11 +2,11 @@
 # Create (or reuse) the project's virtual environment in .venv and install autolabel into it.
 # Sourced by dev/demo.sh and dev/test.sh; safe to run again (it only installs what is missing).
 #   AUTOLABEL_VENV   where the environment lives (default: .venv in the repository)
-#   AUTOLABEL_EXTRAS extras to install (default: test,dev,deepbet,dicom-codecs,ray)
+#   AUTOLABEL_EXTRAS extras to install (default: test,dev,deepbet,dicom-codecs,ray,monai)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${AUTOLABEL_VENV:-$repo/.venv}"
-extras="${AUTOLABEL_EXTRAS:-test,dev,deepbet,dicom-codecs,ray}"
+extras="${AUTOLABEL_EXTRAS:-test,dev,deepbet,dicom-codecs,ray,monai}"
 python="${PYTHON:-python3}"
 
 if [ ! -x "$venv/bin/python" ]; then

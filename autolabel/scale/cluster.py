@@ -84,14 +84,20 @@ def ray_session(address: str | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = address or "a local instance"
-        raise ConfigError(f"cannot start or reach Ray ({where}): {exc}") from exc
+    for attempt in (1, 2):
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False)
+            break
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            # A local instance sometimes misses its start-up deadline on a busy machine
+            # (e.g. right after another instance stopped): one clean second try.
+            ray.shutdown()
+            if attempt == 2 or address:
+                where = address or "a local instance"
+                raise ConfigError(f"cannot start or reach Ray ({where}): {exc}") from exc
     try:
         yield ray
     finally:
