@@ -31,15 +31,17 @@ from autolabel.settings import ConnectionSettings
 ray = pytest.importorskip("ray")
 
 from autolabel.scale import RayOptions, run_on_ray  # noqa: E402
+from autolabel.scale.cluster import preserved_environment  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[Any]:
     """One local Ray instance for the module (starting Ray takes seconds)."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    with preserved_environment():  # Ray leaves RAY_AUTH_MODE behind for later subprocesses
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray
+        ray.shutdown()
 
 
 def _connection(emulator: EmulatorHandle) -> ConnectionSettings:

@@ -210,6 +210,16 @@ class Walkthrough:
         if sub == "watch":
             with self._interrupt_after_first_poll():
                 code = main(argv[1:])
+        elif "--ray" in argv:
+            # A process of its own, as from a shell: Ray keeps per-process state (its auth
+            # mode, its session) from any earlier ray.init in this test process.
+            done = subprocess.run(
+                [sys.executable, "-m", "autolabel", *argv[1:]],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            code, out, err = done.returncode, done.stdout, done.stderr
+            assert code == expected, f"{command}\nexit {code}\n{out}\n{err}"
+            return
         else:
             code = main(argv[1:])
         out, err = capsys.readouterr()

@@ -78,30 +78,43 @@ def _ray() -> Any:
 
 
 @contextmanager
+def preserved_environment() -> Iterator[None]:
+    """Put ``os.environ`` back as it was when the block ends.
+
+    ``ray.init`` leaves variables behind after ``ray.shutdown`` (Ray 2.60 sets
+    ``RAY_AUTH_MODE=token``); a process started later inherits them and its own local Ray
+    then fails to start for want of a token. Starting Ray inside this block keeps the
+    process environment the user had.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+@contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
     """Ray, joined or started for the duration of the block (see the module docstring)."""
     ray = _ray()
     if ray.is_initialized():
         yield ray
         return
-    for attempt in (1, 2):
+    with preserved_environment():
         try:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(include_dashboard=False, log_to_driver=False)
-            break
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            # A local instance sometimes misses its start-up deadline on a busy machine
-            # (e.g. right after another instance stopped): one clean second try.
+            where = address or "a local instance"
+            raise ConfigError(f"cannot start or reach Ray ({where}): {exc}") from exc
+        try:
+            yield ray
+        finally:
             ray.shutdown()
-            if attempt == 2 or address:
-                where = address or "a local instance"
-                raise ConfigError(f"cannot start or reach Ray ({where}): {exc}") from exc
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def plan_actors(ray: Any, options: RayOptions, device: str) -> ActorPlan:
