@@ -74,7 +74,6 @@ def select_tasks(
     *,
     task_ids: Sequence[str] = (),
     name: str | None = None,
-    limit: int | None = None,
     on_skip: SkipHandler | None = None,
 ) -> Iterator[Task]:
     """The tasks a run works on, lazily.
@@ -82,10 +81,9 @@ def select_tasks(
     By default: every task queued in ``stage_name`` and assigned to the key. With
     ``task_ids`` or ``name`` (prefix search, or exact in double quotes): those tasks, and
     ``on_skip(task_id, name, reason)`` is told about each that is not queued in the stage for
-    the key or does not exist. ``limit`` caps how many are yielded.
+    the key or does not exist. The run decides how many it takes.
     """
     user = project.current_user_id
-    count = 0
 
     def wanted(task: Task) -> bool:
         problem = writable_problem(task, stage_name, user)
@@ -103,11 +101,8 @@ def select_tasks(
     else:
         candidates = project.list_assigned_tasks(stage_name)
     for task in candidates:
-        if limit is not None and count >= limit:
-            return
         if (task_ids or name) and not wanted(task):
             continue
-        count += 1
         yield task
 
 

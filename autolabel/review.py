@@ -27,6 +27,7 @@ from autolabel.errors import AuthError, AutolabelError, ConfigError, NotFoundErr
 from autolabel.fetch import load_task_series
 from autolabel.inference.spec import SegmentationModel
 from autolabel.redbrick import Project, Task
+from autolabel.steps import segment_map_for
 
 DECISIONS = ("accept", "reject", "auto", "correct")
 
@@ -88,12 +89,7 @@ class _Scorer:
     def __init__(self, project: Project, model: SegmentationModel, work_dir: Path) -> None:
         self.project = project
         self.model = model
-        spec = model.spec
-        self.segment_map = convert.build_segment_map(
-            dict(spec.labels),
-            project.taxonomy,
-            {spec.labels[i]: spec.category_of(i) for i in spec.labels},
-        )
+        self.segment_map = segment_map_for(model.spec, project.taxonomy)
         self.categories = [c.name for c in self.segment_map.categories.values()]
         self.work_dir = work_dir
 

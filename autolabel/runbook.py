@@ -125,7 +125,6 @@ class RunBook:
             options.stage,
             task_ids=options.task_ids,
             name=options.name,
-            limit=None,
             on_skip=self._skip_unselected,
         ):
             if task.task_id in done:

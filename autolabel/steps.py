@@ -40,16 +40,23 @@ EMPTY_REASON = (
 
 
 def segment_map_for(
-    spec: ModelSpec, taxonomy: Mapping[str, Any], options: RunOptions
+    spec: ModelSpec,
+    taxonomy: Mapping[str, Any],
+    mapping: Mapping[str | int, convert.Target] | None = None,
+    *,
+    allow_unmapped: bool = False,
 ) -> convert.SegmentMap:
-    """The model label → taxonomy category map of a run; :class:`ConfigError` when a model
-    class has no category (unless ``options.allow_unmapped``)."""
-    mapping: dict[str | int, convert.Target] = {
+    """Model label → taxonomy category: the card's default mapping with ``mapping`` on top.
+
+    Raises :class:`~autolabel.errors.ConversionError` when a model class has no category
+    (unless ``allow_unmapped``).
+    """
+    merged: dict[str | int, convert.Target] = {
         spec.labels[i]: spec.category_of(i) for i in spec.labels
     }
-    mapping.update(options.mapping or {})
+    merged.update(mapping or {})
     return convert.build_segment_map(
-        dict(spec.labels), taxonomy, mapping, allow_unmapped=options.allow_unmapped
+        dict(spec.labels), taxonomy, merged, allow_unmapped=allow_unmapped
     )
 
 
@@ -75,7 +82,9 @@ class TaskSteps:
         self.model = model
         self.options = options
         self.key = model_key(model)
-        self.segment_map = segment_map_for(model.spec, project.taxonomy, options)
+        self.segment_map = segment_map_for(
+            model.spec, project.taxonomy, options.mapping, allow_unmapped=options.allow_unmapped
+        )
         self.provenance = {"Model": f"{self.key.name} {self.key.version}"}
 
     def fetch(self, task: Task, folder: Path) -> FetchedTask:
