@@ -79,8 +79,9 @@ def run(
     ``stop`` set from elsewhere (a signal handler) stops taking new tasks; tasks in hand
     finish. Raises :class:`~autolabel.errors.AuthError`,
     :class:`~autolabel.errors.TransportError` (RedBrick unreachable while listing),
-    :class:`~autolabel.errors.LedgerError` and :class:`~autolabel.errors.ConfigError`
-    (e.g. a model class with no taxonomy category) -- everything else is per task.
+    :class:`~autolabel.errors.LedgerError`, :class:`~autolabel.errors.ConfigError` and
+    :class:`~autolabel.errors.ConversionError` (a model class with no taxonomy category)
+    -- everything else is per task.
     """
     steps = TaskSteps(project, model, options)
     own_ledger = ledger is None

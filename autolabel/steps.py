@@ -17,10 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from autolabel import convert
-from autolabel.errors import (
-    PlatformError,
-    TransportError,
-)
+from autolabel.errors import PlatformError
 from autolabel.fetch import (
     FetchedTask,
     LabelsMarker,
@@ -31,7 +28,7 @@ from autolabel.overlay import save_overlay
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
 from autolabel.runs import RunOptions, TaskOutcome, model_key
-from autolabel.submit import write_task
+from autolabel.submit import is_transient, write_task
 
 #: Why a task whose prediction is empty is skipped (``empty="skip"``).
 EMPTY_REASON = (
@@ -179,8 +176,7 @@ def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> Fetche
         try:
             return fetch()
         except PlatformError as exc:
-            transient = isinstance(exc, TransportError) or exc.operation.startswith("storage")
-            if not transient or attempt == attempts:
+            if not is_transient(exc) or attempt == attempts:
                 raise
             time.sleep(0.5 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")  # pragma: no cover

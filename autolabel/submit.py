@@ -44,7 +44,15 @@ def write_landed(
 def check_unchanged(project: Project, task_id: str, stage_name: str, before: LabelsMarker) -> Task:
     """Re-read the task and raise :class:`TaskSkipped` unless it is still ours and untouched."""
     fresh = project.get_task(task_id)
-    problem = writable_problem(fresh, stage_name, project.current_user_id)
+    ensure_unchanged(fresh, stage_name, project.current_user_id, before)
+    return fresh
+
+
+def ensure_unchanged(task: Task, stage_name: str, user_id: str, before: LabelsMarker) -> None:
+    """Raise :class:`TaskSkipped` unless ``task`` (just read) is still queued in
+    ``stage_name`` for ``user_id`` with the labels seen at fetch time (``before``)."""
+    fresh = task
+    problem = writable_problem(fresh, stage_name, user_id)
     if problem is not None:
         raise TaskSkipped(f"{problem} (changed after autolabel fetched it)")
     now = LabelsMarker.of(fresh)
@@ -53,7 +61,6 @@ def check_unchanged(project: Project, task_id: str, stage_name: str, before: Lab
             f"a person saved labels after autolabel fetched the task ({now.created_by} at "
             f"{now.created_at}); autolabel never overwrites a person's work"
         )
-    return fresh
 
 
 def write_task(
@@ -86,7 +93,7 @@ def write_task(
             )
             return
         except PlatformError as exc:
-            if not _transient(exc) or attempt == attempts:
+            if not is_transient(exc) or attempt == attempts:
                 raise
             time.sleep(backoff_s * 2 ** (attempt - 1))
             after = project.get_task(task_id)
@@ -94,10 +101,10 @@ def write_task(
                 after, user_id=user, stage_name=stage_name, finalize=finalize, before=before
             ):
                 return
-            check_unchanged(project, task_id, stage_name, before)
+            ensure_unchanged(after, stage_name, user, before)
 
 
-def _transient(exc: PlatformError) -> bool:
+def is_transient(exc: PlatformError) -> bool:
     """A failure worth another try: transport trouble, or a refused storage transfer (an
     expired presigned URL is replaced by a fresh one on the next try)."""
     return isinstance(exc, TransportError) or exc.operation.startswith("storage")

@@ -23,7 +23,6 @@ from autolabel.emulator.workflow import (
 )
 
 #: RedBrick's well-known storage ids (protocol §2.0).
-PUBLIC_STORAGE = "11111111-1111-1111-1111-111111111111"
 REDBRICK_STORAGE = "22222222-2222-2222-2222-222222222222"
 
 

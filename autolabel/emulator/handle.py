@@ -208,11 +208,12 @@ class EmulatorHandle:
         every task is listed, with 0 when the key never wrote it. Exactly-once tests use it.
         """
         counts = dict.fromkeys(self.task_ids(), 0)
+        key_user = self.key_user_id  # a lookup: once, not per event
         for event in self.events():
             if (
                 event.accepted
                 and event.task_id in counts
-                and event.user_id == self.key_user_id
+                and event.user_id == key_user
                 and event.operation.startswith("put")
             ):
                 counts[event.task_id] += 1

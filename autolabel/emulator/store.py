@@ -158,13 +158,6 @@ class Store:
                 ),
             )
 
-    def set_user_key(self, user_id: str, api_key: str) -> None:
-        """Give a user (human or key) an API key to call the API as them."""
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE users SET key_sha256 = ? WHERE user_id = ?", (key_digest(api_key), user_id)
-            )
-
     def user_by_key(self, api_key: str) -> UserRecord | None:
         """The user an API key belongs to, or None for an unknown key."""
         rows = self._rows("SELECT * FROM users WHERE key_sha256 = ?", (key_digest(api_key),))

@@ -6,7 +6,7 @@ SDK-shaped (a script ports by changing ``import redbrick`` to
 
 Typed, for the pipeline: :meth:`Project.get_task`, :meth:`Project.list_assigned_tasks`,
 :meth:`Project.download_items`, :meth:`Project.save_labels`, :meth:`Project.review_task`,
-:meth:`Project.submit_existing_labels`, :meth:`Project.move_task_to_start`,
+:meth:`Project.move_task_to_start`,
 :attr:`Project.current_user_id`.
 """
 
@@ -298,12 +298,6 @@ class Project:
                         "attributes": {**(spec.get("attributes") or {}), **extra},
                     }
         return out
-
-    def submit_existing_labels(self, task_id: str, stage_name: str) -> None:
-        """Submit a Label-stage task with the labels it already has (``putManualLabelingTask``)."""
-        self.client.put_labeling_task(
-            self.org_id, self.project_id, stage_name=stage_name, task_id=task_id
-        )
 
     def review_task(
         self,
