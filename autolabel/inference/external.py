@@ -76,7 +76,8 @@ class NnUNetModel(LoadedModel):
         image = np.ascontiguousarray(volume.array.T, dtype=np.float32)[None]
         properties = {"spacing": list(volume.spacing[::-1])}
         labels = self.predictor.predict_single_npy_array(image, properties, None, None, False)
-        return np.ascontiguousarray(np.asarray(labels).T).astype(self.spec.label_dtype)
+        # The transpose of nnU-Net's C-ordered (z, y, x) map is F-ordered: no copy but the cast.
+        return np.asarray(labels).T.astype(self.spec.label_dtype, copy=False)
 
 
 def totalsegmentator_weights_dir() -> Path:

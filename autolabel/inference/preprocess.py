@@ -80,7 +80,8 @@ class ModelGrid:
         """A label map on the model grid, resampled (nearest) and reoriented to the volume's."""
         if tuple(labels.shape) != self.oriented_shape:
             labels = resample_labels(labels, self.oriented_shape)
-        return np.ascontiguousarray(self.reorientation.invert(labels.numpy()))
+        # F order: the label writer stores F order, so DICOM-grid maps need no second copy.
+        return np.asfortranarray(self.reorientation.invert(labels.numpy()))
 
 
 def resample_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -106,4 +106,4 @@ class DeepbetBrain:
         mask[box] = (back > 0.5).numpy()
         largest_component(mask, 1)
         fill_holes(mask, 1)
-        return np.ascontiguousarray(turn.invert(mask))
+        return np.asfortranarray(turn.invert(mask))
