@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from autolabel.errors import ConfigError, ConversionError
 from autolabel.imaging import write_label_nifti
+from autolabel.inference.postprocess import remove_small
 from autolabel.records import Volume
 
 if sys.version_info >= (3, 11):
@@ -336,21 +337,6 @@ def _components(
     return box, components, int(count)
 
 
-def _drop_small(out: npt.NDArray[Any], values: Sequence[int], min_voxels: int) -> None:
-    """Zero connected components of each value smaller than ``min_voxels``, in place."""
-    for value in values:
-        found = _components(out, value)
-        if found is None:
-            continue
-        box, components, _ = found
-        sizes = np.bincount(components.ravel(order="K"))
-        small = np.flatnonzero(sizes < min_voxels)
-        small = small[small > 0]
-        if small.size:
-            region = out[box]
-            region[np.isin(components, small)] = 0
-
-
 def _instances(
     out: npt.NDArray[Any], categories: Mapping[int, Category], what: str
 ) -> tuple[npt.NDArray[Any], dict[str, SegmentEntry]]:
@@ -423,7 +409,7 @@ def to_series(
     out = _renumber(indices, segment_map)
     if min_component_voxels > 1 and present:
         out = out.copy(order="K") if out is indices else out
-        _drop_small(out, present, min_component_voxels)
+        remove_small(out, min_component_voxels)
         present = [v for v in present if bool(np.any(out == v))]
     if instances:
         out, entries = _instances(out, {v: segment_map.categories[v] for v in present}, what)

@@ -81,7 +81,6 @@ class StageEngine(Generic[J]):
         on_error: Callable[[J, str, BaseException], None],
         queue_depth: int = 2,
         stop: threading.Event | None = None,
-        on_stage_done: Callable[[J, str], None] | None = None,
     ) -> None:
         if not stages:
             raise ValueError("a run needs at least one stage")
@@ -91,7 +90,6 @@ class StageEngine(Generic[J]):
         self.on_error = on_error
         self.queue_depth = queue_depth
         self.stop = stop if stop is not None else threading.Event()
-        self.on_stage_done = on_stage_done
         self._abort = threading.Event()
         self._fatal: list[BaseException] = []
 
@@ -133,8 +131,6 @@ class StageEngine(Generic[J]):
                         record.passed += 1
                     else:
                         record.ended_early += 1
-                if self.on_stage_done is not None:
-                    self.on_stage_done(job, stage.name)
                 if passed and outbox is not None:
                     self._put(outbox, job)
             with remaining_lock:

@@ -262,7 +262,7 @@ def audit_ground_truth(
             break
 
         def audit_one(task: Task) -> TaskDecision:
-            full = project.get_task(task.task_id)
+            full = task if task.items_loaded else project.get_task(task.task_id)
             if not full.is_ground_truth:
                 return TaskDecision(
                     task.task_id, task.name, "skipped", f"not in Ground Truth ({full.stage_name})"

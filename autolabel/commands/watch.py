@@ -34,13 +34,15 @@ def watch_command(args: argparse.Namespace) -> int:
     """Poll and run until stopped; exit 1 if any task failed along the way."""
     from autolabel.api import DEFAULT_MODEL
     from autolabel.inference import load_model
+    from autolabel.ledger import Ledger, ledger_path
     from autolabel.pipeline import run
 
     options, settings = run_options(args)
     failed = 0
     polls = 0
     project = connect(args)
-    with project, stop_on_signals() as stop:
+    ledger = Ledger(ledger_path(options.work_dir))  # one connection for every poll
+    with project, ledger, stop_on_signals() as stop:
         model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
         print(
             f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
@@ -48,7 +50,9 @@ def watch_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         while not stop.is_set():
-            summary = run(project, model, options, stop=stop, command=tuple(sys.argv))
+            summary = run(
+                project, model, options, ledger=ledger, stop=stop, command=tuple(sys.argv)
+            )
             polls += 1
             failed += len(summary.failed)
             if summary.outcomes or args.json:
