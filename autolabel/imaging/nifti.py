@@ -219,15 +219,11 @@ def read_label_nifti(
 
     Raises :class:`ImageError` when the file is unreadable, not 3-D or not integer.
     """
-    file = Path(path)
-    header, data = _parse(_read_bytes(file, str(file)), file, str(file))
-    data = _squeeze_to_3d(data, file, str(file))
-    slope, inter = header.get_slope_inter()
-    if not np.issubdtype(data.dtype, np.integer) or (
-        slope is not None and (slope != 1.0 or (inter or 0.0) != 0.0)
-    ):
-        raise ImageError(f"{file}: not an integer label file (dtype {data.dtype})")
-    return data, np.asarray(header.get_best_affine(), dtype=np.float64)
+    volume = load_nifti(path)  # a scaled file comes back as float32: refused below
+    data: npt.NDArray[np.integer[Any]] = volume.array  # type: ignore[assignment]
+    if not np.issubdtype(data.dtype, np.integer):
+        raise ImageError(f"{path}: not an integer label file (dtype {data.dtype})")
+    return data, volume.affine
 
 
 def write_volume_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
