@@ -12,7 +12,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -220,10 +220,9 @@ def read_label_nifti(
     Raises :class:`ImageError` when the file is unreadable, not 3-D or not integer.
     """
     volume = load_nifti(path)  # a scaled file comes back as float32: refused below
-    data: npt.NDArray[np.integer[Any]] = volume.array  # type: ignore[assignment]
-    if not np.issubdtype(data.dtype, np.integer):
-        raise ImageError(f"{path}: not an integer label file (dtype {data.dtype})")
-    return data, volume.affine
+    if not np.issubdtype(volume.array.dtype, np.integer):
+        raise ImageError(f"{path}: not an integer label file (dtype {volume.array.dtype})")
+    return cast("npt.NDArray[np.integer[Any]]", volume.array), volume.affine
 
 
 def write_volume_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
