@@ -12,10 +12,13 @@ Public API:
   :func:`write_volume_nifti` for images.
 * :func:`write_dicom_series` -- a voxel array as a CT/MR DICOM series (seeding, tests).
 * :func:`checksum_files` -- one digest of a task's input files.
+* :class:`ImageLimits` -- the size limits every reader checks before decoding
+  (:mod:`autolabel.imaging.checks`).
 """
 
 from __future__ import annotations
 
+from autolabel.imaging.checks import ImageLimits
 from autolabel.imaging.dicom import load_dicom_series
 from autolabel.imaging.dicom_write import write_dicom_series
 from autolabel.imaging.files import checksum_files, load_volume
@@ -29,6 +32,7 @@ from autolabel.imaging.nifti import (
 )
 
 __all__ = [
+    "ImageLimits",
     "Layout",
     "checksum_files",
     "is_nifti_path",

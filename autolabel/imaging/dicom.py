@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from autolabel.errors import ImageError
+from autolabel.imaging.checks import ImageLimits, check_affine
 from autolabel.imaging.dicom_headers import SliceHeader, read_headers
 from autolabel.imaging.layout import Layout, native_affine, redbrick_layout
 from autolabel.imaging.planes import Plane, Stack, sort_planes
@@ -240,6 +241,7 @@ def _volume(
     n = len(stack.planes)
     native_shape = (first.columns, first.rows, n)
     affine = native_affine(stack.orientation, stack.pixel_spacing, stack.first_position, stack.step)
+    check_affine(affine, source)
     layout = redbrick_layout(affine, native_shape)
     out, native = _allocate(layout, native_shape, _stored_dtype(first))
     for k in range(n):
@@ -260,7 +262,8 @@ def _volume(
     )
 
 
-def _load_multiframe(h: SliceHeader, source: str) -> Volume:
+def _load_multiframe(h: SliceHeader, source: str, limits: ImageLimits) -> Volume:
+    limits.check((h.columns, h.rows, h.frames), h.bits_allocated // 8, source)
     ds, pixels = _decode(h.path, h.transfer_syntax, source)
     stack = sort_planes(_frame_planes(ds, h.path), source)
     frame_of = {p.item: i for i, p in enumerate(_frame_planes(ds, h.path))}
@@ -273,7 +276,11 @@ def _load_multiframe(h: SliceHeader, source: str) -> Volume:
 
 
 def load_dicom_series(
-    paths: Sequence[str | Path], *, source: str = "", header_workers: int | None = None
+    paths: Sequence[str | Path],
+    *,
+    source: str = "",
+    header_workers: int | None = None,
+    limits: ImageLimits | None = None,
 ) -> Volume:
     """Read the DICOM files of one series, in any order, into a volume on RedBrick's grid.
 
@@ -294,6 +301,8 @@ def load_dicom_series(
       mixed orientation, size or pixel format, and compressed pixel data whose decoder is
       missing (install the ``dicom-codecs`` extra).
     * ``header_workers``: see :func:`autolabel.imaging.dicom_headers.read_headers`.
+    * ``limits`` (default :class:`ImageLimits`) bound rows x columns x slices before any
+      pixel is read; an unusable geometry (zero or non-finite orientation) is refused.
     """
     if isinstance(paths, str | os.PathLike):
         raise TypeError("load_dicom_series takes a list of files; use load_volume for a folder")
@@ -303,8 +312,10 @@ def load_dicom_series(
         raise ImageError(f"{label}: no DICOM files given")
     headers = read_headers(names, workers=header_workers)
     _check_images(headers, label)
+    limits = limits or ImageLimits()
     if headers[0].frames > 1:
-        return _load_multiframe(headers[0], label)
+        return _load_multiframe(headers[0], label, limits)
+    limits.check((headers[0].columns, headers[0].rows, len(headers)), 4, label)
     stack = sort_planes([_plane(h) for h in headers], label)
     by_path = {h.path: h for h in headers}
     ordered = [by_path[p.item] for p in stack.planes]

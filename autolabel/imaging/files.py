@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autolabel.errors import ImageError
+from autolabel.imaging.checks import ImageLimits
 from autolabel.imaging.dicom import load_dicom_series
 from autolabel.imaging.nifti import is_nifti_path, load_nifti
 from autolabel.records import Volume
@@ -41,7 +42,12 @@ def _sniff_nifti(path: Path) -> bool:
     return block[344:348] in (b"n+1\0", b"ni1\0") or block[4:8] in (b"n+2\0", b"ni2\0")
 
 
-def load_volume(path_or_paths: PathLike | Sequence[PathLike], *, source: str = "") -> Volume:
+def load_volume(
+    path_or_paths: PathLike | Sequence[PathLike],
+    *,
+    source: str = "",
+    limits: ImageLimits | None = None,
+) -> Volume:
     """Load a series from a NIfTI file, a folder of DICOM files, or a list of DICOM files.
 
     * A path ending in ``.nii``/``.nii.gz`` (alone, or as the only item of a list), or a
@@ -49,7 +55,8 @@ def load_volume(path_or_paths: PathLike | Sequence[PathLike], *, source: str = "
     * A folder is read as one DICOM series of all files in it (hidden files and DICOMDIR
       skipped); any other file or list of files with :func:`load_dicom_series`.
     * Raises :class:`ImageError` for a missing path, an empty folder, or a list that mixes
-      NIfTI and DICOM items.
+      NIfTI and DICOM items, and for any series the readers refuse (``limits``, checked
+      before decoding; see :mod:`autolabel.imaging.checks`).
     """
     items = (
         [Path(path_or_paths)]
@@ -71,13 +78,13 @@ def load_volume(path_or_paths: PathLike | Sequence[PathLike], *, source: str = "
                 f"{what}: a series is one NIfTI file or a set of DICOM files, got "
                 f"{len(items)} items including {niftis[0].name}"
             )
-        return load_nifti(items[0], source=what)
+        return load_nifti(items[0], source=what, limits=limits)
     if len(items) == 1 and items[0].is_dir():
         files = _folder_files(items[0])
         if not files:
             raise ImageError(f"{what}: folder {items[0]} holds no files")
-        return load_dicom_series(files, source=what)
-    return load_dicom_series(items, source=what)
+        return load_dicom_series(files, source=what, limits=limits)
+    return load_dicom_series(items, source=what, limits=limits)
 
 
 def checksum_files(paths: Sequence[PathLike]) -> str:

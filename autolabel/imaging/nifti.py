@@ -12,7 +12,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import nibabel as nib
 import numpy as np
@@ -20,6 +20,7 @@ import numpy.typing as npt
 from isal import igzip, isal_zlib
 
 from autolabel.errors import ConversionError, ImageError
+from autolabel.imaging.checks import ImageLimits, check_affine, check_dtype
 from autolabel.records import Volume
 
 # nibabel and isal ship no complete annotations; go through Any rather than silencing
@@ -35,36 +36,84 @@ def is_nifti_path(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).lower().endswith(_NIFTI_SUFFIXES)
 
 
-def _read_bytes(path: Path, what: str) -> bytes:
-    try:
-        raw = path.read_bytes()
-        return _igzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except OSError as exc:
-        raise ImageError(f"{what}: cannot read {path} ({exc})") from exc
+_HEADER_PROBE = 540  # bytes: enough for a NIfTI-2 header, a NIfTI-1 header is 348
 
 
-def _parse(raw: bytes, path: Path, what: str) -> tuple[Any, npt.NDArray[Any]]:
-    """Header and raw array (a read-only view of ``raw``) of a NIfTI-1 or NIfTI-2 file."""
+def _open(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed on the fly when it is gzip (isal)."""
+    fp: BinaryIO = open(path, "rb")  # noqa: SIM115 - handed to the caller, closed there
+    if fp.read(2) == b"\x1f\x8b":
+        fp.close()
+        gz: BinaryIO = _igzip.open(path, "rb")
+        return gz
+    fp.seek(0)
+    return fp
+
+
+def _header_of(head: bytes, path: Path, what: str) -> Any:
+    if len(head) < 348:
+        raise ImageError(
+            f"{what}: {path} is not a NIfTI file ({len(head)} bytes, a header alone is 348)"
+        )
+    size = int.from_bytes(head[:4], "little")
+    if size not in (348, 540):
+        size = int.from_bytes(head[:4], "big")
+    magic = head[344:348] if size == 348 else head[4:8]
+    if size not in (348, 540) or magic not in (b"n+1\0", b"n+2\0"):
+        raise ImageError(
+            f"{what}: {path} is not a single-file NIfTI image (no NIfTI header); upload the "
+            "image itself as .nii or .nii.gz"
+        )
+    header_class = _nib.Nifti2Header if size == 540 else _nib.Nifti1Header
+    # check=False: nibabel would log its repairs; the values are checked here instead.
+    return header_class.from_fileobj(io.BytesIO(head), check=False)
+
+
+def _read(path: Path, what: str, limits: ImageLimits) -> tuple[Any, npt.NDArray[Any]]:
+    """Header and array of a NIfTI-1/2 file (``.gz`` or not), refusing before decoding.
+
+    The header is read first; the data type, zero-size dimensions and the size limits are
+    checked on the header's claim, so at most ``offset + voxels * itemsize`` bytes are ever
+    decompressed (a lying header cannot grow memory past the limits). The array is a
+    read-only view of the one buffer the file is decompressed into.
+    """
     try:
-        size = int.from_bytes(raw[:4], "little")
-        if size not in (348, 540):
-            size = int.from_bytes(raw[:4], "big")
-        header_class = _nib.Nifti2Header if size == 540 else _nib.Nifti1Header
-        header = header_class.from_fileobj(io.BytesIO(raw))
-        shape = header.get_data_shape()
-        dtype = header.get_data_dtype()
-        offset = int(header.get_data_offset())
-        count = int(np.prod(shape, dtype=np.int64))
-        data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
+        with _open(path) as fp:
+            head = fp.read(_HEADER_PROBE)
+            header = _header_of(head, path, what)
+            shape = tuple(int(n) for n in header.get_data_shape())
+            dtype = np.dtype(header.get_data_dtype())
+            check_dtype(dtype, what)
+            count = limits.check(shape, dtype.itemsize, what)
+            offset = int(header.get_data_offset())
+            buffer = bytearray(offset + count * dtype.itemsize)
+            view = memoryview(buffer)
+            filled = min(len(head), len(buffer))
+            view[:filled] = head[:filled]
+            while filled < len(buffer):
+                got = fp.readinto(view[filled:])
+                if not got:
+                    raise ImageError(
+                        f"{what}: {path} is truncated: the header promises "
+                        f"{len(buffer):,} bytes, the file holds {filled:,}. Upload it again."
+                    )
+                filled += got
+    except EOFError as exc:
+        raise ImageError(
+            f"{what}: {path} is truncated (the gzip stream ends early); upload it again"
+        ) from exc
+    except (OSError, isal_zlib.error) as exc:
+        raise ImageError(f"{what}: cannot read {path} ({exc}); upload it again") from exc
     except (
         _nib.filebasedimages.ImageFileError,
         _nib.spatialimages.HeaderDataError,
         _nib.wrapstruct.WrapStructError,
         ValueError,
+        TypeError,
     ) as exc:
-        raise ImageError(
-            f"{what}: {path} is not a valid NIfTI file or is truncated ({exc})"
-        ) from exc
+        raise ImageError(f"{what}: {path} is not a valid NIfTI file ({exc})") from exc
+    data = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+    data.flags.writeable = False
     return header, data.reshape(shape, order="F")
 
 
@@ -81,7 +130,9 @@ def _squeeze_to_3d(array: npt.NDArray[Any], path: Path, what: str) -> npt.NDArra
     return array
 
 
-def load_nifti(path: str | os.PathLike[str], *, source: str = "") -> Volume:
+def load_nifti(
+    path: str | os.PathLike[str], *, source: str = "", limits: ImageLimits | None = None
+) -> Volume:
     """Read a ``.nii``/``.nii.gz`` image into a :class:`Volume` in the file's own voxel order.
 
     Contract:
@@ -93,17 +144,31 @@ def load_nifti(path: str | os.PathLike[str], *, source: str = "") -> Volume:
       result); otherwise the stored dtype is kept.
     * ``Volume.affine`` is the header's best affine (sform, else qform, else pixdim);
       ``qform``, ``qform_code`` and ``sform_code`` are copied so label files can repeat them.
+    * Refused with :class:`ImageError` naming the file and the fix, before anything is
+      decoded: over ``limits`` (default :class:`ImageLimits`), a zero-size dimension, RGB or
+      complex data; then a truncated or corrupt file, and an affine that is not finite or
+      singular, or a scaling that is not finite.
     """
     file = Path(path)
     what = source or str(file)
-    header, data = _parse(_read_bytes(file, what), file, what)
+    header, data = _read(file, what, limits or ImageLimits())
     data = _squeeze_to_3d(data, file, what)
+    try:
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise ImageError(f"{what}: the header's qform/sform cannot be read ({exc})") from exc
+    check_affine(affine, what)
     slope, inter = header.get_slope_inter()
+    if not np.isfinite(slope if slope is not None else 1.0) or not np.isfinite(inter or 0.0):
+        raise ImageError(
+            f"{what}: the header's intensity scaling (scl_slope {slope}, scl_inter {inter}) "
+            "is not finite; fix or clear it"
+        )
     if slope is not None and (slope != 1.0 or (inter or 0.0) != 0.0):
         data = data.astype(np.float32) * np.float32(slope) + np.float32(inter or 0.0)
     return Volume(
         array=data,
-        affine=np.asarray(header.get_best_affine(), dtype=np.float64),
+        affine=affine,
         modality="",
         source=what,
         qform=_qform(header),
