@@ -7,7 +7,8 @@ slots, so the slowest stage sets the pace, the others work ahead of it, and at m
 numpy, zlib and sockets release the GIL for the heavy parts.
 
 Contract of a stage function: ``work(job) -> bool``. ``True`` passes the job on, ``False``
-finishes it early (e.g. skipped). An exception is handed to ``on_error(job, stage, exc)``
+finishes it early (e.g. skipped). An exception (any ``BaseException``, ``SystemExit``
+included) is handed to ``on_error(job, stage, exc)``
 on the worker thread, and the run goes on with the other jobs; if ``on_error`` itself
 raises, the error is run-fatal: nothing new is started, jobs in flight are dropped, and
 :meth:`StageEngine.run` re-raises it once every worker has stopped.
@@ -117,7 +118,11 @@ class StageEngine(Generic[J]):
                 began = time.perf_counter()
                 try:
                     passed = stage.work(job)
-                except Exception as exc:  # per-job failure: becomes data via on_error
+                # Per-job failure, becomes data via on_error. BaseException too: a model's
+                # SystemExit or KeyboardInterrupt would otherwise end this worker silently
+                # and leave the next stage waiting forever (signals reach the main thread
+                # only, so nothing here swallows a user's Ctrl-C).
+                except BaseException as exc:
                     with stats._lock:
                         record.failed += 1
                         record.started += 1

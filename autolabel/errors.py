@@ -12,7 +12,8 @@ Every error the package raises on purpose derives from :class:`AutolabelError`::
     │   └── TaskStateError         task not in the stage / not assigned / already done (per task)
     ├── ImageError                 download, parse or geometry of a series (per task)
     ├── ModelError                 model load failure, device, out of memory
-    │   └── BadModelOutputError    a model broke its contract (spec or output)
+    │   ├── BadModelOutputError    a model broke its contract (spec or output)
+    │   └── ModelTimeoutError      a predict call ran past its time limit (per task)
     ├── ConversionError            label map / affine / taxonomy mismatch (per task)
     └── LedgerError                the ledger cannot be read or written     -> run-fatal
 
@@ -83,6 +84,10 @@ class BadModelOutputError(ModelError):
     """A model broke its contract: bad spec, or an output of the wrong dtype, shape or values."""
 
 
+class ModelTimeoutError(ModelError):
+    """A model's ``predict`` ran past its time limit; the task fails, the run goes on."""
+
+
 class ConversionError(AutolabelError):
     """A label map cannot be turned into a RedBrick series entry."""
 
@@ -101,6 +106,7 @@ __all__ = [
     "ImageError",
     "LedgerError",
     "ModelError",
+    "ModelTimeoutError",
     "NotFoundError",
     "PlatformError",
     "TaskStateError",

@@ -161,11 +161,12 @@ def human_labels_problem(task: Task, user_id: str) -> str | None:
 
 
 def load_task_series(
-    project: Project, task: Task, folder: Path
+    project: Project, task: Task, folder: Path, *, limits: imaging.ImageLimits | None = None
 ) -> tuple[tuple[FetchedSeries, ...], str]:
     """Download and decode every series of ``task`` (read with items); return them and the
     checksum of the input files. ``folder`` is removed afterwards, whatever happens.
-    Raises :class:`~autolabel.errors.ImageError` naming the task and series.
+    Raises :class:`~autolabel.errors.ImageError` naming the task and series (a series over
+    ``limits`` is refused before it is decoded).
     """
     try:
         downloaded = project.download_items(task, folder)
@@ -179,14 +180,21 @@ def load_task_series(
             source = f"task {task.task_id} ({task.name}), {label}"
             if not series.paths:
                 raise ImageError(f"{source}: the series has no items")
-            volume = imaging.load_volume(list(series.paths), source=source)
+            volume = imaging.load_volume(list(series.paths), source=source, limits=limits)
             decoded.append(FetchedSeries(series.index, series.name or "", volume))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return tuple(decoded), checksum
 
 
-def fetch_task(project: Project, task: Task, stage_name: str, folder: Path) -> FetchedTask:
+def fetch_task(
+    project: Project,
+    task: Task,
+    stage_name: str,
+    folder: Path,
+    *,
+    limits: imaging.ImageLimits | None = None,
+) -> FetchedTask:
     """Re-read ``task``, check it may be written, download and decode each of its series.
 
     Raises :class:`TaskSkipped` when the task is no longer queued in ``stage_name`` for the
@@ -200,5 +208,5 @@ def fetch_task(project: Project, task: Task, stage_name: str, folder: Path) -> F
     problem = writable_problem(fresh, stage_name, user) or human_labels_problem(fresh, user)
     if problem is not None:
         raise TaskSkipped(problem)
-    series, checksum = load_task_series(project, fresh, folder)
+    series, checksum = load_task_series(project, fresh, folder, limits=limits)
     return FetchedTask(fresh, series, checksum, LabelsMarker.of(fresh))

@@ -5,6 +5,7 @@ summary and the listeners. The local run and the Ray driver both keep their book
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -202,7 +203,7 @@ class RunBook:
             task.task_id,
             TaskState.CONVERTED,
             task_name=task.name,
-            detail={"seconds": seconds, "volumes_ml": outcome.volumes_ml},
+            detail=plain_json({"seconds": seconds, "volumes_ml": outcome.volumes_ml}),
         )
 
     def intent(self, task: Task, before: LabelsMarker) -> TaskEvent:
@@ -228,7 +229,21 @@ class RunBook:
         if isinstance(exc, AuthError | LedgerError | ConfigError):
             raise exc
         reason = str(exc) if isinstance(exc, AutolabelError) else f"{type(exc).__name__}: {exc}"
-        return self.finish(task, outcome, "failed", f"{stage}: {reason}", error=exc)
+        try:
+            return self.finish(task, outcome, "failed", f"{stage}: {reason}", error=exc)
+        except (TypeError, ValueError) as unrecordable:
+            # The failure must be recorded whatever the task left in its outcome: keep the
+            # reason and drop the rest (a LedgerError, the database failing, stays fatal).
+            bare = TaskOutcome(task.task_id, task.name, "failed", seconds=dict(outcome.seconds)
+                               if outcome else {})  # fmt: skip
+            return self.finish(
+                task,
+                bare,
+                "failed",
+                f"{stage}: {reason}",
+                error=exc,
+                detail={"unrecorded_detail": f"{type(unrecordable).__name__}: {unrecordable}"},
+            )
 
     def finish(
         self,
@@ -260,7 +275,7 @@ class RunBook:
             task.task_id,
             TaskState(status),
             task_name=task.name,
-            detail=record,
+            detail=plain_json(record),
             error=error,
         )
         with self._lock:
@@ -268,6 +283,22 @@ class RunBook:
         if self.on_task is not None:
             self.on_task(outcome)
         return outcome
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as strict JSON: NaN and infinities become None, unknown objects their text.
+
+    What a task measured (volumes, seconds) must never make its own recording fail.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_json(v) for v in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
 
 
 def _stub(task_id: str, name: str) -> Task:

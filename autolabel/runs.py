@@ -13,6 +13,7 @@ from typing import Any
 from autolabel import convert
 from autolabel.engine import EngineStats
 from autolabel.errors import ConfigError
+from autolabel.imaging.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.ledger import ModelKey
 
@@ -31,7 +32,10 @@ class RunOptions:
     top of the model card's default mapping. ``empty`` is the policy for a task whose
     prediction is empty: ``skip`` it, ``submit`` it empty, or ``flag`` it (write it and
     say so). ``work_dir`` holds the ledger and temporary downloads; ``out_dir`` (default
-    ``work_dir/results``) the per-task results.
+    ``work_dir/results``) the per-task results. ``model_timeout_s`` bounds each predict
+    call (None: the card's ``[runtime] timeout_s``, else 900 s; see
+    :mod:`autolabel.inference.guard`); ``max_voxels`` / ``max_image_bytes`` bound each
+    series before it is decoded (:class:`autolabel.imaging.ImageLimits`).
     """
 
     stage: str = "Label"
@@ -51,15 +55,28 @@ class RunOptions:
     fetch_workers: int = 2
     write_workers: int = 2
     queue_depth: int = 2
+    model_timeout_s: float | None = None
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    max_image_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.empty not in ("skip", "submit", "flag"):
             raise ConfigError(f"empty must be skip, submit or flag, got {self.empty!r}")
-        for name in ("fetch_workers", "write_workers", "queue_depth"):
+        for name in ("fetch_workers", "write_workers", "queue_depth", "max_voxels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_image_bytes < 1:
+            raise ConfigError(f"max_image_bytes must be positive, got {self.max_image_bytes}")
+        if self.min_component_voxels < 0:
+            raise ConfigError(
+                f"min_component_voxels must be 0 or more, got {self.min_component_voxels}"
+            )
+        if self.model_timeout_s is not None and not self.model_timeout_s > 0:
+            raise ConfigError(
+                f"model_timeout_s must be a positive number of seconds, got {self.model_timeout_s}"
+            )
 
     @property
     def results_dir(self) -> Path:

@@ -23,6 +23,8 @@ from autolabel.fetch import (
     LabelsMarker,
     fetch_task,
 )
+from autolabel.imaging import ImageLimits
+from autolabel.inference.guard import guard_model
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.overlay import save_overlay
 from autolabel.records import Volume
@@ -76,8 +78,10 @@ class TaskSteps:
 
     def __init__(self, project: Project, model: SegmentationModel, options: RunOptions) -> None:
         self.project = project
-        self.model = model
+        # A model's exit, interrupt or endless loop is its task's failure, never the run's.
+        self.model = guard_model(model, options.model_timeout_s)
         self.options = options
+        self.limits = ImageLimits(options.max_voxels, options.max_image_bytes)
         self.key = model_key(model)
         self.segment_map = segment_map_for(
             model.spec, project.taxonomy, options.mapping, allow_unmapped=options.allow_unmapped
@@ -86,7 +90,11 @@ class TaskSteps:
 
     def fetch(self, task: Task, folder: Path) -> FetchedTask:
         """Re-read, check and decode ``task`` (downloading into ``folder``, removed after)."""
-        return _with_retries(lambda: fetch_task(self.project, task, self.options.stage, folder))
+        return _with_retries(
+            lambda: fetch_task(
+                self.project, task, self.options.stage, folder, limits=self.limits
+            )
+        )
 
     def predict(self, fetched: FetchedTask) -> list[npt.NDArray[np.integer]]:
         """The model's label map of each series of ``fetched``."""

@@ -116,3 +116,28 @@ def test_stop_finishes_jobs_in_hand_and_takes_no_new_ones() -> None:
     stats = engine.run(range(100))
     assert finished == list(range(len(finished)))  # every job taken was finished, in order
     assert stats.fed < 10
+
+
+@pytest.mark.parametrize("escape", [SystemExit(3), KeyboardInterrupt()])
+def test_a_job_raising_systemexit_or_keyboardinterrupt_fails_alone(escape: BaseException) -> None:
+    """A stage that raises SystemExit/KeyboardInterrupt (a model calling sys.exit) used to
+    end its worker thread silently, and the run then waited forever for it."""
+    failures: list[tuple[int, str]] = []
+    done: list[int] = []
+
+    def infer(job: int) -> bool:
+        if job == 1:
+            raise escape
+        return True
+
+    engine = StageEngine(
+        [Stage("infer", infer), Stage("write", lambda job: done.append(job) is None)],
+        on_error=lambda j, s, e: failures.append((j, type(e).__name__)),
+    )
+    result: list[object] = []
+    runner = threading.Thread(target=lambda: result.append(engine.run(range(4))), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the run hung after a job raised SystemExit"
+    assert failures == [(1, type(escape).__name__)]
+    assert sorted(done) == [0, 2, 3]

@@ -1,7 +1,9 @@
 """``autolabel models``: the model cards this installation can see, and whether each loads.
 
 Cards come from ``$AUTOLABEL_MODELS`` (os.pathsep-separated folders), then the repository's
-``models/`` folder. ``--json`` prints one object per card for scripts.
+``models/`` folder. ``--json`` prints one object per card for scripts. A broken card is
+listed as not available, with its error; the others are listed as usual and the exit code
+stays 0 (using the broken card, ``--model NAME``, is the configuration error, exit 2).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def models_report() -> list[dict[str, Any]]:
     """One plain-JSON entry per card found (see :func:`autolabel.inference.list_models`)."""
-    from autolabel.inference import list_models
+    from autolabel.inference.card import scan_cards
 
+    cards, broken = scan_cards()
     report = []
-    for card in list_models():
+    for card in cards:
         ok, reason = card.availability()
         report.append(
             {
@@ -42,6 +45,20 @@ def models_report() -> list[dict[str, Any]]:
                 "path": str(card.path),
             }
         )
+    for path, error in broken:
+        report.append(
+            {
+                "name": path.parent.name,
+                "kind": "",
+                "version": "",
+                "modality": "",
+                "labels": {},
+                "categories": {},
+                "available": False,
+                "reason": f"broken card: {error}",
+                "path": str(path),
+            }
+        )
     return report
 
 
@@ -52,6 +69,7 @@ def run_models(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="autolabel models")
@@ -60,13 +78,7 @@ def run_models(args: argparse.Namespace) -> int:
     for entry in report:
         labels = ", ".join(f"{k} {v}" for k, v in entry["labels"].items())
         status = "yes" if entry["available"] else f"no: {entry['reason']}"
-        table.add_row(
-            entry["name"],
-            entry["kind"],
-            entry["version"],
-            entry["modality"] or "any",
-            labels,
-            status,
-        )
+        cells = (entry["name"], entry["kind"], entry["version"], entry["modality"] or "any")
+        table.add_row(*(escape(cell) for cell in (*cells, labels, status)))
     Console(width=160).print(table)
     return 0

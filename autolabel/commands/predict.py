@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from autolabel.commands.run import add_guard_arguments, image_limits
 from autolabel.errors import ConfigError
 
 
@@ -34,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--autocast", choices=("auto", "bf16", "fp16", "off"), help="override the card's autocast"
     )
+    add_guard_arguments(parser)
     parser.add_argument("--no-png", action="store_true", help="do not write the PNG overlay")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run_predict)
@@ -62,11 +64,16 @@ def run_predict(args: argparse.Namespace) -> int:
     from autolabel.imaging import load_volume, write_label_nifti
     from autolabel.inference import load_model
 
+    from autolabel.inference.guard import guard_model
+
     out = Path(args.out)
     if not out.name.endswith((".nii", ".nii.gz")):
         raise ConfigError(f"--out must end in .nii or .nii.gz, got {out.name}")
-    volume = load_volume(args.input)
-    model = load_model(args.model, device=args.device, autocast=args.autocast)
+    _refuse_overwriting_input(Path(args.input), out)
+    volume = load_volume(args.input, limits=image_limits(args))
+    model = guard_model(
+        load_model(args.model, device=args.device, autocast=args.autocast), args.model_timeout
+    )
     started = time.perf_counter()
     labels = model.predict(volume)
     seconds = time.perf_counter() - started
@@ -88,6 +95,22 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         _print_summary(report)
     return 0
+
+
+def _refuse_overwriting_input(source: Path, out: Path) -> None:
+    """``--out`` (or its PNG) must not be the input, nor a file inside a DICOM input folder
+    the series is read from; compared after resolving symlinks and relative parts."""
+    stem = out.name.removesuffix(".gz").removesuffix(".nii")
+    real_in = source.resolve()
+    for target in (out, out.with_name(f"{stem}.png")):
+        real_out = target.resolve()
+        inside = real_in.is_dir() and real_in in real_out.parents
+        if real_out == real_in or inside:
+            where = "is inside the input DICOM folder" if inside else "is the input"
+            raise ConfigError(
+                f"--out: {target} {where} {source}; the input is never overwritten. "
+                "Write the labels to another file."
+            )
 
 
 def _write_png(volume: Any, labels: npt.NDArray[np.integer], spec: Any, nifti: Path) -> Path:

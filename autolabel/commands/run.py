@@ -110,8 +110,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--instances", action="store_true", help="one instance per connected component"
     )
     model.add_argument(
-        "--min-component-voxels", type=int, default=0, help="drop smaller components"
+        "--min-component-voxels",
+        type=non_negative_int,
+        default=0,
+        help="drop smaller components (0 or more)",
     )
+    add_guard_arguments(model)
     mode = parser.add_argument_group("mode and output")
     exclusive = mode.add_mutually_exclusive_group()
     exclusive.add_argument("--finalize", action="store_true", help="submit instead of drafts")
@@ -129,12 +133,76 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of 0 or more (a bad value is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def add_guard_arguments(parser: argparse._ActionsContainer) -> None:
+    """``--model-timeout``, ``--max-voxels`` and ``--max-image-mb`` (run, watch, predict)."""
+    parser.add_argument(
+        "--model-timeout",
+        type=positive_number,
+        metavar="SECONDS",
+        help="fail a task whose model predict runs longer (default: the card's "
+        "[runtime] timeout_s, else 900)",
+    )
+    parser.add_argument(
+        "--max-voxels",
+        type=positive_int,
+        metavar="N",
+        help="refuse a series with more voxels, before decoding (default 512x512x2048)",
+    )
+    parser.add_argument(
+        "--max-image-mb",
+        type=positive_int,
+        metavar="MB",
+        help="refuse a series whose decoded data is larger, before decoding (default 2048)",
+    )
+
+
+def image_limits(args: argparse.Namespace) -> Any:
+    """The :class:`~autolabel.imaging.ImageLimits` of ``--max-voxels`` / ``--max-image-mb``."""
+    from autolabel.imaging.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS, ImageLimits
+
+    return ImageLimits(
+        args.max_voxels or DEFAULT_MAX_VOXELS,
+        (args.max_image_mb << 20) if args.max_image_mb else DEFAULT_MAX_BYTES,
+    )
+
+
 def run_options(args: argparse.Namespace) -> tuple[Any, Any]:
     """The :class:`RunOptions` and :class:`RunSettings` the flags (and autolabel.toml) ask for."""
     from autolabel.convert import load_mapping
     from autolabel.pipeline import RunOptions
     from autolabel.settings import resolve_run
 
+    limits = image_limits(args)
     mode = "final" if args.finalize else "dry-run" if args.dry_run else None
     settings = resolve_run(
         {
@@ -170,6 +238,9 @@ def run_options(args: argparse.Namespace) -> tuple[Any, Any]:
         fetch_workers=settings.fetch_workers,
         write_workers=settings.write_workers,
         queue_depth=settings.queue_depth,
+        model_timeout_s=args.model_timeout,
+        max_voxels=limits.max_voxels,
+        max_image_bytes=limits.max_bytes,
     )
     return options, settings
 

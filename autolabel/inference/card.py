@@ -41,12 +41,14 @@ A card (all keys but ``name``, ``kind`` and ``[labels]`` are optional)::
 
     [runtime]
     autocast = "auto"             # auto (bf16 on CPU when supported, fp16 on CUDA) | bf16 | fp16 | off
+    timeout_s = 900               # seconds one predict call may take (--model-timeout overrides)
 
     [options]                     # runner-specific settings (nnU-Net folds, TotalSegmentator task, ...)
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import os
@@ -124,6 +126,7 @@ class ModelCard:
     sliding_window: SlidingWindow = field(default_factory=SlidingWindow)
     postprocess: Postprocessing = field(default_factory=Postprocessing)
     autocast: str = "auto"
+    timeout_s: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -201,13 +204,27 @@ def find_card(name_or_path: str | os.PathLike[str]) -> Path:
 
 
 def list_cards() -> list[ModelCard]:
-    """Every card found in :func:`models_dirs`, the first of each name, sorted by name."""
+    """Every readable card found in :func:`models_dirs`, the first of each name, by name
+    (broken cards are left out; :func:`scan_cards` reports them)."""
+    return scan_cards()[0]
+
+
+def scan_cards() -> tuple[list[ModelCard], list[tuple[Path, ConfigError]]]:
+    """The readable cards (as :func:`list_cards`) and each broken card with its error.
+
+    One broken card never hides the others.
+    """
     cards: dict[str, ModelCard] = {}
+    broken: list[tuple[Path, ConfigError]] = []
     for folder in models_dirs():
         for path in sorted(folder.glob(f"*/{CARD_FILE}")):
-            card = read_card(path)
+            try:
+                card = read_card(path)
+            except ConfigError as exc:
+                broken.append((path, exc))
+                continue
             cards.setdefault(card.name, card)
-    return [cards[name] for name in sorted(cards)]
+    return [cards[name] for name in sorted(cards)], broken
 
 
 def read_card(path: Path) -> ModelCard:
@@ -222,6 +239,34 @@ def read_card(path: Path) -> ModelCard:
         raise ConfigError(f"model card {path}: {exc}") from exc
     card.spec(weights_sha256="")  # validates labels and categories
     return card
+
+
+#: Every top-level key a card may have; anything else is a typo.
+_KEYS = (
+    "name", "version", "kind", "description", "modality", "expected_input", "weights", "entry",
+    "requires", "extra", "labels", "categories", "preprocess", "sliding_window", "postprocess",
+    "runtime", "options",
+)  # fmt: skip
+_REQUIRED = {
+    "name": 'name = "my-model"',
+    "kind": f"kind = one of {', '.join(KINDS)}",
+    "labels": '[labels] table of model label id -> name, e.g. 1 = "liver"',
+}
+
+
+def _check_keys(raw: Mapping[str, Any]) -> None:
+    """Refuse unknown keys (suggesting the near miss) and name any missing required key."""
+    unknown = [key for key in raw if key not in _KEYS]
+    problems = []
+    for key in unknown:
+        near = difflib.get_close_matches(key, _KEYS, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else f" (known keys: {', '.join(_KEYS)})"
+        problems.append(f"unknown key {key!r}{hint}")
+    for key, example in _REQUIRED.items():
+        if key not in raw:
+            problems.append(f"missing required {key!r} ({example})")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def _ids(table: Mapping[str, Any], what: str) -> dict[int, str]:
@@ -254,6 +299,9 @@ def _triple(value: Any, cast: type[float] | type[int], what: str) -> Any:
 
 
 def _build(path: Path, raw: dict[str, Any]) -> ModelCard:
+    _check_keys(raw)
+    if not isinstance(raw["labels"], dict):
+        raise TypeError(f"labels must be a table ([labels]), got {raw['labels']!r}")
     kind = str(raw["kind"])
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -269,6 +317,9 @@ def _build(path: Path, raw: dict[str, Any]) -> ModelCard:
         raise ValueError(f"preprocess.intensity {intensity!r} is not one of {_INTENSITY}")
     if autocast not in _AUTOCAST:
         raise ValueError(f"runtime.autocast {autocast!r} is not one of {_AUTOCAST}")
+    timeout = runtime.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or float(timeout) <= 0):
+        raise ValueError(f"runtime.timeout_s must be a positive number of seconds, got {timeout!r}")
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"sliding_window.blend {blend!r} is not gaussian or constant")
     overlap = float(win.get("overlap", 0.25))
@@ -326,5 +377,6 @@ def _build(path: Path, raw: dict[str, Any]) -> ModelCard:
             min_size_mm3=float(post.get("min_size_mm3", 0.0)),
         ),
         autocast=autocast,
+        timeout_s=float(timeout) if timeout is not None else None,
         options=dict(raw.get("options", {})),
     )
