@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(handler=run_serve)
 
 
+#: The largest phantom ``seed --shape`` makes: 512^3 voxels (a few GB while it is built).
+MAX_PHANTOM_VOXELS = 512**3
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         sizes = tuple(int(part) for part in text.split(","))
@@ -56,6 +60,12 @@ def _shape(text: str) -> tuple[int, int, int]:
         sizes = ()
     if len(sizes) != 3 or min(sizes) < 8:
         raise ConfigError(f"--shape must be three sizes of at least 8 like 64,64,32, got {text!r}")
+    voxels = sizes[0] * sizes[1] * sizes[2]
+    if voxels > MAX_PHANTOM_VOXELS:
+        raise ConfigError(
+            f"--shape {text} is {voxels:,} voxels per phantom, over the limit of "
+            f"{MAX_PHANTOM_VOXELS:,} (512,512,512); use a smaller shape such as 512,512,300"
+        )
     return (sizes[0], sizes[1], sizes[2])
 
 
