@@ -20,7 +20,6 @@ Pixels are square in millimetres (``spacing`` corrects the aspect ratio).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
+
+from autolabel.atomic import atomic_file
 
 #: Soft-tissue window (level 40 HU, width 400 HU) for CT.
 SOFT_TISSUE_WINDOW: tuple[float, float] = (-160.0, 240.0)
@@ -145,15 +146,8 @@ def save_overlay(
     """
     picture = render_overlay(image, label_map, spacing, **options)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            picture.save(stream, format="PNG")
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as stream:
+        picture.save(stream, format="PNG")
     return target
 
 

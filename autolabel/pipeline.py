@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from autolabel.atomic import remove_stale_temps
 from autolabel.engine import Stage, StageEngine
 from autolabel.fetch import (
     FetchedTask,
@@ -107,6 +108,8 @@ class _Runner:
         handle = book.begin(command)
         status = "failed"
         try:
+            # Leftovers of a killed run's writes (kill -9 cannot clean up after itself).
+            remove_stale_temps(options.results_dir)
             book.settle_in_doubt()
             engine: StageEngine[_Job] = StageEngine(
                 [

@@ -29,13 +29,13 @@ import base64
 import html
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autolabel.atomic import atomic_file
 from autolabel.errors import LedgerError
 from autolabel.ledger import Ledger, RunInfo, TaskEvent, TaskState, ledger_path
 
@@ -163,16 +163,8 @@ def write_report(
     """
     target = Path(out) if out is not None else Path(work_dir) / "report.html"
     text = build_report(work_dir, run_id, runs=runs, review=review, title=title)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600; a report is for sharing
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as stream:
+        stream.write(text.encode("utf-8"))
     return target
 
 

@@ -6,8 +6,6 @@ writes (guarded, exactly once). The local run and the Ray actors both call it.
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from autolabel import convert
+from autolabel.atomic import atomic_file
 from autolabel.errors import PlatformError
 from autolabel.fetch import (
     FetchedTask,
@@ -91,9 +90,7 @@ class TaskSteps:
     def fetch(self, task: Task, folder: Path) -> FetchedTask:
         """Re-read, check and decode ``task`` (downloading into ``folder``, removed after)."""
         return _with_retries(
-            lambda: fetch_task(
-                self.project, task, self.options.stage, folder, limits=self.limits
-            )
+            lambda: fetch_task(self.project, task, self.options.stage, folder, limits=self.limits)
         )
 
     def predict(self, fetched: FetchedTask) -> list[npt.NDArray[np.integer]]:
@@ -205,9 +202,8 @@ def _volumes_ml(
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    temp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(temp, path)
+    with atomic_file(path) as stream:
+        stream.write(json.dumps(payload, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def safe_name(name: str) -> str:

@@ -146,25 +146,60 @@ def _good_dicom(folder: Path) -> Path:
 
 
 BAD: tuple[Entry, ...] = (
-    Entry("bad-nan-affine", _nifti("bad-nan-affine", lambda: nifti_bytes(_ct(), affine=_affine(a00=float("nan")))), "NaN or infinite"),  # noqa: E501
-    Entry("bad-inf-affine", _nifti("bad-inf-affine", lambda: nifti_bytes(_ct(), affine=_affine(a11=float("inf")))), "NaN or infinite"),  # noqa: E501
-    Entry("bad-zero-affine", _nifti("bad-zero-affine", lambda: nifti_bytes(_ct(), affine=np.zeros((4, 4))) ), "zero voxel size"),  # noqa: E501
-    Entry("bad-singular-affine", _nifti("bad-singular-affine", lambda: nifti_bytes(_ct(), affine=_affine(a01=1.0, a11=0.0))), "singular"),  # noqa: E501
+    Entry(
+        "bad-nan-affine",
+        _nifti("bad-nan-affine", lambda: nifti_bytes(_ct(), affine=_affine(a00=float("nan")))),
+        "NaN or infinite",
+    ),
+    Entry(
+        "bad-inf-affine",
+        _nifti("bad-inf-affine", lambda: nifti_bytes(_ct(), affine=_affine(a11=float("inf")))),
+        "NaN or infinite",
+    ),
+    Entry(
+        "bad-zero-affine",
+        _nifti("bad-zero-affine", lambda: nifti_bytes(_ct(), affine=np.zeros((4, 4)))),
+        "zero voxel size",
+    ),
+    Entry(
+        "bad-singular-affine",
+        _nifti("bad-singular-affine", lambda: nifti_bytes(_ct(), affine=_affine(a01=1.0, a11=0.0))),
+        "singular",
+    ),
     Entry("bad-truncated", _raw("bad-truncated", _truncated), "truncated"),
     Entry("bad-lying-header", _nifti("bad-lying-header", _liar), "over the limit"),
-    Entry("bad-zero-dim", _nifti("bad-zero-dim", lambda: nifti_bytes(np.zeros((16, 0, 8), np.int16))), "zero-size dimension"),  # noqa: E501
+    Entry(
+        "bad-zero-dim",
+        _nifti("bad-zero-dim", lambda: nifti_bytes(np.zeros((16, 0, 8), np.int16))),
+        "zero-size dimension",
+    ),
     Entry("bad-rgb", _nifti("bad-rgb", _rgb), "colour"),
-    Entry("bad-complex", _nifti("bad-complex", lambda: nifti_bytes((_ct() + 1j).astype(np.complex64))), "complex"),  # noqa: E501
-    Entry("bad-4d", _nifti("bad-4d", lambda: nifti_bytes(np.stack([_ct(), _ct()], -1))), "one 3-D volume"),  # noqa: E501
+    Entry(
+        "bad-complex",
+        _nifti("bad-complex", lambda: nifti_bytes((_ct() + 1j).astype(np.complex64))),
+        "complex",
+    ),
+    Entry(
+        "bad-4d",
+        _nifti("bad-4d", lambda: nifti_bytes(np.stack([_ct(), _ct()], -1))),
+        "one 3-D volume",
+    ),
     Entry("bad-empty", _raw("bad-empty", lambda: b""), "not a NIfTI file"),
     Entry("bad-junk", _raw("bad-junk", lambda: np.random.default_rng(3).bytes(5000)), "not a"),
-    Entry("bad-junk-gzip", _nifti("bad-junk-gzip", lambda: np.random.default_rng(4).bytes(5000)), "not a"),  # noqa: E501
+    Entry(
+        "bad-junk-gzip",
+        _nifti("bad-junk-gzip", lambda: np.random.default_rng(4).bytes(5000)),
+        "not a",
+    ),
     Entry("bad-dicom-no-pixels", _dicom_no_pixels, "no pixel data"),
     Entry("bad-dicom-mixed-size", _dicom_mixed_size, "size"),
 )
 
 GOOD: tuple[Entry, ...] = (
-    Entry("good-nifti", _nifti("good-nifti", lambda: nifti_bytes(_ct(), affine=np.diag([-1.0, -1.0, 2.0, 1.0])))),  # noqa: E501
+    Entry(
+        "good-nifti",
+        _nifti("good-nifti", lambda: nifti_bytes(_ct(), affine=np.diag([-1.0, -1.0, 2.0, 1.0]))),
+    ),
     Entry("good-dicom", _good_dicom),
 )
 

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from autolabel.atomic import TEMP_SUFFIX
 from autolabel.cli import main
+from autolabel.emulator import EmulatorHandle
 from autolabel.errors import ConfigError
 from autolabel.imaging import write_volume_nifti
 from autolabel.inference import read_card
 from autolabel.records import Volume
 
-GOOD_CARD = 'name = "fine"\nversion = "1"\nkind = "python"\nentry = "p:predict"\n[labels]\n1 = "a"\n'
+GOOD_CARD = (
+    'name = "fine"\nversion = "1"\nkind = "python"\nentry = "p:predict"\n[labels]\n1 = "a"\n'
+)
 
 
 @pytest.mark.parametrize(
@@ -24,7 +31,10 @@ GOOD_CARD = 'name = "fine"\nversion = "1"\nkind = "python"\nentry = "p:predict"\
     [
         ('name = "x"\nkind = "python"\n', r"missing required 'labels' \(\[labels\] table"),
         ('name = "x"\n[labels]\n1 = "a"\n', r"missing required 'kind' \(kind = one of python"),
-        ('name = "x"\nkind = "python"\n[lables]\n1 = "a"\n', r"unknown key 'lables'; did you mean 'labels'\?"),  # noqa: E501
+        (
+            'name = "x"\nkind = "python"\n[lables]\n1 = "a"\n',
+            r"unknown key 'lables'; did you mean 'labels'\?",
+        ),
         ('name = "x"\nkind = "python"\nlabels = "a"\n', "labels must be a table"),
     ],
 )
@@ -129,3 +139,55 @@ def test_seeding_a_huge_phantom_is_refused(
     assert code == 2
     assert "over the limit of 134,217,728" in capsys.readouterr().err
     assert not (tmp_path / "connection.json").exists()
+
+
+_HALF_WRITE = """
+import sys, time
+from autolabel.atomic import atomic_file
+with atomic_file(sys.argv[1]) as stream:
+    stream.write(b"half a label file")
+    stream.flush()
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def _writer(target: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HALF_WRITE, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_temp_files_of_a_sigkilled_writer_are_removed_by_the_next_run(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Before: SIGKILL left ``*.tmp`` files behind for good."""
+    results = tmp_path / "results"
+    killed = _writer(results / "some-task" / "series-0-labels.nii.gz")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    live = _writer(results / "other-task" / "series-0-labels.nii.gz")
+    try:
+        left = sorted(p.parent.name for p in results.rglob(f"*{TEMP_SUFFIX}"))
+        assert left == ["other-task", "some-task"]
+        env = {
+            **os.environ,
+            "REDBRICK_URL": emulator.url,
+            "REDBRICK_ORG_ID": emulator.org_id,
+            "REDBRICK_PROJECT_ID": emulator.project_id,
+            "REDBRICK_API_KEY": emulator.api_key,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "autolabel", "run", "--dry-run", "--limit", "1", "--quiet",
+             "--no-previews", "--work", str(tmp_path / "work"), "--out", str(results)],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        # The dead writer's leftover is gone; the live writer's file is left alone.
+        assert [p.parent.name for p in results.rglob(f"*{TEMP_SUFFIX}")] == ["other-task"]
+        assert not (results / "some-task" / "series-0-labels.nii.gz").exists()
+    finally:
+        live.kill()
+        live.wait(timeout=30)

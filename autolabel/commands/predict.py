@@ -61,9 +61,9 @@ def label_summary(
 
 def run_predict(args: argparse.Namespace) -> int:
     """Load the volume and the model, predict, write the label file (and PNG); exit 0."""
+    from autolabel.atomic import remove_stale_temps
     from autolabel.imaging import load_volume, write_label_nifti
     from autolabel.inference import load_model
-
     from autolabel.inference.guard import guard_model
 
     out = Path(args.out)
@@ -78,6 +78,7 @@ def run_predict(args: argparse.Namespace) -> int:
     labels = model.predict(volume)
     seconds = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, target=out.name, recursive=False)
     written = write_label_nifti(labels, volume, out)
     png = None if args.no_png else _write_png(volume, labels, model.spec, written)
     report = {

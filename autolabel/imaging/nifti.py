@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 from isal import igzip, isal_zlib
 
+from autolabel.atomic import atomic_file
 from autolabel.errors import ConversionError, ImageError
 from autolabel.imaging.checks import ImageLimits, check_affine, check_dtype
 from autolabel.records import Volume
@@ -27,6 +27,7 @@ from autolabel.records import Volume
 # mypy call by call.
 _nib: Any = nib
 _igzip: Any = igzip
+_ZLIB_ERROR: type[Exception] = cast("type[Exception]", isal_zlib.error)
 _GZIP_WBITS = 31  # zlib's "write a gzip member" window setting
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -39,12 +40,12 @@ def is_nifti_path(path: str | os.PathLike[str]) -> bool:
 _HEADER_PROBE = 540  # bytes: enough for a NIfTI-2 header, a NIfTI-1 header is 348
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     """The file's bytes, decompressed on the fly when it is gzip (isal)."""
-    fp: BinaryIO = open(path, "rb")  # noqa: SIM115 - handed to the caller, closed there
+    fp: io.BufferedIOBase = open(path, "rb")  # noqa: SIM115 - handed to the caller, closed there
     if fp.read(2) == b"\x1f\x8b":
         fp.close()
-        gz: BinaryIO = _igzip.open(path, "rb")
+        gz: io.BufferedIOBase = _igzip.open(path, "rb")
         return gz
     fp.seek(0)
     return fp
@@ -102,7 +103,7 @@ def _read(path: Path, what: str, limits: ImageLimits) -> tuple[Any, npt.NDArray[
         raise ImageError(
             f"{what}: {path} is truncated (the gzip stream ends early); upload it again"
         ) from exc
-    except (OSError, isal_zlib.error) as exc:
+    except (OSError, _ZLIB_ERROR) as exc:
         raise ImageError(f"{what}: cannot read {path} ({exc}); upload it again") from exc
     except (
         _nib.filebasedimages.ImageFileError,
@@ -219,27 +220,15 @@ def _header(volume: Volume, shape: tuple[int, ...], dtype: np.dtype[Any]) -> byt
     return out.getvalue()
 
 
-def _atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
-    """Write ``chunks`` to a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            for chunk in chunks:
-                fp.write(chunk)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def _write_nifti(target: Path, head: bytes, body: memoryview) -> None:
     """Header then array bytes; gzip (isal level 1) when the name ends in ``.gz``."""
     chunks: list[bytes | memoryview] = [head, body]
     if target.name.lower().endswith(".gz"):
         compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, _GZIP_WBITS)
         chunks = [compressor.compress(head), compressor.compress(body), compressor.flush()]
-    _atomic_write(target, chunks)
+    with atomic_file(target) as stream:
+        for chunk in chunks:
+            stream.write(chunk)
 
 
 def write_label_nifti(
@@ -256,7 +245,8 @@ def write_label_nifti(
       (:attr:`Volume.qform`), so RedBrick maps each voxel onto the image voxel of the same
       index. F-ordered arrays are written without a copy.
     * ``.nii.gz`` (gzip through isal, level 1) or ``.nii`` by the suffix of ``path``.
-    * Atomic: written to a temporary file in the same folder, then renamed over ``path``.
+    * Atomic (:func:`autolabel.atomic.atomic_file`): a temporary file in the same folder,
+      renamed over ``path``; a killed writer's leftover is removed by the next run.
     """
     target = Path(path)
     what = volume.source or str(target)

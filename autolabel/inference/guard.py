@@ -92,7 +92,7 @@ class GuardedModel:
                 box["labels"] = model.predict(volume)
             except _Abandoned:
                 box["abandoned"] = True
-            except BaseException as exc:  # noqa: BLE001 - every way out is the task's failure
+            except BaseException as exc:
                 box["error"] = exc
 
         thread = threading.Thread(target=call, name="autolabel-predict", daemon=True)
