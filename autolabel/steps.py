@@ -5,6 +5,7 @@ writes (guarded, exactly once). The local run and the Ray actors both call it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ import numpy.typing as npt
 
 from autolabel import convert
 from autolabel.atomic import atomic_file
-from autolabel.errors import PlatformError
+from autolabel.errors import ConversionError, PlatformError
 from autolabel.fetch import (
     FetchedTask,
     LabelsMarker,
@@ -106,8 +107,26 @@ class TaskSteps:
         """Write the task's label files, previews and payload; return the ``series`` entries.
 
         An empty list means nothing is left to write (every series empty under the ``skip``
-        policy). ``outcome.files`` and ``outcome.volumes_ml`` are filled in.
+        policy). ``outcome.files`` and ``outcome.volumes_ml`` are filled in. A local file
+        that cannot be written raises :class:`~autolabel.errors.ConversionError` naming the
+        task and the folder.
         """
+        try:
+            return self._convert(fetched, label_maps, outcome)
+        except OSError as exc:
+            task = fetched.task
+            raise ConversionError(
+                f"task {task.task_id} ({task.name[:80]}): cannot write its results under "
+                f"{self.options.results_dir}: {exc.strerror or exc}. Check that folder "
+                "(free space, permissions) or choose another with --out."
+            ) from exc
+
+    def _convert(
+        self,
+        fetched: FetchedTask,
+        label_maps: Sequence[npt.NDArray[np.integer]],
+        outcome: TaskOutcome,
+    ) -> list[dict[str, Any]]:
         options = self.options
         task = fetched.task
         folder = options.results_dir / safe_name(task.name or task.task_id)
@@ -207,6 +226,14 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def safe_name(name: str) -> str:
-    """``name`` as a file or folder name: letters, digits, ``-_.``; others become ``_``."""
+    """``name`` as a file or folder name: letters, digits, ``-_.``; others become ``_``.
+
+    A name longer than 100 bytes keeps its first 80 and a digest of the whole, so it
+    stays under every file system's name limit (255 bytes).
+    """
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    if len(cleaned.encode("utf-8")) > 100:
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+        head = cleaned.encode("utf-8")[:80].decode("utf-8", "ignore")
+        cleaned = f"{head}-{digest}"
     return cleaned or "task"
