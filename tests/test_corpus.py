@@ -9,7 +9,6 @@ The test prints its figures: inputs tried, clear errors, tracebacks (which must 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,13 +57,7 @@ def test_every_bad_input_fails_its_own_task_clearly_and_the_good_ones_are_writte
     by_name = {emulator.task(t).name: t for t in emulator.task_ids("Label")}
     assert set(by_name) == {e.name for e in (*BAD, *GOOD)}
     long_id = _add_long_named_task(emulator, by_name["good-dicom"])
-    env = {
-        **os.environ,
-        "REDBRICK_URL": emulator.url,
-        "REDBRICK_ORG_ID": emulator.org_id,
-        "REDBRICK_PROJECT_ID": emulator.project_id,
-        "REDBRICK_API_KEY": emulator.api_key,
-    }
+    env = emulator.environment()
     work = tmp_path / "work"
     # --no-previews: the NaN-affine task used to kill the whole run from the error handler.
     done = subprocess.run(

@@ -25,8 +25,9 @@ def test_a_failure_with_nan_measurements_is_recorded_and_the_run_goes_on(
     options = RunOptions(work_dir=tmp_path)
     key = ModelKey("m", "1")
     with (
-        get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url)
-        as project,
+        get_project(
+            emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+        ) as project,
         Ledger(ledger_path(tmp_path)) as ledger,
     ):
         book = RunBook(project, key, options, ledger, None, None, None)

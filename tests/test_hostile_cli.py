@@ -172,13 +172,7 @@ def test_temp_files_of_a_sigkilled_writer_are_removed_by_the_next_run(
     try:
         left = sorted(p.parent.name for p in results.rglob(f"*{TEMP_SUFFIX}"))
         assert left == ["other-task", "some-task"]
-        env = {
-            **os.environ,
-            "REDBRICK_URL": emulator.url,
-            "REDBRICK_ORG_ID": emulator.org_id,
-            "REDBRICK_PROJECT_ID": emulator.project_id,
-            "REDBRICK_API_KEY": emulator.api_key,
-        }
+        env = emulator.environment()
         done = subprocess.run(
             [sys.executable, "-m", "autolabel", "run", "--dry-run", "--limit", "1", "--quiet",
              "--no-previews", "--work", str(tmp_path / "work"), "--out", str(results)],

@@ -6,7 +6,6 @@ Models are real python-kind cards (``plugin.py`` beside ``model.toml``), run thr
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -112,16 +111,6 @@ def test_a_run_with_a_model_that_exits_fails_that_task_and_writes_the_others(
         assert ledger.history(summary.failed[0].task_id)[-1].state is TaskState.FAILED
 
 
-def _env(emulator: EmulatorHandle) -> dict[str, str]:
-    return {
-        **os.environ,
-        "REDBRICK_URL": emulator.url,
-        "REDBRICK_ORG_ID": emulator.org_id,
-        "REDBRICK_PROJECT_ID": emulator.project_id,
-        "REDBRICK_API_KEY": emulator.api_key,
-    }
-
-
 def test_cli_run_with_a_looping_model_ends_at_the_timeout_with_exit_1(
     emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
@@ -130,7 +119,7 @@ def test_cli_run_with_a_looping_model_ends_at_the_timeout_with_exit_1(
     done = subprocess.run(
         [sys.executable, "-m", "autolabel", "run", "--model", str(card), "--work",
          str(tmp_path / "work"), "--quiet", "--json", "--model-timeout", "0.5", "--limit", "2"],
-        env=_env(emulator), capture_output=True, text=True, timeout=120,
+        env=emulator.environment(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr

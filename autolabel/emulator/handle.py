@@ -121,6 +121,19 @@ class EmulatorHandle:
         """The connection of this emulator (what ``connection.json`` holds)."""
         return Connection(self.url, self.org_id, self.project_id, self.api_key)
 
+    def environment(self) -> dict[str, str]:
+        """The ``REDBRICK_*`` variables that point an ``autolabel`` process at this emulator
+        (with the seeded key), on top of this process's environment."""
+        import os
+
+        return {
+            **os.environ,
+            "REDBRICK_URL": self.url,
+            "REDBRICK_ORG_ID": self.org_id,
+            "REDBRICK_PROJECT_ID": self.project_id,
+            "REDBRICK_API_KEY": self.api_key,
+        }
+
     @property
     def key_user_id(self) -> str:
         """The user id (``API:<uuid>``) of the seeded API key."""
