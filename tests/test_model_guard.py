@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from autolabel.emulator import EmulatorHandle
-from autolabel.errors import ModelError, ModelTimeoutError
+from autolabel.errors import LedgerError, ModelError, ModelTimeoutError
 from autolabel.inference import load_model
 from autolabel.inference.guard import guard_model
 from autolabel.ledger import Ledger, TaskState, ledger_path
@@ -141,3 +141,42 @@ def test_cli_predict_with_a_model_that_exits_says_so_and_exits_1(tmp_path: Path)
     assert done.returncode == 1
     assert "called sys.exit(3)" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "labels.nii.gz").exists()
+
+
+def test_sigterm_during_a_looping_model_ends_the_run_interrupted_not_running(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Before: SIGTERM only printed "stopping", the run never ended and the ledger kept
+    the run ``running``. Now the task in hand ends at the model's time limit."""
+    import signal
+    import time
+
+    card = _card(tmp_path / "card", LOOPS)
+    work = tmp_path / "work"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autolabel", "run", "--model", str(card), "--work", str(work),
+         "--quiet", "--model-timeout", "2", "--fetch-workers", "1", "--queue-depth", "1"],
+        env=emulator.environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not _task_events(work):  # a task was fetched: the model has it in hand
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert "Traceback" not in err
+    with Ledger(ledger_path(work)) as ledger:
+        assert ledger.runs()[0].status == "interrupted"
+        assert ledger.summary().counts.get("failed", 0) >= 1
+
+
+def _task_events(work: Path) -> int:
+    """How many (task, model) pairs the run's ledger has events for (0 before it exists)."""
+    if not ledger_path(work).is_file():
+        return 0
+    try:
+        with Ledger(ledger_path(work), create=False) as ledger:
+            return ledger.summary().total
+    except LedgerError:  # the run may be creating the file right now
+        return 0
