@@ -80,7 +80,10 @@ class GuardedModel:
         return self.model.spec
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
+        model = self.__dict__.get("model")
+        if model is None:  # not built yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(model, name)
 
     def predict(self, volume: Volume) -> npt.NDArray[np.integer]:
         """The wrapped model's ``predict``, bounded in time; see the module docstring."""
