@@ -62,6 +62,27 @@ class SeriesEntry(_SeriesRequired, total=False):
     metaData: dict[str, str]
 
 
+def positional(
+    entries: Sequence[Mapping[str, Any] | None], names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One ``series`` entry per series of the task, in the task's series order.
+
+    RedBrick matches the labels list to the task's series by position (the SDK enumerates
+    ``labelsMap``, redbrick/utils/upload.py ``process_segmentation_upload``), so a series
+    with no labels keeps its place: ``entries[i]`` is None there and becomes
+    ``{"name": names[i]}``, an entry without ``segmentations`` (its ``labelsMap`` slot is
+    null, as the SDK sends it). ``entries`` and ``names`` have one item per series.
+    """
+    if len(entries) != len(names):
+        raise ValueError(f"{len(entries)} entries for {len(names)} series")
+    return [dict(e) if e is not None else {"name": n} for e, n in zip(entries, names, strict=True)]
+
+
+def has_labels(entries: Sequence[Mapping[str, Any]]) -> bool:
+    """True when some entry of :func:`positional`'s list carries a label file."""
+    return any(e.get("segmentations") for e in entries)
+
+
 @dataclass(frozen=True)
 class Category:
     """A taxonomy V2 object type of label type SEGMENTATION."""

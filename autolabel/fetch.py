@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from autolabel import imaging
 from autolabel.errors import ImageError, NotFoundError
@@ -147,13 +148,24 @@ def writable_problem(task: Task, stage_name: str, user_id: str) -> str | None:
     return None
 
 
-def human_labels_problem(task: Task, user_id: str) -> str | None:
-    """A reason to leave ``task`` alone if a person (not this key) wrote its labels."""
+def human_labels_problem(
+    task: Task, user_id: str, read_stored: Callable[[Task], list[Any]] | None = None
+) -> str | None:
+    """A reason to leave ``task`` alone if a person (not this key) wrote its labels.
+
+    Labels count when ``labelsData`` holds objects, a label file is stored, or the
+    ``labelsDataPath`` file (where RedBrick keeps large label sets, ``labelsData`` then
+    being empty) holds objects: ``read_stored`` (``Project.stored_labels``) reads it; without
+    it such a task counts as labelled.
+    """
     labels = task.labels
     if labels is None or labels.created_by in (None, user_id):
         return None
     if not labels.labels and not labels.labels_map:
-        return None
+        if not labels.labels_data_path:
+            return None
+        if read_stored is not None and not read_stored(task):
+            return None
     return (
         f"task already has labels saved by {labels.created_by} at {labels.created_at}; "
         "autolabel never overwrites a person's work"
@@ -205,7 +217,9 @@ def fetch_task(
     """
     fresh = project.get_task(task.task_id)
     user = project.current_user_id
-    problem = writable_problem(fresh, stage_name, user) or human_labels_problem(fresh, user)
+    problem = writable_problem(fresh, stage_name, user) or human_labels_problem(
+        fresh, user, project.stored_labels
+    )
     if problem is not None:
         raise TaskSkipped(problem)
     series, checksum = load_task_series(project, fresh, folder, limits=limits)

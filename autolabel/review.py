@@ -99,7 +99,7 @@ class _Scorer:
         try:
             series, _ = load_task_series(self.project, task, folder / "items")
             files = self.project.download_labels(task, folder / "labels")
-            stored = task.labels.labels if task.labels is not None else []
+            stored = self.project.stored_labels(task)
             scores: dict[str, float] = {}
             for s in series:
                 predicted = compare.from_prediction(self.model.predict(s.volume), self.segment_map)
@@ -118,21 +118,22 @@ class _Scorer:
             shutil.rmtree(folder, ignore_errors=True)
 
     def prelabel(self, task: Task, folder: Path) -> list[dict[str, Any]]:
-        """The model's series entries for ``task`` (label files written under ``folder``)."""
+        """The model's series entries for ``task``, one per series in the task's order (a
+        series the model finds nothing in gets an entry without labels, see
+        :func:`autolabel.convert.positional`); label files are written under ``folder``."""
         series, _ = load_task_series(self.project, task, folder / "items")
-        entries: list[dict[str, Any]] = []
-        for s in series:
-            entry = convert.to_series(
+        names = [s.name or f"{task.name}-{s.index}" for s in series]
+        found = [
+            convert.to_series(
                 self.model.predict(s.volume),
                 s.volume,
                 self.segment_map,
-                name=s.name or f"{task.name}-{s.index}",
+                name=name,
                 path=folder / f"series-{s.index}-labels.nii.gz",
-                empty="submit",
             )
-            if entry is not None:
-                entries.append(dict(entry))
-        return entries
+            for s, name in zip(series, names, strict=True)
+        ]
+        return convert.positional(found, names)
 
     def _scratch(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)

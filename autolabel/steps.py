@@ -106,10 +106,12 @@ class TaskSteps:
     ) -> list[dict[str, Any]]:
         """Write the task's label files, previews and payload; return the ``series`` entries.
 
-        An empty list means nothing is left to write (every series empty under the ``skip``
-        policy). ``outcome.files`` and ``outcome.volumes_ml`` are filled in. A local file
-        that cannot be written raises :class:`~autolabel.errors.ConversionError` naming the
-        task and the folder.
+        The list has one entry per series, in the task's series order (a series with
+        nothing to write gets an entry without ``segmentations``, see
+        :func:`autolabel.convert.positional`); an empty list means nothing is left to write
+        (every series empty under the ``skip`` policy). ``outcome.files`` and
+        ``outcome.volumes_ml`` are filled in. A local file that cannot be written raises
+        :class:`~autolabel.errors.ConversionError` naming the task and the folder.
         """
         try:
             return self._convert(fetched, label_maps, outcome)
@@ -131,23 +133,26 @@ class TaskSteps:
         task = fetched.task
         folder = options.results_dir / safe_name(task.name or task.task_id)
         folder.mkdir(parents=True, exist_ok=True)
-        entries: list[dict[str, Any]] = []
+        found: list[convert.SeriesEntry | None] = []
+        names: list[str] = []
         volumes: dict[str, float] = {}
         for series, label_map in zip(fetched.series, label_maps, strict=True):
             path = folder / f"series-{series.index}-labels.nii.gz"
+            name = series.name or f"{task.name or task.task_id}-{series.index}"
             entry = convert.to_series(
                 label_map,
                 series.volume,
                 self.segment_map,
-                name=series.name or f"{task.name or task.task_id}-{series.index}",
+                name=name,
                 path=path,
                 empty=options.empty,
                 instances=options.instances,
                 min_component_voxels=options.min_component_voxels,
             )
+            found.append(entry)
+            names.append(name)
             if entry is None:
                 continue
-            entries.append(dict(entry))
             outcome.files[f"labels-{series.index}"] = str(path)
             for category, ml in _volumes_ml(label_map, series.volume, self.segment_map).items():
                 volumes[category] = volumes.get(category, 0.0) + ml
@@ -164,6 +169,8 @@ class TaskSteps:
                 )
                 outcome.files[f"preview-{series.index}"] = str(preview)
         outcome.volumes_ml = volumes
+        # One entry per series in the task's order: RedBrick matches them by position.
+        entries = convert.positional(found, names) if any(found) else []
         payload_path = folder / "series.json"
         _write_json(payload_path, {"taskId": task.task_id, "series": entries})
         outcome.files["payload"] = str(payload_path)

@@ -5,7 +5,7 @@
   :class:`autolabel.emulator.EmulatorHandle` (``url``, ``org_id``, ``project_id``,
   ``api_key``, fault control, task state, events, helpers to act as other users).
 * ``emulator_factory`` -- ``emulator_factory(studies=..., shape=..., from_paths=...,
-  faults=...)`` for a custom one (served until the test ends).
+  faults=..., multi_series=...)`` for a custom one (served until the test ends).
 * ``emulator_template`` -- the session's seeded data folder (read-only; copied per test).
 
 Seeding writes real DICOM files, so it happens once per session per configuration; each
@@ -42,11 +42,12 @@ def _template(
     studies: int,
     shape: tuple[int, int, int],
     from_paths: tuple[str, ...],
+    multi_series: bool = False,
 ) -> Path:
-    key = (studies, shape, from_paths)
+    key = (studies, shape, from_paths, multi_series)
     if key not in cache:
         folder = factory.mktemp("emulator-template")
-        seed(folder, studies=studies, shape=shape, from_paths=from_paths)
+        seed(folder, studies=studies, shape=shape, from_paths=from_paths, multi_series=multi_series)
         cache[key] = folder
     return cache[key]
 
@@ -75,11 +76,14 @@ def emulator_factory(
             shape: tuple[int, int, int] = DEFAULT_SHAPE,
             from_paths: tuple[str | Path, ...] = (),
             faults: tuple[FaultRule, ...] = (),
+            multi_series: bool = False,
         ) -> EmulatorHandle:
             nonlocal count
             count += 1
             paths = tuple(str(p) for p in from_paths)
-            template = _template(_emulator_templates, tmp_path_factory, studies, shape, paths)
+            template = _template(
+                _emulator_templates, tmp_path_factory, studies, shape, paths, multi_series
+            )
             data_dir = tmp_path / f"emulator-{count}"
             shutil.copytree(template, data_dir)
             return stack.enter_context(serve_in_thread(data_dir, faults=faults))

@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PATH",
         help="DICOM folders or NIfTI files to add as tasks (folders are searched)",
     )
+    seed.add_argument(
+        "--multi-series",
+        action="store_true",
+        help="each --from folder is one task; its DICOM sub-folders and NIfTI files are the "
+        "task's series, in name order",
+    )
     seed.set_defaults(handler=run_seed)
 
     serve = actions.add_parser("serve", help="serve a seeded data folder over HTTP")
@@ -75,12 +81,17 @@ def run_seed(args: argparse.Namespace) -> int:
 
     if args.studies < 0:
         raise ConfigError("--studies must be 0 or more")
+    if args.studies == 0 and not args.from_paths:
+        raise ConfigError("nothing to seed: give --studies N (N > 0) or --from PATH...")
+    if args.multi_series and not args.from_paths:
+        raise ConfigError("--multi-series needs --from FOLDER...")
     try:
         connection = seed(
             args.data,
             studies=args.studies,
             shape=_shape(args.shape),
             from_paths=args.from_paths,
+            multi_series=args.multi_series,
             seed=args.seed,
         )
     except (FileNotFoundError, FileExistsError) as exc:

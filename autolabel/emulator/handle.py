@@ -73,7 +73,7 @@ class Actor:
             self._emulator.store, self.user, project, task_id=task_id, stage_name=stage_name,
             finished=finished, labels_data=json.dumps(labels or []), labels_data_path=None,
             labels_map=labels_map, storage_id=REDBRICK_STORAGE,
-            file_exists=self._emulator.blobs.exists,
+            file_exists=self._emulator.blobs.exists, copy_file=self._emulator.blobs.copy,
         )  # fmt: skip
 
     def submit(self, task_id: str, *, stage_name: str = "Label") -> None:

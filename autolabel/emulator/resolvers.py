@@ -243,6 +243,7 @@ def _put_labels(_: Any, info: Info, **args: Any) -> Any:
         labels_map=list(args.get("labelsMap") or []),
         storage_id=datapoints.REDBRICK_STORAGE,
         file_exists=ctx.blobs.exists,
+        copy_file=ctx.blobs.copy,
     )
     return {"ok": True}
 

@@ -4,12 +4,14 @@
 ``DICOM_SEGMENTATION`` with a CT taxonomy V2, an owner, an API-key user and a human
 labeler; then adds one task per study: synthetic CT phantoms written as real DICOM series
 (:func:`autolabel.phantom.make_phantom`, :func:`autolabel.imaging.write_dicom_series`),
-and/or the DICOM folders and NIfTI files of ``from_paths``. Every task waits in ``Label``,
-assigned to the API key.
+and/or the DICOM folders and NIfTI files of ``from_paths`` (with ``multi_series``, each
+folder is one task whose sub-folders and files are its series). Every task waits in
+``Label``, assigned to the API key.
 
 Seeding is idempotent: a second call on the same directory reuses the org, project and key
-recorded in ``connection.json`` and skips studies whose task name already exists (phantom
-``seed`` values and file names decide the names), so it only adds what is new.
+recorded in ``connection.json`` and skips phantoms whose task name already exists and
+studies whose source path is already seeded, so it only adds what is new. Studies that
+share a name get unique task names (``CT``, ``CT-2``...).
 """
 
 from __future__ import annotations
@@ -166,22 +168,77 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
-def find_studies(paths: Iterable[str | Path]) -> list[tuple[str, list[Path]]]:
-    """``(name, files)`` per study: a NIfTI file, or a folder directly holding DICOM files."""
-    studies: list[tuple[str, list[Path]]] = []
+@dataclass(frozen=True)
+class Study:
+    """One task to seed: its name, its series (``(series name, files)``, in order) and
+    the path it came from (recorded as the task's ``metaData.source``)."""
+
+    name: str
+    series: tuple[tuple[str, tuple[Path, ...]], ...]
+    source: Path
+
+
+def _series_of(path: Path) -> tuple[str, tuple[Path, ...]] | None:
+    """A NIfTI file, or a folder directly holding DICOM files, as one series."""
+    if path.is_file():
+        return (path.name.split(".")[0], (path,)) if _is_nifti(path) else None
+    dicoms = tuple(sorted(p for p in path.iterdir() if p.is_file() and _is_dicom(p)))
+    return (path.name, dicoms) if dicoms else None
+
+
+def find_studies(paths: Iterable[str | Path], *, multi_series: bool = False) -> list[Study]:
+    """The studies below ``paths``.
+
+    By default each NIfTI file and each folder directly holding DICOM files is a
+    one-series study. With ``multi_series`` each given folder is ONE study whose series are
+    its NIfTI files and its sub-folders holding DICOM files, in name order (a given file is
+    still a study of its own). Raises :class:`FileNotFoundError` for a path that does not
+    exist or holds nothing to seed: input is never dropped silently.
+    """
+    studies: list[Study] = []
     for given in map(Path, paths):
-        if given.is_file() and _is_nifti(given):
-            studies.append((given.name.split(".")[0], [given]))
-            continue
-        if not given.is_dir():
+        found: list[Study] = []
+        if given.is_file():
+            series = _series_of(given)
+            if series is not None:
+                found.append(Study(series[0], (series,), given))
+        elif not given.is_dir():
             raise FileNotFoundError(f"{given} is neither a NIfTI file nor a folder")
-        for folder in sorted([given, *(p for p in given.rglob("*") if p.is_dir())]):
-            files = sorted(p for p in folder.iterdir() if p.is_file())
-            dicoms = [p for p in files if _is_dicom(p)]
-            if dicoms:
-                studies.append((folder.name, dicoms))
-            studies += [(p.name.split(".")[0], [p]) for p in files if _is_nifti(p)]
+        elif multi_series:
+            parts = [_series_of(child) for child in sorted(given.iterdir())]
+            kept = tuple(part for part in parts if part is not None)
+            if kept:
+                found.append(Study(given.name, kept, given))
+        else:
+            for folder in sorted([given, *(p for p in given.rglob("*") if p.is_dir())]):
+                series = _series_of(folder)
+                if series is not None:
+                    found.append(Study(folder.name, (series,), folder))
+                for file in sorted(p for p in folder.iterdir() if p.is_file() and _is_nifti(p)):
+                    found.append(
+                        Study(file.name.split(".")[0], ((file.name.split(".")[0], (file,)),), file)
+                    )
+        if not found:
+            what = "series folders or NIfTI files" if multi_series else "DICOM files or NIfTI files"
+            raise FileNotFoundError(
+                f"{given}: found no {what} to seed; point --from at DICOM folders or NIfTI files"
+            )
+        studies += found
     return studies
+
+
+def _task_name(emulator: Emulator, project: ProjectRecord, study: Study) -> str | None:
+    """A task name for ``study`` that no other study has: its own name, or ``name-2``,
+    ``name-3``... when another source already took it; None when this source is seeded."""
+    for n in range(1, 10_000):
+        name = study.name if n == 1 else f"{study.name}-{n}"
+        task = emulator.store.task_by_name(project.project_id, name)
+        if task is None:
+            return name
+        meta = json.loads(task.meta_data or "{}")
+        if isinstance(meta, dict) and meta.get("source") == str(study.source):
+            return None
+    raise FileExistsError(f"too many studies named {study.name!r}")
 
 
 def _add_study(
@@ -189,26 +246,32 @@ def _add_study(
     project: ProjectRecord,
     key_user_id: str,
     name: str,
-    files: Sequence[Path],
+    series: Sequence[tuple[str, Sequence[Path]]],
     meta: dict[str, str],
 ) -> bool:
     if emulator.store.task_by_name(project.project_id, name) is not None:
         return False
     prefix = f"{project.org_id}/{project.project_id}/items/{uuid.uuid4()}"
-    items = []
-    for path in files:
-        key = f"{prefix}/{path.name}"
-        emulator.blobs.write(key, path.read_bytes(), content_type=None, encoding=None)
-        items.append(key)
-    dicom = len(files) > 1 or _is_dicom(files[0])
-    series = {
-        "name": meta.get("series", "CT" if dicom else "image"),
-        "itemsIndices": list(range(len(items))),
-        "dataType": "DICOM3D" if dicom else "NIFTI",
-        "metaData": {"source": meta.get("source", "file")},
-    }
+    items: list[str] = []
+    series_info = []
+    for number, (series_name, files) in enumerate(series):
+        first = len(items)
+        for path in files:
+            key = f"{prefix}/{path.name}" if len(series) == 1 else f"{prefix}/{number}/{path.name}"
+            emulator.blobs.write(key, path.read_bytes(), content_type=None, encoding=None)
+            items.append(key)
+        dicom = len(files) > 1 or _is_dicom(files[0])
+        default = "CT" if dicom else "image"
+        series_info.append(
+            {
+                "name": meta.get("series", default) if len(series) == 1 else series_name,
+                "itemsIndices": list(range(first, len(items))),
+                "dataType": "DICOM3D" if dicom else "NIFTI",
+                "metaData": {"source": meta.get("source", "file")},
+            }
+        )
     new_task(
-        emulator.store, project, name=name, items=items, series_info=[series],
+        emulator.store, project, name=name, items=items, series_info=series_info,
         created_by=key_user_id, meta_data=json.dumps(meta), pre_assign={"Label": key_user_id},
     )  # fmt: skip
     return True
@@ -220,6 +283,7 @@ def seed(
     studies: int = 3,
     shape: tuple[int, int, int] = (64, 64, 32),
     from_paths: Iterable[str | Path] = (),
+    multi_series: bool = False,
     seed: int = 0,
 ) -> Connection:
     """Seed ``data_dir`` (see the module docstring) and return its :class:`Connection`.
@@ -227,6 +291,11 @@ def seed(
     Phantom study ``n`` (``0 <= n < studies``) is named ``phantom-<seed + n>`` and made by
     ``make_phantom(shape, seed=seed + n)``; its task ``metaData`` records ``seed`` and
     ``shape`` so tests can rebuild the ground truth.
+
+    ``from_paths`` are read by :func:`find_studies` (``multi_series`` included). A study
+    whose name another source already took gets ``<name>-2``, ``<name>-3``...; a study from a
+    source already seeded is skipped. A path with nothing to seed raises
+    :class:`FileNotFoundError`.
     """
     from autolabel.imaging import write_dicom_series
     from autolabel.phantom import make_phantom
@@ -259,11 +328,12 @@ def seed(
                     "seed": str(number),
                     "shape": "x".join(map(str, shape)),
                 }
-                _add_study(emulator, project, key_user.user_id, name, files, meta)
-        for name, files in find_studies(from_paths):
-            _add_study(
-                emulator, project, key_user.user_id, name, files, {"source": str(files[0].parent)}
-            )
+                _add_study(emulator, project, key_user.user_id, name, [("CT", files)], meta)
+        for study in find_studies(from_paths, multi_series=multi_series):
+            task_name = _task_name(emulator, project, study)
+            if task_name is not None:
+                meta = {"source": str(study.source)}
+                _add_study(emulator, project, key_user.user_id, task_name, study.series, meta)
     finally:
         emulator.close()
     return connection

@@ -104,3 +104,8 @@ class BlobStore:
         if entry is None or not path.is_file():
             raise StorageRefused(404, f"no object {key}")
         return path.read_bytes(), entry["content_type"], entry["content_encoding"]
+
+    def copy(self, source: str, target: str) -> None:
+        """Store a copy of the object ``source`` under ``target`` (404 when absent)."""
+        data, content_type, encoding = self.read(source)
+        self.write(target, data, content_type=content_type, encoding=encoding)

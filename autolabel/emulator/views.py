@@ -105,13 +105,16 @@ def labels_view(store: Store, labels: LabelRecord | None) -> dict[str, Any] | No
         "labelsData": labels.labels_data,
         "labelsDataPath": labels.labels_data_path,
         "labelsStorage": {"storageId": labels.storage_id},
+        # The stored entries of the label files, as kept by workflow.stored_labels_map:
+        # ``imageIndex`` only (redbrick/export/public.py maps it to a series through the
+        # series' ``itemsIndices``); entries without a file are not answered.
         "labelsMap": [
             {
-                "seriesIndex": entry.get("seriesIndex", position),
+                "seriesIndex": entry.get("seriesIndex"),
                 "imageIndex": entry.get("imageIndex"),
                 "labelName": entry["labelName"],
             }
-            for position, entry in enumerate(labels.labels_map)
+            for entry in labels.labels_map
             if entry and entry.get("labelName")
         ],
         # the legacy LegacyTaskData fields

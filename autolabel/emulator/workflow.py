@@ -238,8 +238,13 @@ def save_labels(
     labels_map: list[dict[str, Any] | None],
     storage_id: str,
     file_exists: Callable[[str], bool],
+    copy_file: Callable[[str, str], None] | None = None,
 ) -> None:
-    """``putManualLabelingTaskAndLabels``: save labels, then keep (draft) or route (submit)."""
+    """``putManualLabelingTaskAndLabels``: save labels, then keep (draft) or route (submit).
+
+    With ``copy_file(source, target)`` the label files are kept as the server keeps them
+    (see :func:`stored_labels_map`); without it the names are stored as sent.
+    """
 
     def action() -> None:
         task = task_in(store, project, task_id)
@@ -257,14 +262,19 @@ def save_labels(
         for path in paths:
             if not file_exists(path):
                 raise RuleViolation(f"Task {task_id}: label file {path} was not uploaded")
+        stored = labels_map
+        if copy_file is not None:
+            stored = stored_labels_map(project, task, labels_map, copy_file)
         store.add_labels(
             LabelRecord(
                 td_id=str(uuid.uuid4()),
                 task_id=task_id,
                 stage_name=stage_name,
-                labels_data=json.dumps(parsed),
+                # A large label set lives in the labelsDataPath file and labelsData is then
+                # empty (redbrick/utils/rb_label_utils.py from_rb_task_data ignores it).
+                labels_data="[]" if labels_data_path else json.dumps(parsed),
                 labels_data_path=labels_data_path,
-                labels_map=labels_map,
+                labels_map=stored,
                 storage_id=storage_id,
                 created_by=caller.user_id,
                 created_at=utc_now(),
@@ -285,6 +295,40 @@ def save_labels(
         stage_name=stage_name,
         finished=finished,
     )
+
+
+def stored_labels_map(
+    project: ProjectRecord,
+    task: TaskRecord,
+    labels_map: list[dict[str, Any] | None],
+    copy_file: Callable[[str, str], None],
+) -> list[dict[str, Any] | None]:
+    """The ``labelsMap`` as the server keeps it: each label file moved to a server path
+    and named by the ``imageIndex`` of its series' first item, with no ``seriesIndex``.
+
+    Follows redbrick/export/public.py ``process_labels`` (the SDK places a stored entry by
+    ``seriesIndex``, else by the series whose ``itemsIndices`` hold its ``imageIndex``) and
+    the stored paths ``<org>/<project>/labels/<task>/nifti/<uuid>`` of the SDK's test
+    fixtures (redbrick-protocol.md §3.6). An entry is matched to its series by its
+    ``seriesIndex``, else by its position, as redbrick/utils/upload.py sends them. The
+    uploaded file stays readable (whether the real server deletes it is unknown).
+    """
+    stored: list[dict[str, Any] | None] = []
+    for position, entry in enumerate(labels_map):
+        if not entry or not entry.get("labelName"):
+            stored.append(None)
+            continue
+        index = entry.get("seriesIndex")
+        index = position if index is None else int(index)
+        info = task.series_info[index] if 0 <= index < len(task.series_info) else {}
+        indices = info.get("itemsIndices") or []
+        target = f"{project.org_id}/{project.project_id}/labels/{task.task_id}/nifti/{uuid.uuid4()}"
+        copy_file(str(entry["labelName"]), target)
+        if indices:
+            stored.append({"labelName": target, "imageIndex": int(indices[0])})
+        else:  # no item split known: only the position can say where it goes
+            stored.append({"labelName": target, "seriesIndex": index})
+    return stored
 
 
 def _submit(

@@ -273,6 +273,7 @@ class Export:
         for raw in raws:
             task = Task.from_wire(raw)
             labels = task.labels
+            stored = p.stored_labels(task)
             out: dict[str, Any] = {
                 "taskId": task.task_id,
                 "name": task.name,
@@ -285,20 +286,21 @@ class Export:
                         "name": s.name,
                         "items": list(s.items),
                         "metaData": s.meta_data,
-                        "segmentMap": segment_map(labels.labels if labels else [], s.index),
+                        "segmentMap": segment_map(stored, s.index),
                     }
                     for s in task.series
                 ],
-                "labels": labels.labels if labels else [],
+                "labels": stored,
                 "labelsMap": [dict(m) for m in labels.labels_map] if labels else [],
                 "updatedBy": labels.created_by if labels else None,
             }
             if with_labels and labels:
                 files = p.download_labels(task, folder / "segmentations" / task.name)
+                local_of = {labels.files[i]: str(path) for i, path in files.items()}
                 for entry in out["labelsMap"]:
-                    local = files.get(entry.get("seriesIndex") or 0)
+                    local = local_of.get(str(entry.get("labelName")))
                     if local is not None:
-                        entry["labelName"] = str(local)
+                        entry["labelName"] = local
                 for index, series in enumerate(out["series"]):
                     if index in files:
                         series["segmentations"] = str(files[index])

@@ -13,7 +13,9 @@ Typed, for the pipeline: :meth:`Project.get_task`, :meth:`Project.list_assigned_
 from __future__ import annotations
 
 import copy
+import json
 import re
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -225,13 +227,10 @@ class Project:
     def download_labels(self, task: Task, folder: str | Path) -> dict[int, Path]:
         """Download the task's stored label files; ``{series index: local .nii.gz path}``."""
         labels = task.labels
-        if labels is None or not labels.labels_map:
+        if labels is None or not labels.files:
             return {}
-        entries = [
-            (int(m.get("seriesIndex") or 0), str(m["labelName"]))
-            for m in labels.labels_map
-            if m.get("labelName")
-        ]
+        # Stored entries name their series by imageIndex (see types.series_of_label_files).
+        entries = sorted(labels.files.items())
         urls = self.client.presign_items(
             self.org_id, labels.storage_id or REDBRICK_STORAGE_ID, [name for _, name in entries]
         )
@@ -241,6 +240,35 @@ class Project:
                 raise NotFoundError(f"Task {task.task_id}: label file {name} cannot be presigned")
             out[index] = self.client.download(url, Path(folder) / f"{index}.nii.gz")
         return out
+
+    def stored_labels(self, task: Task) -> list[dict[str, Any]]:
+        """The task's latest label objects: ``labelsData``, or, when ``labelsDataPath`` is
+        set (large label sets), that stored JSON file, downloaded and read,
+        as redbrick/export/public.py ``download_labels`` does. [] when the task has none.
+        Raises :class:`~autolabel.errors.NotFoundError` when the file cannot be presigned
+        and :class:`~autolabel.errors.ConversionError` when it is not a JSON list."""
+        labels = task.labels
+        if labels is None:
+            return []
+        if not labels.labels_data_path:
+            return list(labels.labels)
+        path = labels.labels_data_path
+        (url,) = self.client.presign_items(
+            self.org_id, labels.storage_id or REDBRICK_STORAGE_ID, [path]
+        )
+        if not url:
+            raise NotFoundError(f"Task {task.task_id}: labels file {path} cannot be presigned")
+        with tempfile.TemporaryDirectory(prefix="labels-") as scratch:
+            local = self.client.download(url, Path(scratch) / "labels.json")
+            try:
+                decoded = json.loads(local.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConversionError(
+                    f"Task {task.task_id}: labels file {path} is not JSON: {exc}"
+                ) from exc
+        if not isinstance(decoded, list):
+            raise ConversionError(f"Task {task.task_id}: labels file {path} is not a JSON list")
+        return decoded
 
     # -- writing (one task; errors raise) ------------------------------------------------
 

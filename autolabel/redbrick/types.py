@@ -146,9 +146,12 @@ class Series:
 class Labels:
     """The latest labels of a task (``latestTaskData``): internal label objects and files.
 
-    ``labels`` is the decoded ``labelsData`` (§4.5 objects); ``labels_map`` has one entry
-    per stored label file with its ``seriesIndex``; ``created_by`` is the user id that wrote
-    them (``API:<uuid>`` for an API key).
+    ``labels`` is the decoded ``labelsData`` (§4.5 objects); when ``labels_data_path`` is
+    set, that stored JSON file holds the labels and ``labels`` is empty (read it with
+    ``Project.stored_labels``). ``labels_map`` has one entry per stored label file, as the
+    server answers it (often ``imageIndex`` only); ``files`` is the label file of each
+    series index, placed as the SDK places them (:func:`series_of_label_files`).
+    ``created_by`` is the user id that wrote them (``API:<uuid>`` for an API key).
     """
 
     labels: list[dict[str, Any]]
@@ -157,6 +160,7 @@ class Labels:
     storage_id: str | None
     created_by: str | None
     created_at: str | None
+    files: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -212,7 +216,11 @@ class Task:
             series=_series(datapoint.get("seriesInfo"), items),
             items=items,
             items_loaded=loaded,
-            labels=_labels(latest) if isinstance(latest, dict) else None,
+            labels=(
+                _labels(latest, datapoint.get("seriesInfo") or [], len(items))
+                if isinstance(latest, dict)
+                else None
+            ),
             meta_data=meta if isinstance(meta, dict) else None,
             priority=raw.get("priority"),
             updated_at=raw.get("updatedAt"),
@@ -239,12 +247,40 @@ def _series(info: Any, items: tuple[str, ...]) -> tuple[Series, ...]:
     return tuple(out)
 
 
-def _labels(latest: dict[str, Any]) -> Labels:
+def series_of_label_files(
+    labels_map: list[Any], series_info: list[Any], item_count: int
+) -> dict[int, str]:
+    """``{series index: labelName}`` of stored ``labelsMap`` entries, placed as the SDK does
+    (redbrick/export/public.py ``process_labels``): by ``seriesIndex``, else by the series
+    whose ``itemsIndices`` hold the entry's ``imageIndex`` (when the series' indices cover
+    every item), else by the entry's position. Entries without a file are left out."""
+    by_item: dict[int, int] = {}
+    covered = sum(len(s.get("itemsIndices") or []) for s in series_info if isinstance(s, dict))
+    if series_info and covered == item_count:
+        for index, info in enumerate(series_info):
+            by_item.update({int(i): index for i in info.get("itemsIndices") or []})
+    out: dict[int, str] = {}
+    for position, entry in enumerate(labels_map):
+        if not isinstance(entry, dict) or not entry.get("labelName"):
+            continue
+        if entry.get("seriesIndex") is not None:
+            index = int(entry["seriesIndex"])
+        elif entry.get("imageIndex") is not None and int(entry["imageIndex"]) in by_item:
+            index = by_item[int(entry["imageIndex"])]
+        else:
+            index = position
+        out[index] = str(entry["labelName"])
+    return out
+
+
+def _labels(latest: dict[str, Any], series_info: list[Any], item_count: int) -> Labels:
     decoded = json_field(latest.get("labelsData"))
     creator = latest.get("createdByEntity") or {}
+    labels_map = list(latest.get("labelsMap") or [])
     return Labels(
         labels=decoded if isinstance(decoded, list) else [],
-        labels_map=list(latest.get("labelsMap") or []),
+        labels_map=labels_map,
+        files=series_of_label_files(labels_map, series_info, item_count),
         labels_data_path=latest.get("labelsDataPath"),
         storage_id=(latest.get("labelsStorage") or {}).get("storageId"),
         created_by=creator.get("userId"),

@@ -1,0 +1,134 @@
+"""Tasks of several series: labels land on the series they belong to, judged through the
+official SDK's export, and stored labels are read the way the server keeps them.
+
+The task has a blank first series (air: the model finds nothing) and a CT second series,
+made by ``emulator seed --from FOLDER --multi-series``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from autolabel.cli import main
+from autolabel.emulator import EmulatorHandle
+from autolabel.imaging import write_dicom_series
+from autolabel.phantom import make_phantom
+from autolabel.redbrick import get_project
+
+redbrick = pytest.importorskip("redbrick")
+
+SHAPE = (32, 32, 16)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``study/0-blank.nii.gz`` (air everywhere) and ``study/1-ct/`` (a CT phantom)."""
+    folder = tmp_path_factory.mktemp("multi") / "study"
+    folder.mkdir()
+    air = np.full(SHAPE, -1000, dtype=np.int16)
+    nib.save(nib.Nifti1Image(air, np.eye(4)), folder / "0-blank.nii.gz")
+    phantom = make_phantom(SHAPE, seed=3)
+    write_dicom_series(phantom.hu, phantom.affine_lps, folder / "1-ct")
+    return folder
+
+
+@pytest.fixture
+def emulator(emulator_factory: Any, study: Path) -> EmulatorHandle:
+    handle: EmulatorHandle = emulator_factory(studies=0, from_paths=(study,), multi_series=True)
+    return handle
+
+
+def _cli(emulator: EmulatorHandle, *args: str) -> list[str]:
+    return [
+        *args,
+        "--url", emulator.url, "--org", emulator.org_id,
+        "--project", emulator.project_id, "--api-key", emulator.api_key,
+    ]  # fmt: skip
+
+
+def _export(emulator: EmulatorHandle, task_id: str, destination: Path) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK's "API keys will be sunset" notice
+        sdk = redbrick.get_project(
+            emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+        )
+    (task,) = list(sdk.export.export_tasks(task_id=task_id, destination=str(destination)))
+    return dict(task)
+
+
+def _assert_labels_on_ct_only(exported: dict[str, Any]) -> None:
+    blank, ct = exported["series"]
+    assert blank["name"] == "0-blank" and ct["name"] == "1-ct"
+    assert not blank.get("segmentations") and not blank.get("segmentMap")
+    assert {v["category"] for v in ct["segmentMap"].values()} == {"Body", "Lung", "Bone"}
+    mask = np.asarray(nib.load(ct["segmentations"]).dataobj)
+    assert mask.shape == SHAPE and int(mask.max()) > 0
+
+
+def test_seed_multi_series_makes_one_task_with_each_series(emulator: EmulatorHandle) -> None:
+    """The folder is one task; its NIfTI file and DICOM sub-folder are its two series."""
+    (task,) = emulator.tasks()
+    assert task.name == "study"
+    assert [s["name"] for s in task.series_info] == ["0-blank", "1-ct"]
+    assert [s["itemsIndices"] for s in task.series_info] == [[0], list(range(1, 1 + SHAPE[2]))]
+
+
+def test_run_puts_the_labels_on_the_second_series_as_the_sdk_exports_them(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A blank first series keeps its place: the official export shows the CT labels on the
+    CT series and nothing on the blank one."""
+    (task_id,) = emulator.task_ids()
+    assert main(_cli(emulator, "run", "--work", str(tmp_path / "w"), "--quiet")) == 0
+    payload = json.loads(next((tmp_path / "w").rglob("series.json")).read_text(encoding="utf-8"))
+    assert [bool(s.get("segmentations")) for s in payload["series"]] == [False, True]
+    _assert_labels_on_ct_only(_export(emulator, task_id, tmp_path / "export"))
+
+
+def test_review_correct_puts_the_labels_on_the_second_series(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Accept with correction sends one entry per series too."""
+    (task_id,) = emulator.task_ids()
+    emulator.as_user(emulator.key_user_id).submit(task_id)  # to Review_1, no labels
+    emulator.assign(task_id, emulator.key_user_id)
+    code = main(_cli(emulator, "review", "--correct", "--task-id", task_id,
+                     "--work", str(tmp_path / "w")))  # fmt: skip
+    assert code == 0
+    assert emulator.task(task_id).stage_name == "END"
+    _assert_labels_on_ct_only(_export(emulator, task_id, tmp_path / "export"))
+
+
+def test_stored_labels_carry_image_index_and_are_read_by_series(
+    emulator: EmulatorHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server keeps the label file at its own path, named by ``imageIndex`` only; our
+    reading (task labels, the audit's Dice) maps it to the CT series through
+    ``itemsIndices``."""
+    (task_id,) = emulator.task_ids()
+    assert main(_cli(emulator, "run", "--finalize", "--work", str(tmp_path / "w"), "--quiet")) == 0
+    stored = emulator.latest_labels(task_id)
+    assert stored is not None
+    blank, ct = stored.labels_map
+    assert blank is None and ct is not None
+    assert set(ct) == {"labelName", "imageIndex"} and ct["imageIndex"] == 1
+    assert f"/labels/{task_id}/nifti/" in ct["labelName"]
+    with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
+        labels = p.get_task(task_id).labels
+        assert labels is not None and set(labels.files) == {1}
+    emulator.assign(task_id, emulator.key_user_id)
+    emulator.as_user(emulator.key_user_id).review(task_id, passed=True)  # Review_1 -> END
+    code = main(_cli(emulator, "reannotate", "--audit", "--dry-run", "--task-id", task_id,
+                     "--json", "--work", str(tmp_path / "a")))  # fmt: skip
+    assert code == 0
+    (decision,) = json.loads(capsys.readouterr().out)["tasks"]
+    ct_dice = {k: v for k, v in decision["dice"].items() if k.startswith("1-ct/")}
+    assert ct_dice == {"1-ct/Body": 1.0, "1-ct/Lung": 1.0, "1-ct/Bone": 1.0}
+    assert decision["status"] == "kept"
