@@ -134,3 +134,30 @@ def test_cli_serve_in_another_process(emulator_template: Path, tmp_path: Path) -
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_seed_gives_studies_that_share_a_name_unique_task_names(tmp_path: Path) -> None:
+    """Two folders both called ``ct`` become ``ct`` and ``ct-2``; seeding again adds none."""
+    phantom = make_phantom(SMALL, seed=1)
+    for patient in ("a", "b"):
+        write_dicom_series(phantom.hu, phantom.affine_lps, tmp_path / "in" / patient / "ct")
+    data = tmp_path / "data"
+    seed(data, studies=0, from_paths=[tmp_path / "in"])
+    seed(data, studies=0, from_paths=[tmp_path / "in"])
+    with serve_in_thread(data) as emulator:
+        sources = {t.name: json.loads(t.meta_data or "{}")["source"] for t in emulator.tasks()}
+    assert sorted(sources) == ["ct", "ct-2"]
+    assert sorted(sources.values()) == [str(tmp_path / "in" / p / "ct") for p in ("a", "b")]
+
+
+def test_cli_seed_refuses_an_empty_folder_and_no_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing to seed is an error naming the path (exit 2), never a silent no-op."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    data = str(tmp_path / "data")
+    assert main(["emulator", "seed", "--data", data, "--studies", "0", "--from", str(empty)]) == 2
+    assert f"{empty}: found no" in capsys.readouterr().err
+    assert main(["emulator", "seed", "--data", data, "--studies", "0"]) == 2
+    assert "nothing to seed" in capsys.readouterr().err
