@@ -22,6 +22,8 @@ from autolabel import imaging
 from autolabel.errors import ImageError, NotFoundError
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
+from autolabel.redbrick.client import ListingErrorHandler
+from autolabel.redbrick.types import Labels
 
 #: Told about a task a run leaves out: ``(task_id, task_name, reason)``.
 SkipHandler = Callable[[str, str, str], None]
@@ -43,11 +45,13 @@ class LabelsMarker:
     created_at: str | None
 
     @classmethod
-    def of(cls, task: Task) -> LabelsMarker:
-        """The marker of ``task``'s latest labels (both None when it has none)."""
-        if task.labels is None:
+    def of(cls, task: Task, user_id: str | None = None) -> LabelsMarker:
+        """The marker of ``task``'s latest labels (both None when it has none); of a
+        consensus task, the marker of ``user_id``'s own sub-task (:meth:`Task.labels_of`)."""
+        labels = task.labels_of(user_id) if user_id is not None else task.labels
+        if labels is None:
             return cls(None, None)
-        return cls(task.labels.created_by, task.labels.created_at)
+        return cls(labels.created_by, labels.created_at)
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,16 @@ def select_tasks(
     task_ids: Sequence[str] = (),
     name: str | None = None,
     on_skip: SkipHandler | None = None,
+    on_listing_error: ListingErrorHandler | None = None,
 ) -> Iterator[Task]:
     """The tasks a run works on, lazily.
 
     By default: every task queued in ``stage_name`` and assigned to the key. With
     ``task_ids`` or ``name`` (prefix search, or exact in double quotes): those tasks, and
     ``on_skip(task_id, name, reason)`` is told about each that is not queued in the stage for
-    the key or does not exist. The run decides how many it takes.
+    the key or does not exist. A field error in the listing goes to ``on_listing_error``
+    and the listing goes on (an entry that survived is still yielded: its full re-read
+    decides). The run decides how many it takes.
     """
     user = project.current_user_id
 
@@ -100,7 +107,7 @@ def select_tasks(
         exact = name.startswith('"') and name.endswith('"') and len(name) > 1
         candidates = iter(project.find_tasks(name.strip('"'), exact=exact))
     else:
-        candidates = project.list_assigned_tasks(stage_name)
+        candidates = project.list_assigned_tasks(stage_name, on_error=on_listing_error)
     for task in candidates:
         if (task_ids or name) and not wanted(task):
             continue
@@ -139,6 +146,17 @@ def writable_problem(task: Task, stage_name: str, user_id: str) -> str | None:
             f"task is in stage {task.stage_name or 'unknown'!r}, not {stage_name!r}; "
             "only tasks queued in the run's stage can be written"
         )
+    if task.is_consensus:
+        part = task.part_of(user_id)
+        if part is None:
+            who = ", ".join(p.email or p.user_id or "?" for p in task.sub_tasks)
+            return (
+                f"consensus task labelled by {who}, not by this API key; add the key as one "
+                "of its labelers (project.labeling.assign_tasks) to pre-label it"
+            )
+        if part.state == "COMPLETED":
+            return "this API key already submitted its own sub-task of this consensus task"
+        return None
     if task.assignee != user_id:
         who = task.assignee_email or task.assignee or "nobody"
         return (
@@ -149,22 +167,23 @@ def writable_problem(task: Task, stage_name: str, user_id: str) -> str | None:
 
 
 def human_labels_problem(
-    task: Task, user_id: str, read_stored: Callable[[Task], list[Any]] | None = None
+    task: Task, user_id: str, read_stored: Callable[[Task, Labels], list[Any]] | None = None
 ) -> str | None:
     """A reason to leave ``task`` alone if a person (not this key) wrote its labels.
 
     Labels count when ``labelsData`` holds objects, a label file is stored, or the
     ``labelsDataPath`` file (where RedBrick keeps large label sets, ``labelsData`` then
     being empty) holds objects: ``read_stored`` (``Project.stored_labels``) reads it; without
-    it such a task counts as labelled.
+    it such a task counts as labelled. In a consensus task only the key's own sub-task
+    counts: the other labelers' labels live in their own sub-tasks and are not replaced.
     """
-    labels = task.labels
+    labels = task.labels_of(user_id)
     if labels is None or labels.created_by in (None, user_id):
         return None
     if not labels.labels and not labels.labels_map:
         if not labels.labels_data_path:
             return None
-        if read_stored is not None and not read_stored(task):
+        if read_stored is not None and not read_stored(task, labels):
             return None
     return (
         f"task already has labels saved by {labels.created_by} at {labels.created_at}; "
@@ -223,4 +242,4 @@ def fetch_task(
     if problem is not None:
         raise TaskSkipped(problem)
     series, checksum = load_task_series(project, fresh, folder, limits=limits)
-    return FetchedTask(fresh, series, checksum, LabelsMarker.of(fresh))
+    return FetchedTask(fresh, series, checksum, LabelsMarker.of(fresh, user))

@@ -5,6 +5,7 @@ summary and the listeners. The local run and the Ray driver both keep their book
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -17,6 +18,7 @@ from autolabel.errors import (
     AuthError,
     AutolabelError,
     ConfigError,
+    GraphQLError,
     LedgerError,
 )
 from autolabel.fetch import (
@@ -26,6 +28,7 @@ from autolabel.fetch import (
 )
 from autolabel.ledger import Ledger, ModelKey, Run, TaskEvent, TaskState
 from autolabel.redbrick import Project, Task
+from autolabel.redbrick.types import ListingError
 from autolabel.runs import (
     OutcomeListener,
     RunOptions,
@@ -34,6 +37,8 @@ from autolabel.runs import (
     TaskOutcome,
 )
 from autolabel.submit import write_landed
+
+log = logging.getLogger(__name__)
 
 
 class RunBook:
@@ -66,6 +71,7 @@ class RunBook:
         self.already_done = 0
         self.resolved = 0
         self._fed = 0
+        self._unlisted = 0
         self._lock = threading.Lock()
         self._handle: Run | None = None
         self._began = time.perf_counter()
@@ -127,6 +133,7 @@ class RunBook:
             task_ids=options.task_ids,
             name=options.name,
             on_skip=self._skip_unselected,
+            on_listing_error=self._listing_error,
         ):
             if task.task_id in done:
                 self.already_done += 1
@@ -140,6 +147,23 @@ class RunBook:
     def _skip_unselected(self, task_id: str, name: str, reason: str) -> None:
         self.emit(task_id, "queued")
         self.finish(_stub(task_id, name), None, "skipped", reason)
+
+    def _listing_error(self, error: ListingError) -> None:
+        """A listing entry RedBrick could not answer: a task whose id survived is still
+        worked on (its own re-read decides); an entry answered null is recorded as failed
+        under a placeholder id, and the run goes on."""
+        if error.task_id is not None:
+            log.warning("listing %s: %s", error.task_id, error.message)
+            return
+        self._unlisted += 1
+        placeholder = f"unlisted-{self._unlisted}"
+        self.emit(placeholder, "queued")
+        reason = (
+            f"RedBrick could not list one task ({error.operation}: {error.message}); "
+            "run again to pick it up, or check the task in RedBrick"
+        )
+        failure = GraphQLError([error.message], operation=error.operation)
+        self.finish(_stub(placeholder, ""), None, "failed", reason, error=failure)
 
     def settle_in_doubt(self) -> int:
         """Record the writes a killed run sent but did not confirm, if RedBrick has them."""

@@ -31,14 +31,18 @@ def write_landed(
     """Whether ``task`` (read after a write) shows that this key's write went through.
 
     A write landed when the latest labels are this key's and are not the ones seen before
-    the write; a submit also moved the task out of ``stage_name``.
+    the write; a submit also moved the task out of ``stage_name`` (or, in a consensus
+    task, completed the key's own sub-task).
     """
-    labels = task.labels
+    labels = task.labels_of(user_id)
     if labels is None or labels.created_by != user_id:
         return False
     if before.created_by == user_id and labels.created_at == before.created_at:
         return False
-    return task.stage_name != stage_name if finalize else True
+    if not finalize:
+        return True
+    part = task.part_of(user_id)  # a consensus submit completes the key's own sub-task
+    return task.stage_name != stage_name or (part is not None and part.state == "COMPLETED")
 
 
 def check_unchanged(project: Project, task_id: str, stage_name: str, before: LabelsMarker) -> Task:
@@ -55,7 +59,7 @@ def ensure_unchanged(task: Task, stage_name: str, user_id: str, before: LabelsMa
     problem = writable_problem(fresh, stage_name, user_id)
     if problem is not None:
         raise TaskSkipped(f"{problem} (changed after autolabel fetched it)")
-    now = LabelsMarker.of(fresh)
+    now = LabelsMarker.of(fresh, user_id)
     if now != before:
         raise TaskSkipped(
             f"a person saved labels after autolabel fetched the task ({now.created_by} at "

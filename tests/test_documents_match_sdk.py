@@ -157,3 +157,13 @@ def test_comparison_notices_a_missing_field() -> None:
     )
     assert mutilated != original
     assert _shape(mutilated)["selections"] != _shape(original)["selections"]
+
+
+def test_consensus_task_document_matches_sdk() -> None:
+    """In consensus projects the task is read with the SDK's consensus shard (sub-tasks
+    with their own labels), ``get_datapoint_latest(..., with_consensus=True)``."""
+    ours = _shape(documents.GET_TASK_CONSENSUS)
+    theirs = _shape(
+        _sdk_document(lambda c: ExportRepo(c).get_datapoint_latest(ORG, PRJ, TSK, True, True))
+    )
+    assert ours == theirs

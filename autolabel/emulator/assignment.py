@@ -17,6 +17,7 @@ from autolabel.emulator.workflow import (
     RuleViolation,
     attempt,
     check_stage_kind,
+    is_consensus_stage,
     task_in,
 )
 
@@ -33,17 +34,21 @@ def assign(
     """``assignTasksMultipleUsers``: assign each task (in its stage) or unassign it.
 
     ``emails`` entries may be emails, user ids or ``API:`` ids; the first one becomes the
-    assignee (this emulator has no consensus). None unassigns; ``current_user`` assigns to
-    the caller.
+    assignee. In a consensus stage (``isConsensusLabel``) every further one labels the task
+    in a sub-task of its own, and the list replaces the labelers (the SDK's ``assign_tasks``
+    with several emails and ``refresh``, redbrick/labeling/public.py); elsewhere only the
+    first counts. None unassigns; ``current_user`` assigns to the caller.
     """
     assignee: UserRecord | None = caller if current_user else None
-    if emails:
-        found = store.user(emails[0])
+    others: list[str] = []
+    for position, email in enumerate(emails or []):
+        found = store.user(email)
         if found is None or found.org_id != project.org_id:
-            raise RuleViolation(
-                f"User {emails[0]} is not a member of organization {project.org_id}"
-            )
-        assignee = found
+            raise RuleViolation(f"User {email} is not a member of organization {project.org_id}")
+        if position == 0:
+            assignee = found
+        elif found.user_id not in others and found.user_id != assignee_id(assignee):
+            others.append(found.user_id)
     done = []
     for task_id in task_ids:
 
@@ -60,6 +65,8 @@ def assign(
                 assigned_at=utc_now() if assignee else None,
                 state="ASSIGNED" if assignee else "UNASSIGNED",
             )
+            consensus = is_consensus_stage(project, task.stage_name) and assignee is not None
+            store.set_sub_tasks(task_id, task.stage_name, others if consensus else [])
             return task
 
         task = store.task(task_id)
@@ -91,3 +98,8 @@ def assign_queue(
     for task in picked:
         assign(store, caller, project, task_ids=[task.task_id], emails=[caller.user_id])
     return [t for t in (store.task(x.task_id) for x in [*mine, *picked]) if t is not None]
+
+
+def assignee_id(user: UserRecord | None) -> str | None:
+    """The user id of ``user``, or None."""
+    return user.user_id if user is not None else None

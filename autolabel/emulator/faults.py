@@ -4,16 +4,22 @@ A fault rule (JSON or :class:`FaultRule`)::
 
     {"target": "putTaskAndLabelsSDK",   # GraphQL operation name or root field,
                                         # "storage:GET", "storage:PUT", "storage" or "*"
-     "kind": "status",                  # status | graphql_error | delay | drop
+     "kind": "status",                  # status | graphql_error | field_error | delay | drop
      "status": 503,                     # kind=status: the HTTP status answered
      "retry_after": 2,                  # kind=status: optional Retry-After seconds
      "message": "injected",             # kind=graphql_error (and the status body)
      "delay_s": 1.5,                    # kind=delay: sleep, then answer normally
      "times": 2,                        # fire on the next N matching calls (null: forever)
-     "rate": 1.0, "seed": 0}            # fire with this probability (seeded RNG)
+     "rate": 1.0, "seed": 0,            # fire with this probability (seeded RNG)
+     "entry": 0, "null_field": "datapoint"}  # kind=field_error: entry, field
 
-``drop`` closes the connection without any response. Several delay rules add up; of the
-other kinds the first matching rule that fires decides the answer.
+``drop`` closes the connection without any response. ``field_error`` answers the request
+normally, then nulls ``null_field`` of listing entry ``entry`` (the whole entry when it is
+null) and adds an error with its ``path`` next to the data: a partial answer, as GraphQL
+gives for a field that failed to resolve (the SDK keeps the data of such reads,
+redbrick/common/client.py ``_process_json_response`` with ``raise_for_error=False``).
+Several delay rules add up; of the other kinds the first matching rule that fires decides
+the answer.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS = ("status", "graphql_error", "delay", "drop")
+KINDS = ("status", "graphql_error", "field_error", "delay", "drop")
 
 
 @dataclass
@@ -42,6 +48,8 @@ class FaultRule:
     times: int | None = 1
     rate: float = 1.0
     seed: int = 0
+    entry: int = 0
+    null_field: str | None = "datapoint"
     fired: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
@@ -58,7 +66,7 @@ class FaultRule:
     def from_dict(cls, spec: dict[str, Any]) -> FaultRule:
         """Build a rule from its JSON form; unknown keys are an error."""
         allowed = {"target", "kind", "status", "retry_after", "message", "delay_s", "times"}
-        allowed |= {"rate", "seed"}
+        allowed |= {"rate", "seed", "entry", "null_field"}
         unknown = sorted(set(spec) - allowed)
         if unknown:
             raise ValueError(f"unknown fault keys: {', '.join(unknown)}")
@@ -131,3 +139,27 @@ class FaultBook:
                 else:
                     chosen = rule
         return delay, chosen
+
+
+def inject_field_error(body: dict[str, Any], rule: FaultRule, root: str) -> dict[str, Any]:
+    """``body`` (a GraphQL answer) with ``rule``'s field error in the listing ``root``.
+
+    The entry ``rule.entry`` of ``data[root].entries`` loses ``rule.null_field`` (or becomes
+    null) and an error with that ``path`` is added; without such an entry the root field
+    itself is nulled. The rest of the data is kept."""
+    data = body.get("data")
+    listing = data.get(root) if isinstance(data, dict) else None
+    entries = listing.get("entries") if isinstance(listing, dict) else None
+    path: list[str | int] = [root]
+    if isinstance(entries, list) and 0 <= rule.entry < len(entries) and entries[rule.entry]:
+        path += ["entries", rule.entry]
+        if rule.null_field is None:
+            entries[rule.entry] = None
+        else:
+            entries[rule.entry][rule.null_field] = None
+            path.append(rule.null_field)
+    elif isinstance(data, dict):
+        data[root] = None
+    errors = list(body.get("errors") or [])
+    errors.append({"message": rule.message, "path": path})
+    return {**body, "errors": errors}

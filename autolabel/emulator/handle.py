@@ -255,8 +255,9 @@ class EmulatorHandle:
             raise KeyError(f"no user {user}")
         return Actor(self.emulator, record, self.project_id)
 
-    def assign(self, task_id: str, user: str | None) -> TaskRecord:
-        """Assign a task in its stage to a user (email or user id), or unassign it."""
+    def assign(self, task_id: str, user: str | list[str] | None) -> TaskRecord:
+        """Assign a task in its stage to a user (email or user id), or unassign it; a list
+        names every labeler of a consensus stage (the first is the assignee)."""
         self.emulator.assign(task_id, user)
         return self.task(task_id)
 

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 import graphql
 
 from autolabel.emulator.admin import PREFIX, handle_admin
-from autolabel.emulator.faults import FaultRule
+from autolabel.emulator.faults import FaultRule, inject_field_error
 from autolabel.emulator.service import Emulator, error_body, parse_operation
 from autolabel.emulator.storage import StorageRefused
 
@@ -82,13 +82,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload).encode("utf-8"), headers=headers)
 
-    def _apply_faults(self, targets: set[str], response_keys: tuple[str, ...] = ()) -> bool:
-        """Apply the faults drawn for ``targets``; True when one already answered."""
+    def _apply_faults(
+        self, targets: set[str], response_keys: tuple[str, ...] = ()
+    ) -> bool | FaultRule:
+        """Apply the faults drawn for ``targets``; True when one already answered, the rule
+        when a ``field_error`` is to be put into the normal answer, else False."""
         delay, rule = self.server.emulator.faults.draw(targets)
         if delay:
             time.sleep(delay)
         if rule is None:
             return False
+        if rule.kind == "field_error":
+            return rule
         if rule.kind == "drop":
             raise _Dropped
         if rule.kind == "graphql_error":
@@ -146,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method not in ("GET", "PUT"):
             self._send_json(405, {"error": f"{method} not allowed on storage"})
             return
-        if self._apply_faults({"storage", f"storage:{method}"}):
+        if self._apply_faults({"storage", f"storage:{method}"}) is True:
             return
         try:
             key = blobs.check(method, raw_key, query)
@@ -188,7 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
         except graphql.GraphQLError as exc:
             self._send_json(400, error_body([exc.message]))
             return
-        if self._apply_faults(op.targets, op.response_keys):
+        fault = self._apply_faults(op.targets, op.response_keys)
+        if fault is True:
             return
         caller = emulator.caller_for_key(self.headers.get("ApiKey"))
         if caller is None:
@@ -198,4 +204,6 @@ class _Handler(BaseHTTPRequestHandler):
         status, body = emulator.execute(
             op, variables if isinstance(variables, dict) else {}, caller
         )
+        if isinstance(fault, FaultRule) and status == 200 and op.response_keys:
+            body = inject_field_error(body, fault, op.response_keys[0])
         self._send_json(status, body)

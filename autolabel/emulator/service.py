@@ -194,8 +194,9 @@ class Emulator:
         """The write attempts, oldest first, as JSON."""
         return [asdict(e) for e in self.store.events(task_id)]
 
-    def assign(self, task_id: str, user: str | None) -> dict[str, Any]:
-        """Assign a task in its stage to a user (email or user id), or unassign (None).
+    def assign(self, task_id: str, user: str | list[str] | None) -> dict[str, Any]:
+        """Assign a task in its stage to a user (email or user id), or unassign (None);
+        a list names every labeler of a consensus stage (the first is the assignee).
 
         This is what an org admin does on the Data page; the event is recorded as done by
         the org's owner (its first member).
@@ -207,7 +208,11 @@ class Emulator:
         actor = self.store.users(project.org_id)[0]
         try:
             assignment.assign(
-                self.store, actor, project, task_ids=[task_id], emails=[user] if user else None
+                self.store,
+                actor,
+                project,
+                task_ids=[task_id],
+                emails=[user] if isinstance(user, str) else (list(user) if user else None),
             )
         except RuleViolation as exc:
             raise ValueError(str(exc)) from None

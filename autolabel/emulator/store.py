@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS events(
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT, operation TEXT NOT NULL, stage_name TEXT,
   user_id TEXT, finished INTEGER, review_val INTEGER, accepted INTEGER NOT NULL, message TEXT,
   at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sub_tasks(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, stage_name TEXT NOT NULL,
+  user_id TEXT NOT NULL, state TEXT NOT NULL, assigned_at TEXT NOT NULL,
+  UNIQUE(task_id, stage_name, user_id));
 CREATE TABLE IF NOT EXISTS blobs(
   key TEXT PRIMARY KEY, content_type TEXT, content_encoding TEXT, size INTEGER NOT NULL,
   sha256 TEXT NOT NULL, created_at TEXT NOT NULL);
@@ -314,6 +318,46 @@ class Store:
             "SELECT * FROM labels WHERE task_id = ? ORDER BY seq DESC LIMIT 1", (task_id,)
         )
         return labels_from_row(rows[0]) if rows else None
+
+    def latest_labels_by(self, task_id: str, user_id: str) -> LabelRecord | None:
+        """The newest labels ``user_id`` saved on a task, or None."""
+        rows = self._rows(
+            "SELECT * FROM labels WHERE task_id = ? AND created_by = ? ORDER BY seq DESC LIMIT 1",
+            (task_id, user_id),
+        )
+        return labels_from_row(rows[0]) if rows else None
+
+    # -- consensus sub-tasks ----------------------------------------------------------------
+
+    def sub_tasks(self, task_id: str, stage_name: str) -> list[dict[str, Any]]:
+        """The other labelers' sub-tasks of a consensus task in a stage, in assignment order:
+        ``{"user_id", "state", "assigned_at"}`` (the first labeler is the task's assignee)."""
+        rows = self._rows(
+            "SELECT user_id, state, assigned_at FROM sub_tasks WHERE task_id = ? AND"
+            " stage_name = ? ORDER BY seq",
+            (task_id, stage_name),
+        )
+        return [dict(r) for r in rows]
+
+    def set_sub_tasks(self, task_id: str, stage_name: str, user_ids: list[str]) -> None:
+        """Replace the other labelers of a task in a stage (each starts ``ASSIGNED``)."""
+        now = utc_now()
+        with self.transaction() as db:
+            db.execute("DELETE FROM sub_tasks WHERE task_id = ?", (task_id,))
+            db.executemany(
+                "INSERT INTO sub_tasks(task_id, stage_name, user_id, state, assigned_at)"
+                " VALUES (?, ?, ?, 'ASSIGNED', ?)",
+                [(task_id, stage_name, user, now) for user in user_ids],
+            )
+
+    def set_sub_task_state(self, task_id: str, stage_name: str, user_id: str, state: str) -> None:
+        """Set the state of one labeler's sub-task."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sub_tasks SET state = ? WHERE task_id = ? AND stage_name = ? AND"
+                " user_id = ?",
+                (state, task_id, stage_name, user_id),
+            )
 
     # -- events -----------------------------------------------------------------------------
 

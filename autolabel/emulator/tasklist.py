@@ -102,12 +102,26 @@ def search(
     else:
         tasks = [t for t in tasks if _in_stage(project, t, stage_name)]
         if "userId" in filters:
-            tasks = [t for t in tasks if t.assigned_to == user_id]
+            tasks = [t for t in tasks if _holds(store, t, user_id)]
     if filters.get("status"):
         tasks = [t for t in tasks if t.state == filters["status"]]
     if filters.get("taskId"):
         tasks = [t for t in tasks if t.task_id == str(filters["taskId"])]
     return [t for t in tasks if _matches_search(t, task_search)]
+
+
+def _holds(store: Store, task: TaskRecord, user_id: str | None) -> bool:
+    """``task`` is queued for ``user_id`` (None: unassigned): as its assignee, or as a
+    consensus labeler whose own sub-task is open (the SDK lists a labeler's consensus tasks
+    the same way, redbrick/export/public.py ``list_tasks`` reading ``subTasks``)."""
+    if task.assigned_to == user_id:
+        return True
+    if user_id is None:
+        return False
+    return any(
+        s["user_id"] == user_id and s["state"] != "COMPLETED"
+        for s in store.sub_tasks(task.task_id, task.stage_name)
+    )
 
 
 def by_stage(

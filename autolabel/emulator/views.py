@@ -12,6 +12,7 @@ from typing import Any
 
 from autolabel.emulator.entities import LabelRecord, ProjectRecord, TaskRecord, UserRecord
 from autolabel.emulator.store import Store
+from autolabel.emulator.workflow import consensus_enabled
 
 
 def user_view(user: UserRecord | None, *, caller_id: str | None = None) -> dict[str, Any] | None:
@@ -88,7 +89,7 @@ def project_view(project: ProjectRecord, base_url: str) -> dict[str, Any]:
         "projectUrl": f"{base_url.rstrip('/')}/{project.org_id}/projects/{project.project_id}",
         "createdAt": project.created_at,
         "updatedAt": project.updated_at,
-        "consensusSettings": {"enabled": False},
+        "consensusSettings": {"enabled": consensus_enabled(project)},
         "workspace": None,
         "stages": stages_view(project),
     }
@@ -135,10 +136,44 @@ def _series_view(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _consensus_parts(store: Store, task: TaskRecord) -> list[dict[str, Any]]:
+    """The other labelers' sub-tasks of a consensus task, each with its own labels.
+
+    Follows redbrick/utils/rb_label_utils.py ``flat_rb_format``: ``currentStageSubTask`` is
+    the first labeler's part and ``subTasks`` the others', each a ``LabelingTask`` with
+    ``assignedTo``, ``state`` and ``taskData`` (that labeler's latest labels)."""
+    parts = []
+    for sub in store.sub_tasks(task.task_id, task.stage_name):
+        user = store.user(sub["user_id"])
+        parts.append(
+            {
+                "__typename": "LabelingTask",
+                "state": sub["state"],
+                "assignedTo": user_view(user),
+                "assignedAt": sub["assigned_at"],
+                "progressSavedAt": None,
+                "completedAt": None,
+                "completionTimeMs": None,
+                "subTasks": [],
+                "taskData": labels_view(
+                    store, store.latest_labels_by(task.task_id, sub["user_id"])
+                ),
+                "overallConsensusScore": None,
+                "consensusInfo": [],
+            }
+        )
+    return parts
+
+
 def task_view(store: Store, task: TaskRecord) -> dict[str, Any]:
     """A ``Task`` object with its datapoint, current sub-task and latest labels."""
     latest = labels_view(store, store.latest_labels(task.task_id))
     assignee = store.user(task.assigned_to) if task.assigned_to else None
+    parts = _consensus_parts(store, task)
+    own = latest
+    if parts:  # a consensus task: the first labeler's part carries that labeler's labels
+        mine = store.latest_labels_by(task.task_id, task.assigned_to) if task.assigned_to else None
+        own = labels_view(store, mine)
     sub_task: dict[str, Any] = {
         "__typename": "LabelingTask",
         "state": task.state,
@@ -147,8 +182,8 @@ def task_view(store: Store, task: TaskRecord) -> dict[str, Any]:
         "progressSavedAt": task.progress_saved_at,
         "completedAt": task.completed_at,
         "completionTimeMs": None,
-        "subTasks": [],
-        "taskData": latest,
+        "subTasks": parts,
+        "taskData": own,
         "overallConsensusScore": None,
         "consensusInfo": [],
     }

@@ -62,6 +62,38 @@ def stage_named(project: ProjectRecord, name: str) -> dict[str, Any] | None:
     return next((s for s in project.stages if s["stageName"] == name), None)
 
 
+def is_consensus_stage(project: ProjectRecord, stage_name: str) -> bool:
+    """True for a Label stage whose config has ``isConsensusLabel``: several labelers each
+    label the task in their own sub-task (redbrick/stage: ``is_consensus_label``)."""
+    stage = stage_named(project, stage_name)
+    return bool(stage and stage_config(stage).get("isConsensusLabel"))
+
+
+def consensus_enabled(project: ProjectRecord) -> bool:
+    """``consensusSettings.enabled``: the project has a consensus stage (what
+    redbrick/project.py reads as ``is_consensus_enabled``)."""
+    return any(is_consensus_stage(project, s["stageName"]) for s in project.stages)
+
+
+def _part_state(store: Store, task: TaskRecord, user_id: str) -> str | None:
+    """The state of ``user_id``'s own part of ``task`` in its stage: the task's state for
+    its assignee (``currentStageSubTask``), the sub-task's for another consensus labeler
+    (``subTasks``, redbrick/utils/rb_label_utils.py ``flat_rb_format``); None if neither."""
+    if task.assigned_to == user_id:
+        return task.state
+    for sub in store.sub_tasks(task.task_id, task.stage_name):
+        if sub["user_id"] == user_id:
+            return str(sub["state"])
+    return None
+
+
+def _set_part_state(store: Store, task: TaskRecord, user_id: str, state: str) -> None:
+    if task.assigned_to == user_id:
+        store.update_task(task.task_id, state=state, progress_saved_at=utc_now())
+    else:
+        store.set_sub_task_state(task.task_id, task.stage_name, user_id, state)
+
+
 def stages_of(project: ProjectRecord, brick: str) -> list[str]:
     """Names of the stages with the given brick, in pipeline order."""
     return [s["stageName"] for s in project.stages if s["brickName"] == brick]
@@ -115,6 +147,7 @@ def enter_stage(
     ``returned`` marks a rejection: the task goes back to its previous labeler.
     """
     now = utc_now()
+    store.set_sub_tasks(task.task_id, target, [])  # a new stage starts with no sub-tasks
     if target == GROUND_TRUTH:
         store.update_task(
             task.task_id,
@@ -159,18 +192,41 @@ def task_in(store: Store, project: ProjectRecord, task_id: str) -> TaskRecord:
     return task
 
 
-def _check_queued(task: TaskRecord, stage_name: str, caller: UserRecord) -> None:
+def _check_queued(
+    task: TaskRecord, stage_name: str, caller: UserRecord, store: Store | None = None
+) -> None:
+    """Refuse unless ``task`` is in ``stage_name`` and ``caller`` holds it there: as its
+    assignee or (with ``store``) as a consensus labeler whose sub-task is not submitted."""
     if task.stage_name != stage_name:
         raise RuleViolation(
             f"Task {task.task_id} is not in stage {stage_name}: it is queued in"
             f" {task.stage_name}. Write to a task only in its current stage."
         )
-    if task.assigned_to != caller.user_id:
-        holder = task.assigned_to or "nobody"
-        raise RuleViolation(
-            f"Task {task.task_id} is not assigned to you ({caller.user_id}): it is assigned"
-            f" to {holder} in {stage_name}. Only the assignee can write labels or reviews."
-        )
+    part = _part_state(store, task, caller.user_id) if store is not None else None
+    if task.assigned_to == caller.user_id or part is not None:
+        if part == "COMPLETED" and task.assigned_to != caller.user_id:
+            raise RuleViolation(
+                f"Task {task.task_id}: you ({caller.user_id}) already submitted your"
+                f" consensus sub-task in {stage_name}."
+            )
+        return
+    holder = task.assigned_to or "nobody"
+    raise RuleViolation(
+        f"Task {task.task_id} is not assigned to you ({caller.user_id}): it is assigned"
+        f" to {holder} in {stage_name}. Only the assignee can write labels or reviews."
+    )
+
+
+def _consensus_submit(store: Store, task: TaskRecord, caller: UserRecord) -> bool:
+    """Submit ``caller``'s part of a consensus task; True when every labeler's part is now
+    submitted (the task then moves on). False for a task without sub-tasks."""
+    subs = store.sub_tasks(task.task_id, task.stage_name)
+    if not subs:
+        return False
+    _set_part_state(store, task, caller.user_id, "COMPLETED")
+    fresh = store.task(task.task_id) or task
+    states = [fresh.state, *(s["state"] for s in store.sub_tasks(task.task_id, task.stage_name))]
+    return any(state != "COMPLETED" for state in states)
 
 
 def check_stage_kind(project: ProjectRecord, subject: str, stage_name: str, *bricks: str) -> None:
@@ -249,7 +305,7 @@ def save_labels(
     def action() -> None:
         task = task_in(store, project, task_id)
         check_stage_kind(project, f"Task {task_id}", stage_name, LABEL_BRICK, REVIEW_BRICK)
-        _check_queued(task, stage_name, caller)
+        _check_queued(task, stage_name, caller, store)
         try:
             parsed = json.loads(labels_data or "[]")
         except json.JSONDecodeError as exc:
@@ -282,8 +338,10 @@ def save_labels(
             )
         )
         if not finished:
-            store.update_task(task_id, state="STAGED", progress_saved_at=utc_now())
+            _set_part_state(store, task, caller.user_id, "STAGED")
             return
+        if _consensus_submit(store, task, caller):
+            return  # other labelers of this consensus task have not submitted yet
         _submit(store, project, task, stage_name, corrected=True)
 
     attempt(
@@ -353,7 +411,9 @@ def submit_existing(
     def action() -> None:
         task = task_in(store, project, task_id)
         check_stage_kind(project, f"Task {task_id}", stage_name, LABEL_BRICK)
-        _check_queued(task, stage_name, caller)
+        _check_queued(task, stage_name, caller, store)
+        if _consensus_submit(store, task, caller):
+            return
         _submit(store, project, task, stage_name, corrected=False)
 
     attempt(

@@ -9,6 +9,7 @@ the user-facing API on top of it.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,10 +23,37 @@ from autolabel.redbrick.types import (
     ConvertResult,
     LabelMapEntry,
     LabelStorage,
+    ListingError,
     PresignedUpload,
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: Told about each field error of a task listing (the listing goes on).
+ListingErrorHandler = Callable[[ListingError], None]
+
+
+def _listing_errors(
+    operation: str,
+    problems: list[dict[str, Any]],
+    entries: list[Any],
+    on_error: ListingErrorHandler | None,
+) -> None:
+    """Turn a listing page's field errors into :class:`ListingError` records.
+
+    An error's ``path`` (``[root, "entries", n, ...]``) names the entry it hit; the task id
+    is that entry's, when the entry itself survived."""
+    for problem in problems:
+        path = problem.get("path") or []
+        at = path[2] if len(path) > 2 and path[1] == "entries" else None
+        entry = entries[at] if isinstance(at, int) and 0 <= at < len(entries) else None
+        task_id = str(entry["taskId"]) if isinstance(entry, dict) and entry.get("taskId") else None
+        where = ".".join(str(p) for p in path) or "the answer"
+        error = ListingError(operation, f"{problem.get('message')} (at {where})", task_id)
+        if on_error is None:
+            log.warning("%s: %s", operation, error.message)
+        else:
+            on_error(error)
 
 
 def paginate(
@@ -91,6 +119,23 @@ class RedBrickClient:
             operation, documents.DOCUMENTS[operation], variables, idempotent=True
         )
 
+    def _partial_query(
+        self,
+        operation: str,
+        on_error: ListingErrorHandler | None,
+        variables: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """A listing query read with ``raise_for_error=False`` semantics (see list_tasks)."""
+        problems: list[dict[str, Any]] = []
+        data = self.transport.execute(
+            operation, documents.DOCUMENTS[operation], variables, idempotent=True, partial=problems
+        )
+        if problems:
+            root = next(iter(data.values()), None)
+            entries = list(root.get("entries") or []) if isinstance(root, dict) else []
+            _listing_errors(operation, problems, entries, on_error)
+        return data
+
     def _mutate(self, operation: str, variables: Mapping[str, Any]) -> dict[str, Any]:
         return self.transport.execute(
             operation, documents.DOCUMENTS[operation], variables, idempotent=False
@@ -147,6 +192,7 @@ class RedBrickClient:
         filters: Mapping[str, Any] | None = None,
         page_size: int = 50,
         limit: int | None = None,
+        on_error: ListingErrorHandler | None = None,
     ) -> Iterator[dict[str, Any]]:
         """``tasksListSDK`` (``genericTasks``), paginated: task entries without items.
 
@@ -154,11 +200,16 @@ class RedBrickClient:
         ``None`` = unassigned), ``status``, ``taskId``, ``reviewState``,
         ``recentlyCompleted``, ``completedAtFrom``/``completedAtTo``. ``task_search`` is a
         name prefix, an exact name in double quotes, or a task id.
+
+        Read as the SDK reads it (``raise_for_error=False``): field errors next to data do
+        not end the listing; each goes to ``on_error`` (logged when None) and entries the
+        server answered null are left out.
         """
 
         def page(after: str | None, first: int) -> tuple[list[dict[str, Any]], str | None]:
-            data = self._query(
+            data = self._partial_query(
                 "tasksListSDK",
+                on_error,
                 {
                     "orgId": org_id,
                     "projectId": project_id,
@@ -183,16 +234,19 @@ class RedBrickClient:
         cache_time: str | None = None,
         page_size: int = 50,
         limit: int | None = None,
+        on_error: ListingErrorHandler | None = None,
     ) -> Iterator[dict[str, Any]]:
         """``tasksPagedSDK``, paginated: full task entries (items, latest labels) of a stage.
 
         ``stage_name="END"`` gives Ground Truth; ``None`` every task; ``cache_time`` (ISO
-        UTC) only tasks changed since then.
+        UTC) only tasks changed since then. Field errors are handled as in
+        :meth:`list_tasks`.
         """
 
         def page(after: str | None, first: int) -> tuple[list[dict[str, Any]], str | None]:
-            data = self._query(
+            data = self._partial_query(
                 "tasksPagedSDK",
+                on_error,
                 {
                     "orgId": org_id,
                     "projectId": project_id,
@@ -207,9 +261,21 @@ class RedBrickClient:
 
         return paginate(page, page_size=page_size, limit=limit)
 
-    def get_task(self, org_id: str, project_id: str, task_id: str) -> dict[str, Any]:
-        """``taskSDK``: one task with items and latest labels; :class:`NotFoundError` if none."""
-        data = self._query("taskSDK", {"orgId": org_id, "projectId": project_id, "taskId": task_id})
+    def get_task(
+        self, org_id: str, project_id: str, task_id: str, *, consensus: bool = False
+    ) -> dict[str, Any]:
+        """``taskSDK``: one task with items and latest labels; :class:`NotFoundError` if none.
+
+        ``consensus`` (a consensus project) reads the labelers' sub-tasks with their own
+        labels, as the SDK does there (:data:`documents.GET_TASK_CONSENSUS`).
+        """
+        variables = {"orgId": org_id, "projectId": project_id, "taskId": task_id}
+        if consensus:
+            data = self.transport.execute(
+                "taskSDK", documents.GET_TASK_CONSENSUS, variables, idempotent=True
+            )
+        else:
+            data = self._query("taskSDK", variables)
         task = data.get("task")
         if not task:
             raise NotFoundError(

@@ -167,6 +167,36 @@ query taskSDK($orgId: UUID!, $projectId: UUID!, $taskId: UUID!) {{
 }}
 """
 
+# Consensus projects: the SDK reads tasks with ``currentStageSubTask(consensus: true)`` and
+# the labelers' sub-tasks with their own labels (redbrick/repo/shards.py
+# ``CONSENSUS_TASK_SHARD``, chosen by ``task_shard(..., with_consensus=True)``).
+_TASK_DATA = f"""
+    tdId createdAt
+    createdByEntity {{ {_USER} }}
+    labelsData(interpolate: true)
+    labelsDataPath(presigned: false)
+    labelsStorage {{ storageId }}
+    labelsMap(presigned: false) {{ seriesIndex imageIndex labelName }}
+"""
+_CONSENSUS_SUBTASK = f"""
+    currentStageSubTask(consensus: true) {{
+      ... on LabelingTask {{
+        state assignedTo {{ {_USER} }} taskData {{ {_TASK_DATA} }}
+        subTasks {{ state assignedTo {{ {_USER} }} taskData {{ {_TASK_DATA} }} }}
+        overallConsensusScore
+        consensusInfo {{
+          user {{ {_USER} }} taskData {{ {_TASK_DATA} }} scores {{ user {{ {_USER} }} score }}
+        }}
+      }}
+    }}
+"""
+_NORMAL_SUBTASK = f"""
+    currentStageSubTask {{
+      ... on LabelingTask {{ state assignedTo {{ {_USER} }} }}
+    }}
+"""
+GET_TASK_CONSENSUS = GET_TASK.replace(_NORMAL_SUBTASK, _CONSENSUS_SUBTASK)
+
 TASKS_PAGED = f"""
 query tasksPagedSDK($orgId: UUID!, $projectId: UUID!, $stageName: String, $cacheTime: DateTime,
                     $first: Int, $after: String) {{

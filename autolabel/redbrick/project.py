@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.errors import ConversionError, NotFoundError
-from autolabel.redbrick.client import RedBrickClient
+from autolabel.redbrick.client import ListingErrorHandler, RedBrickClient
 from autolabel.redbrick.export import Export
 from autolabel.redbrick.labeling import Labeling
 from autolabel.redbrick.labels import LabelWriter
@@ -33,6 +33,7 @@ from autolabel.redbrick.retry import RetryPolicy
 from autolabel.redbrick.transport import DEFAULT_URL
 from autolabel.redbrick.types import (
     REDBRICK_STORAGE_ID,
+    Labels,
     LabelStorage,
     Stage,
     Task,
@@ -109,6 +110,8 @@ class Project:
         self.td_type: str | None = raw.get("tdType")
         self.taxonomy: dict[str, Any] = dict(raw.get("taxonomy") or {})
         self.stages: list[Stage] = [Stage.from_wire(s) for s in raw.get("stages") or []]
+        #: Several labelers per task (``consensusSettings.enabled``, redbrick/project.py).
+        self.consensus: bool = bool((raw.get("consensusSettings") or {}).get("enabled"))
         self.context = Context(client)
         self.labeling = Labeling(self)
         self.review = Labeling(self, review=True)
@@ -153,15 +156,24 @@ class Project:
 
     def get_task(self, task_id: str) -> Task:
         """The task with its series, items and latest labels; :class:`NotFoundError` if none."""
-        return Task.from_wire(self.client.get_task(self.org_id, self.project_id, task_id))
+        return Task.from_wire(
+            self.client.get_task(self.org_id, self.project_id, task_id, consensus=self.consensus)
+        )
 
     def list_assigned_tasks(
-        self, stage_name: str, *, user_id: str | None = None, page_size: int = 50
+        self,
+        stage_name: str,
+        *,
+        user_id: str | None = None,
+        page_size: int = 50,
+        on_error: ListingErrorHandler | None = None,
     ) -> Iterator[Task]:
         """Tasks queued in ``stage_name`` and assigned to ``user_id`` (default: this key).
 
         Listing carries no items or labels (``Task.items_loaded`` is False): call
-        :meth:`get_task` (or :meth:`download_items`, which does) before using them.
+        :meth:`get_task` (or :meth:`download_items`, which does) before using them. A field
+        error in the listing goes to ``on_error`` and the listing goes on (see
+        :meth:`RedBrickClient.list_tasks`).
         """
         assignee = user_id or self.current_user_id
         for raw in self.client.list_tasks(
@@ -170,6 +182,7 @@ class Project:
             stage_name=stage_name,
             filters={"userId": assignee},
             page_size=page_size,
+            on_error=on_error,
         ):
             yield Task.from_wire(raw)
 
@@ -241,13 +254,14 @@ class Project:
             out[index] = self.client.download(url, Path(folder) / f"{index}.nii.gz")
         return out
 
-    def stored_labels(self, task: Task) -> list[dict[str, Any]]:
+    def stored_labels(self, task: Task, labels: Labels | None = None) -> list[dict[str, Any]]:
         """The task's latest label objects: ``labelsData``, or, when ``labelsDataPath`` is
         set (large label sets), that stored JSON file, downloaded and read,
         as redbrick/export/public.py ``download_labels`` does. [] when the task has none.
+        ``labels`` picks other labels of the task than its latest (a consensus sub-task's).
         Raises :class:`~autolabel.errors.NotFoundError` when the file cannot be presigned
         and :class:`~autolabel.errors.ConversionError` when it is not a JSON list."""
-        labels = task.labels
+        labels = task.labels if labels is None else labels
         if labels is None:
             return []
         if not labels.labels_data_path:

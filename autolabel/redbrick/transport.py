@@ -174,8 +174,15 @@ class Transport:
         variables: Mapping[str, Any] | None = None,
         *,
         idempotent: bool,
+        partial: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Send one GraphQL document and return its ``data`` object.
+
+        With ``partial`` (a list), an answer with ``data`` next to ``errors`` (field errors)
+        is kept, as the SDK's ``raise_for_error=False`` reads do
+        (redbrick/common/client.py ``_process_json_response``): each error is appended to
+        ``partial`` as ``{"message", "path"}`` and the data is returned. An answer whose
+        data is null throughout still raises.
 
         ``idempotent=True`` (queries) retries transport failures per :attr:`retry`;
         ``idempotent=False`` (mutations) sends exactly once: after a :class:`TransportError`
@@ -188,14 +195,16 @@ class Transport:
         """
         body = self._encode(document, variables or {})
         return self._with_retries(
-            operation, idempotent, lambda: self._post_graphql(operation, body)
+            operation, idempotent, lambda: self._post_graphql(operation, body, partial)
         )
 
     def _encode(self, document: str, variables: Mapping[str, Any]) -> bytes:
         payload = json.dumps({"query": document, "variables": variables}, separators=(",", ":"))
         return base64.b64encode(gzip.compress(payload.encode("utf-8"), compresslevel=6))
 
-    def _post_graphql(self, operation: str, body: bytes) -> dict[str, Any]:
+    def _post_graphql(
+        self, operation: str, body: bytes, partial: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         try:
             response = self._session.post(
                 self.endpoint, data=body, headers=self._graphql_headers, timeout=self.timeout
@@ -203,9 +212,14 @@ class Transport:
         except requests.RequestException as exc:
             raise _Retry(self._transport_error(operation, exc)) from exc
         with response:
-            return self._read_graphql(operation, response)
+            return self._read_graphql(operation, response, partial)
 
-    def _read_graphql(self, operation: str, response: requests.Response) -> dict[str, Any]:
+    def _read_graphql(
+        self,
+        operation: str,
+        response: requests.Response,
+        partial: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         status = response.status_code
         if status in (401, 403):
             raise AuthError(
@@ -247,6 +261,19 @@ class Transport:
             raise TransportError(
                 f"{operation}: unexpected answer shape", operation=operation, status=status
             )
+        data = answer.get("data")
+        kept = isinstance(data, dict) and any(v is not None for v in data.values())
+        if "errors" in answer and partial is not None and kept and status < 400:
+            partial.extend(
+                {
+                    "message": self.scrub(str(e.get("message", e))),
+                    "path": list(e.get("path") or []),
+                }
+                if isinstance(e, dict)
+                else {"message": self.scrub(str(e)), "path": []}
+                for e in (answer["errors"] or [])
+            )
+            return dict(data) if isinstance(data, dict) else {}
         if "errors" in answer:
             messages = [
                 self.scrub(str(e.get("message", e)) if isinstance(e, dict) else str(e))
@@ -259,7 +286,6 @@ class Transport:
                 operation=operation,
                 status=status,
             )
-        data = answer.get("data")
         if not isinstance(data, dict):
             raise GraphQLError(
                 [f"{operation}: the answer has no data"], operation=operation, status=status

@@ -54,6 +54,18 @@ class LabelMapEntry(TypedDict, total=False):
     imageIndex: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class ListingError:
+    """A field error of a task listing: the listing went on without that part.
+
+    ``task_id`` is the id of the entry the error hit, when the entry survived (its other
+    fields may be null); None when the server answered the whole entry null."""
+
+    operation: str
+    message: str
+    task_id: str | None
+
+
 class LabelStorage(TypedDict):
     """``getLabelStorage``: where uploaded label files live."""
 
@@ -164,6 +176,19 @@ class Labels:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SubTask:
+    """One labeler's part of a consensus task in its current stage.
+
+    ``labels`` are that labeler's own latest labels, when the read selected them (the
+    consensus read of ``Project.get_task``); None otherwise or when there are none."""
+
+    user_id: str | None
+    email: str | None
+    state: str | None
+    labels: Labels | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Task:
     """A task as the pipeline sees it.
 
@@ -188,6 +213,24 @@ class Task:
     priority: float | None
     updated_at: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    sub_tasks: tuple[SubTask, ...] = ()
+
+    @property
+    def is_consensus(self) -> bool:
+        """True when several labelers each label the task in their own sub-task."""
+        return bool(self.sub_tasks)
+
+    def part_of(self, user_id: str) -> SubTask | None:
+        """``user_id``'s own sub-task of a consensus task, or None."""
+        return next((p for p in self.sub_tasks if p.user_id == user_id), None)
+
+    def labels_of(self, user_id: str) -> Labels | None:
+        """The labels that ``user_id`` would replace by writing: in a consensus task its own
+        sub-task's, else the task's latest (``labels``)."""
+        if not self.sub_tasks:
+            return self.labels
+        part = self.part_of(user_id)
+        return part.labels if part is not None else None
 
     @property
     def is_ground_truth(self) -> bool:
@@ -225,7 +268,30 @@ class Task:
             priority=raw.get("priority"),
             updated_at=raw.get("updatedAt"),
             raw=raw,
+            sub_tasks=_sub_tasks(subtask, datapoint.get("seriesInfo") or [], len(items)),
         )
+
+
+def _sub_tasks(current: dict[str, Any], series_info: list[Any], count: int) -> tuple[SubTask, ...]:
+    """The labelers of a consensus task, as redbrick/utils/rb_label_utils.py
+    ``flat_rb_format`` reads them: ``currentStageSubTask`` first, then its ``subTasks``;
+    empty when there are no ``subTasks`` (not a consensus task)."""
+    others = [s for s in current.get("subTasks") or [] if isinstance(s, dict)]
+    if not others:
+        return ()
+    parts = []
+    for part in [current, *others]:
+        who = part.get("assignedTo") or {}
+        data = part.get("taskData")
+        parts.append(
+            SubTask(
+                user_id=who.get("userId"),
+                email=who.get("email"),
+                state=part.get("state"),
+                labels=_labels(data, series_info, count) if isinstance(data, dict) else None,
+            )
+        )
+    return tuple(parts)
 
 
 def _series(info: Any, items: tuple[str, ...]) -> tuple[Series, ...]:
