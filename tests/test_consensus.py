@@ -17,14 +17,6 @@ from autolabel.redbrick import get_project
 redbrick = pytest.importorskip("redbrick")
 
 
-def _cli(emulator: EmulatorHandle, *args: str) -> list[str]:
-    return [
-        *args,
-        "--url", emulator.url, "--org", emulator.org_id,
-        "--project", emulator.project_id, "--api-key", emulator.api_key,
-    ]  # fmt: skip
-
-
 @pytest.fixture
 def consensus(emulator: EmulatorHandle) -> dict[str, str]:
     """Label is a consensus stage. ``second``: the person labels first, the key second;
@@ -69,7 +61,9 @@ def test_the_key_labels_its_own_sub_task_and_leaves_the_persons_labels(
     stays the person's; the tasks wait in Label for the person."""
     person = emulator.as_user(emulator.human_email).user.user_id
     before = {t: emulator.latest_labels(t) for t in (consensus["second"], consensus["first"])}
-    code = main(_cli(emulator, "run", "--finalize", "--quiet", "--work", str(tmp_path / "w")))
+    code = main(
+        ["run", "--finalize", "--quiet", "--work", str(tmp_path / "w"), *emulator.cli_flags()]
+    )
     assert code == 0
     for name in ("second", "first"):
         task_id = consensus[name]
@@ -97,8 +91,8 @@ def test_a_consensus_task_of_others_is_skipped_with_the_true_reason(
 ) -> None:
     """Asked for a task the key does not label, the run names its labelers (never
     "assigned to nobody")."""
-    code = main(_cli(emulator, "run", "--json", "--task-id", consensus["theirs"],
-                     "--work", str(tmp_path / "w")))  # fmt: skip
+    code = main(["run", "--json", "--task-id", consensus["theirs"],
+                     "--work", str(tmp_path / "w"), *emulator.cli_flags()])  # fmt: skip
     assert code == 0
     (task,) = json.loads(capsys.readouterr().out)["tasks"]
     assert task["status"] == "skipped"

@@ -51,13 +51,9 @@ def test_a_persons_big_label_set_is_never_overwritten(
     assert saved.labels_data == "[]" and saved.labels_data_path and not any(saved.labels_map)
     emulator.assign(task_id, emulator.key_user_id)
 
-    code = main(
-        [
-            "run", "--task-id", task_id, "--finalize", "--work", str(tmp_path / "w"), "--quiet",
-            "--url", emulator.url, "--org", emulator.org_id,
-            "--project", emulator.project_id, "--api-key", emulator.api_key,
-        ]
-    )  # fmt: skip
+    work = str(tmp_path / "w")
+    code = main(["run", "--task-id", task_id, "--finalize", "--work", work, "--quiet",
+                 *emulator.cli_flags()])  # fmt: skip
     assert code == 0
     assert emulator.key_writes()[task_id] == 0
     latest = emulator.latest_labels(task_id)

@@ -45,14 +45,6 @@ def emulator(emulator_factory: Any, study: Path) -> EmulatorHandle:
     return handle
 
 
-def _cli(emulator: EmulatorHandle, *args: str) -> list[str]:
-    return [
-        *args,
-        "--url", emulator.url, "--org", emulator.org_id,
-        "--project", emulator.project_id, "--api-key", emulator.api_key,
-    ]  # fmt: skip
-
-
 def _export(emulator: EmulatorHandle, task_id: str, destination: Path) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the SDK's "API keys will be sunset" notice
@@ -86,7 +78,7 @@ def test_run_puts_the_labels_on_the_second_series_as_the_sdk_exports_them(
     """A blank first series keeps its place: the official export shows the CT labels on the
     CT series and nothing on the blank one."""
     (task_id,) = emulator.task_ids()
-    assert main(_cli(emulator, "run", "--work", str(tmp_path / "w"), "--quiet")) == 0
+    assert main(["run", "--work", str(tmp_path / "w"), "--quiet", *emulator.cli_flags()]) == 0
     payload = json.loads(next((tmp_path / "w").rglob("series.json")).read_text(encoding="utf-8"))
     assert [bool(s.get("segmentations")) for s in payload["series"]] == [False, True]
     _assert_labels_on_ct_only(_export(emulator, task_id, tmp_path / "export"))
@@ -99,8 +91,8 @@ def test_review_correct_puts_the_labels_on_the_second_series(
     (task_id,) = emulator.task_ids()
     emulator.as_user(emulator.key_user_id).submit(task_id)  # to Review_1, no labels
     emulator.assign(task_id, emulator.key_user_id)
-    code = main(_cli(emulator, "review", "--correct", "--task-id", task_id,
-                     "--work", str(tmp_path / "w")))  # fmt: skip
+    code = main(["review", "--correct", "--task-id", task_id,
+                     "--work", str(tmp_path / "w"), *emulator.cli_flags()])  # fmt: skip
     assert code == 0
     assert emulator.task(task_id).stage_name == "END"
     _assert_labels_on_ct_only(_export(emulator, task_id, tmp_path / "export"))
@@ -113,7 +105,10 @@ def test_stored_labels_carry_image_index_and_are_read_by_series(
     reading (task labels, the audit's Dice) maps it to the CT series through
     ``itemsIndices``."""
     (task_id,) = emulator.task_ids()
-    assert main(_cli(emulator, "run", "--finalize", "--work", str(tmp_path / "w"), "--quiet")) == 0
+    assert (
+        main(["run", "--finalize", "--work", str(tmp_path / "w"), "--quiet", *emulator.cli_flags()])
+        == 0
+    )
     stored = emulator.latest_labels(task_id)
     assert stored is not None
     blank, ct = stored.labels_map
@@ -125,8 +120,8 @@ def test_stored_labels_carry_image_index_and_are_read_by_series(
         assert labels is not None and set(labels.files) == {1}
     emulator.assign(task_id, emulator.key_user_id)
     emulator.as_user(emulator.key_user_id).review(task_id, passed=True)  # Review_1 -> END
-    code = main(_cli(emulator, "reannotate", "--audit", "--dry-run", "--task-id", task_id,
-                     "--json", "--work", str(tmp_path / "a")))  # fmt: skip
+    code = main(["reannotate", "--audit", "--dry-run", "--task-id", task_id,
+                     "--json", "--work", str(tmp_path / "a"), *emulator.cli_flags()])  # fmt: skip
     assert code == 0
     (decision,) = json.loads(capsys.readouterr().out)["tasks"]
     ct_dice = {k: v for k, v in decision["dice"].items() if k.startswith("1-ct/")}

@@ -18,14 +18,6 @@ from autolabel.redbrick.types import ListingError
 redbrick = pytest.importorskip("redbrick")
 
 
-def _cli(emulator: EmulatorHandle, *args: str) -> list[str]:
-    return [
-        *args,
-        "--url", emulator.url, "--org", emulator.org_id,
-        "--project", emulator.project_id, "--api-key", emulator.api_key,
-    ]  # fmt: skip
-
-
 def test_the_sdk_and_our_client_keep_a_listing_with_a_field_error(
     emulator: EmulatorHandle,
 ) -> None:
@@ -56,7 +48,7 @@ def test_a_run_records_a_task_it_could_not_list_and_does_the_others(
     """An entry answered null fails under a placeholder with the server's message; the
     other two tasks are labelled; the exit code says something failed."""
     emulator.add_fault("genericTasks", "field_error", entry=0, null_field=None, message="boom")
-    code = main(_cli(emulator, "run", "--json", "--work", str(tmp_path / "w")))
+    code = main(["run", "--json", "--work", str(tmp_path / "w"), *emulator.cli_flags()])
     assert code == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["counts"]["done"] == 2 and summary["counts"]["failed"] == 1
@@ -71,5 +63,5 @@ def test_a_run_works_on_an_entry_that_survived_its_field_error(
     """An entry whose datapoint failed still has its id: the task's own re-read decides,
     and here it succeeds, so all three are labelled."""
     emulator.add_fault("genericTasks", "field_error", entry=2)
-    assert main(_cli(emulator, "run", "--quiet", "--work", str(tmp_path / "w"))) == 0
+    assert main(["run", "--quiet", "--work", str(tmp_path / "w"), *emulator.cli_flags()]) == 0
     assert sorted(emulator.key_writes().values()) == [1, 1, 1]

@@ -134,6 +134,14 @@ class EmulatorHandle:
             "REDBRICK_API_KEY": self.api_key,
         }
 
+    def cli_flags(self) -> list[str]:
+        """The ``autolabel`` command-line flags that connect to this emulator with the seeded
+        key (for tests and scripts of this local emulator only)."""
+        return [
+            "--url", self.url, "--org", self.org_id,
+            "--project", self.project_id, "--api-key", self.api_key,
+        ]  # fmt: skip
+
     @property
     def key_user_id(self) -> str:
         """The user id (``API:<uuid>``) of the seeded API key."""

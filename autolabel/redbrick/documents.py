@@ -136,12 +136,28 @@ query tasksListSDK($orgId: UUID!, $projectId: UUID!, $stageName: String, $taskSe
 }}
 """
 
-# The task selection of ``task`` and ``tasksPaged`` (export): items, latest labels.
-_TASK = f"""
-    taskId dpId currentStageName priority
+# One saved labels version (``TaskData``).
+_TASK_DATA = f"""
+    tdId createdAt
+    createdByEntity {{ {_USER} }}
+    labelsData(interpolate: true)
+    labelsDataPath(presigned: false)
+    labelsStorage {{ storageId }}
+    labelsMap(presigned: false) {{ seriesIndex imageIndex labelName }}
+"""
+_NORMAL_SUBTASK = f"""
     currentStageSubTask {{
       ... on LabelingTask {{ state assignedTo {{ {_USER} }} }}
     }}
+"""
+
+
+def _task_selection(sub_task: str) -> str:
+    """The task selection of ``task`` and ``tasksPaged`` (export): items, latest labels,
+    with ``sub_task`` as its ``currentStageSubTask`` selection."""
+    return f"""
+    taskId dpId currentStageName priority
+    {sub_task}
     datapoint {{
       dpId name
       items(presigned: false)
@@ -151,33 +167,24 @@ _TASK = f"""
       metaData
       {_DATAPOINT_EXTRAS}
     }}
-    latestTaskData {{
-      tdId createdAt
-      createdByEntity {{ {_USER} }}
-      labelsData(interpolate: true)
-      labelsDataPath(presigned: false)
-      labelsStorage {{ storageId }}
-      labelsMap(presigned: false) {{ seriesIndex imageIndex labelName }}
-    }}
+    latestTaskData {{ {_TASK_DATA} }}
 """
 
-GET_TASK = f"""
+
+def _get_task(sub_task: str) -> str:
+    return f"""
 query taskSDK($orgId: UUID!, $projectId: UUID!, $taskId: UUID!) {{
-  task(orgId: $orgId, projectId: $projectId, taskId: $taskId) {{ {_TASK} }}
+  task(orgId: $orgId, projectId: $projectId, taskId: $taskId) {{ {_task_selection(sub_task)} }}
 }}
 """
+
+
+_TASK = _task_selection(_NORMAL_SUBTASK)
+GET_TASK = _get_task(_NORMAL_SUBTASK)
 
 # Consensus projects: the SDK reads tasks with ``currentStageSubTask(consensus: true)`` and
 # the labelers' sub-tasks with their own labels (redbrick/repo/shards.py
 # ``CONSENSUS_TASK_SHARD``, chosen by ``task_shard(..., with_consensus=True)``).
-_TASK_DATA = f"""
-    tdId createdAt
-    createdByEntity {{ {_USER} }}
-    labelsData(interpolate: true)
-    labelsDataPath(presigned: false)
-    labelsStorage {{ storageId }}
-    labelsMap(presigned: false) {{ seriesIndex imageIndex labelName }}
-"""
 _CONSENSUS_SUBTASK = f"""
     currentStageSubTask(consensus: true) {{
       ... on LabelingTask {{
@@ -190,12 +197,7 @@ _CONSENSUS_SUBTASK = f"""
       }}
     }}
 """
-_NORMAL_SUBTASK = f"""
-    currentStageSubTask {{
-      ... on LabelingTask {{ state assignedTo {{ {_USER} }} }}
-    }}
-"""
-GET_TASK_CONSENSUS = GET_TASK.replace(_NORMAL_SUBTASK, _CONSENSUS_SUBTASK)
+GET_TASK_CONSENSUS = _get_task(_CONSENSUS_SUBTASK)
 
 TASKS_PAGED = f"""
 query tasksPagedSDK($orgId: UUID!, $projectId: UUID!, $stageName: String, $cacheTime: DateTime,
