@@ -136,10 +136,11 @@ class EmulatorHandle:
 
     def cli_flags(self) -> list[str]:
         """The ``autolabel`` command-line flags that connect to this emulator with the seeded
-        key (for tests and scripts of this local emulator only)."""
+        key (for tests and scripts of this local emulator only). The key is joined to its
+        flag with ``=``: a key may start with ``-``, which argparse would take for a flag."""
         return [
             "--url", self.url, "--org", self.org_id,
-            "--project", self.project_id, "--api-key", self.api_key,
+            "--project", self.project_id, f"--api-key={self.api_key}",
         ]  # fmt: skip
 
     @property
