@@ -64,7 +64,8 @@ def stage_named(project: ProjectRecord, name: str) -> dict[str, Any] | None:
 
 def is_consensus_stage(project: ProjectRecord, stage_name: str) -> bool:
     """True for a Label stage whose config has ``isConsensusLabel``: several labelers each
-    label the task in their own sub-task (redbrick/stage: ``is_consensus_label``)."""
+    label the task in their own sub-task (redbrick/stage/label.py reads ``isConsensusLabel``
+    into ``is_consensus_label``)."""
     stage = stage_named(project, stage_name)
     return bool(stage and stage_config(stage).get("isConsensusLabel"))
 
@@ -218,8 +219,10 @@ def _check_queued(
 
 
 def _consensus_submit(store: Store, task: TaskRecord, caller: UserRecord) -> bool:
-    """Submit ``caller``'s part of a consensus task; True when every labeler's part is now
-    submitted (the task then moves on). False for a task without sub-tasks."""
+    """Submit ``caller``'s part of a consensus task; True while another labeler's part is
+    still open (the task stays), False once all are submitted or for a task without
+    sub-tasks (the task then moves on). The SDK does not show when the real server routes a
+    consensus task; waiting for every labeler is this emulator's inference."""
     subs = store.sub_tasks(task.task_id, task.stage_name)
     if not subs:
         return False
