@@ -1,0 +1,121 @@
+"""Talking to the served emulator over real sockets, including requests no client would send.
+
+:func:`graphql` posts a document the way the SDK does (``base64(gzip(JSON))``) or as plain
+JSON. :func:`raw` writes the exact bytes of a request (any method, target, headers and
+body, malformed ones included), half-closes the socket so that the server sees where the
+input ends, and parses the answer; a server that hangs fails it with ``TimeoutError`` and
+one that drops the connection with :class:`NoAnswer`.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import json
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from autolabel.emulator import EmulatorHandle
+
+REDBRICK_STORAGE = "22222222-2222-2222-2222-222222222222"
+
+
+class NoAnswer(Exception):
+    """The server closed the connection without an HTTP answer."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: status, headers (lower-case names) and body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+
+def port_of(emulator: EmulatorHandle) -> int:
+    """The port the emulator listens on."""
+    port = urlsplit(emulator.url).port
+    assert port is not None
+    return port
+
+
+def gzip_body(payload: dict[str, Any]) -> bytes:
+    """``base64(gzip(JSON))``, the SDK's request body."""
+    return base64.b64encode(gzip.compress(json.dumps(payload).encode()))
+
+
+def graphql(
+    emulator: EmulatorHandle,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    key: str | None = None,
+    gzipped: bool = True,
+) -> requests.Response:
+    """POST a GraphQL document with ``key`` (default: the seeded key)."""
+    payload: dict[str, Any] = {"query": query, "variables": variables or {}}
+    headers = {"ApiKey": key or emulator.api_key, "Content-Type": "application/json"}
+    body = json.dumps(payload).encode()
+    if gzipped:
+        body = gzip_body(payload)
+        headers["Content-Encoding-RB"] = "gzip"
+    return requests.post(f"{emulator.url}/graphql/", data=body, headers=headers, timeout=30)
+
+
+def request_bytes(
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    body: bytes = b"",
+    *,
+    version: str = "HTTP/1.1",
+) -> bytes:
+    """The bytes of one request, headers exactly as given (no Content-Length is added)."""
+    head = f"{method} {target} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return head.encode("latin-1", "replace") + b"\r\n" + body
+
+
+def exchange(port: int, data: bytes, *, timeout: float = 10.0) -> Answer:
+    """Send ``data`` on a new loopback connection, half-close, and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered early and closed; its answer is still to be read
+        response = http.client.HTTPResponse(sock)
+        try:
+            response.begin()
+            body = response.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+            raise NoAnswer(str(exc)) from None
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        return Answer(response.status, headers, body)
+
+
+def raw(
+    emulator: EmulatorHandle,
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    *,
+    host: str | None = None,
+    timeout: float = 10.0,
+) -> Answer:
+    """One request written byte for byte; ``Host`` is added first unless ``host=""``."""
+    port = port_of(emulator)
+    given = list(headers or [])
+    if host != "":
+        given.insert(0, ("Host", host or f"localhost:{port}"))
+    return exchange(port, request_bytes(method, target, given, body), timeout=timeout)
