@@ -85,15 +85,16 @@ def request_bytes(
     return head.encode("latin-1", "replace") + b"\r\n" + body
 
 
-def exchange(port: int, data: bytes, *, timeout: float = 10.0) -> Answer:
-    """Send ``data`` on a new loopback connection, half-close, and read the answer."""
+def exchange(port: int, data: bytes, *, timeout: float = 10.0, method: str = "GET") -> Answer:
+    """Send ``data`` on a new loopback connection, half-close, and read the answer
+    (``method`` tells whether the answer has a body: not for HEAD)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         try:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered early and closed; its answer is still to be read
-        response = http.client.HTTPResponse(sock)
+        response = http.client.HTTPResponse(sock, method=method)
         try:
             response.begin()
             body = response.read()
@@ -118,4 +119,5 @@ def raw(
     given = list(headers or [])
     if host != "":
         given.insert(0, ("Host", host or f"localhost:{port}"))
-    return exchange(port, request_bytes(method, target, given, body), timeout=timeout)
+    data = request_bytes(method, target, given, body)
+    return exchange(port, data, timeout=timeout, method=method)
