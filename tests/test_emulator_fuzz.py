@@ -37,7 +37,6 @@ from autolabel.emulator import EmulatorHandle
 SEED = 20261201
 COUNT = 400
 TIMEOUT_S = 10.0
-DOCUMENTS = json.loads((Path(__file__).parent / "data" / "graphql-documents.json").read_text())
 
 Request = tuple[str, str, list[tuple[str, str]], bytes]
 
@@ -59,9 +58,9 @@ class Pools:
     """What the fuzz draws from: the emulator's ids and presigned URLs made before it starts."""
 
     ids: dict[str, Any]
-    get_urls: list[str]
-    put_urls: list[str]
-    expired_urls: list[str]
+    get_urls: list[tuple[str, str]]  # (method, URL)
+    put_urls: list[tuple[str, str]]
+    expired_urls: list[tuple[str, str]]
     documents: list[str]
     port: int
     key: str
@@ -118,21 +117,12 @@ def _accepted_only(table: str) -> str:
 
 
 def _presign_items(emulator: EmulatorHandle, items: list[str]) -> list[str]:
-    query = DOCUMENTS["presignItemsSDK"]["2.35.4"]
-    variables = {"orgId": emulator.org_id, "storageId": wire.REDBRICK_STORAGE, "items": items}
-    urls = wire.graphql(emulator, query, variables).json()["data"]["presignItems"]
-    return [str(u) for u in urls]
+    return [str(u) for u in wire.presign_items(emulator, items)["data"]["presignItems"]]
 
 
 def _presign_uploads(emulator: EmulatorHandle, count: int) -> list[str]:
-    query = DOCUMENTS["presignUploadsSDK"]["2.35.4"]
     names = [f"labels/{uuid.uuid4()}/{uuid.uuid4()}/0.nii.gz" for _ in range(count)]
-    variables = {
-        "orgId": emulator.org_id, "projectId": emulator.project_id, "filesData": [],
-        "fileTypeData": "application/json", "fileEncodingData": "gzip", "filesSeg": names,
-        "fileTypeSeg": "application/octet-stream", "fileEncodingSeg": None,
-    }  # fmt: skip
-    entries = wire.graphql(emulator, query, variables).json()["data"]["presignSeg"]
+    entries = wire.presign_uploads(emulator, names)["data"]["presignSeg"]
     return [str(e["presignedUrl"]) for e in entries]
 
 
@@ -143,7 +133,8 @@ def _pools(emulator: EmulatorHandle) -> Pools:
     for url in put_urls[:4]:  # already used: a later PUT of other bytes must be refused
         assert requests.put(url, data=b"first upload", timeout=10).status_code == 200
     emulator.set_presign_ttl(-10)
-    expired = _presign_items(emulator, items[:2]) + _presign_uploads(emulator, 2)
+    expired = [("GET", u) for u in _presign_items(emulator, items[:2])]
+    expired += [("PUT", u) for u in _presign_uploads(emulator, 2)]
     emulator.set_presign_ttl(3600)
     task_id = tasks[0].task_id
     original = [
@@ -165,11 +156,11 @@ def _pools(emulator: EmulatorHandle) -> Pools:
         "currentUser": False, "refresh": True, "name": "fuzz", "isGroundTruth": False,
         "count": 1, "taxId": None, "seriesInfo": None, "metaData": None,
     }  # fmt: skip
-    documents = [str(v) for versions in DOCUMENTS.values() for v in versions.values()]
+    documents = [v for versions in wire.DOCUMENTS.values() for v in versions.values()]
     return Pools(
         ids=ids,
-        get_urls=_presign_items(emulator, items),
-        put_urls=put_urls,
+        get_urls=[("GET", u) for u in _presign_items(emulator, items)],
+        put_urls=[("PUT", u) for u in put_urls],
         expired_urls=expired,
         documents=documents,
         port=wire.port_of(emulator),
@@ -312,11 +303,10 @@ def _broken_headers(rng: random.Random, pools: Pools) -> Request:
     return "POST", rng.choice(["/graphql/", "/api/graphql", "/graphql"]), [*key, *choice], body
 
 
-def _mutate_url(rng: random.Random, url: str) -> tuple[str, str]:
+def _mutate_url(rng: random.Random, method: str, url: str) -> tuple[str, str]:
     """A presigned URL made wrong in one or two ways: its target and the method to use."""
     parts = urlsplit(url)
     path, query = parts.path, dict(parse_qsl(parts.query))
-    method = "PUT" if url in _PUT_URLS else "GET"
     for _ in range(rng.randint(1, 2)):
         what = rng.randrange(9)
         signature = query.get("signature", "")
@@ -345,12 +335,9 @@ def _mutate_url(rng: random.Random, url: str) -> tuple[str, str]:
     return method, path + ("?" + urlencode(query) if query else "")
 
 
-_PUT_URLS: set[str] = set()
-
-
 def _storage(rng: random.Random, pools: Pools) -> Request:
     pool = rng.choice([pools.get_urls, pools.put_urls, pools.expired_urls])
-    method, target = _mutate_url(rng, rng.choice(pool))
+    method, target = _mutate_url(rng, *rng.choice(pool))
     body = b""
     headers: list[tuple[str, str]] = []
     if method in ("PUT", "POST") or rng.random() < 0.1:
@@ -462,8 +449,6 @@ def test_fuzzed_requests_get_answers_never_5xx_and_refusals_change_nothing(
     """400 seeded random and mutated requests: each answered in time, none 5xx, and none
     that is refused changes the emulator's state. The figures are printed."""
     pools = _pools(emulator)
-    _PUT_URLS.clear()
-    _PUT_URLS.update(pools.put_urls)
     rng = random.Random(SEED)
     weights = [w for w, _ in GENERATORS]
     figures = Figures()

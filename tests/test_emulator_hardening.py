@@ -13,7 +13,6 @@ import json
 import tracemalloc
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,13 +25,8 @@ from autolabel.emulator.datapoints import new_task
 from autolabel.emulator.entities import ProjectRecord, utc_now
 from autolabel.emulator.seed import ct_taxonomy, default_stages
 
-DOCUMENTS = json.loads((Path(__file__).parent / "data" / "graphql-documents.json").read_text())
 ME = "query currentUserSDK { me { userId } }"
-
-
-def _doc(name: str) -> str:
-    """The document the official SDK 2.35.4 sends for ``name``."""
-    return str(DOCUMENTS[name]["2.35.4"])
+_doc = wire.sdk_document
 
 
 @dataclass(frozen=True)
@@ -71,8 +65,7 @@ def _other_org(emulator: EmulatorHandle) -> OtherOrg:
 
 
 def _presign_items(emulator: EmulatorHandle, key: str, org_id: str, items: list[str]) -> Any:
-    variables = {"orgId": org_id, "storageId": wire.REDBRICK_STORAGE, "items": items}
-    return wire.graphql(emulator, _doc("presignItemsSDK"), variables, key=key).json()
+    return wire.presign_items(emulator, items, key=key, org_id=org_id)
 
 
 def _presign_upload(
@@ -82,16 +75,7 @@ def _presign_upload(
     key: str | None = None,
     ids: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``presignUploadsSDK`` for one label file, as the SDK sends it: the whole answer."""
-    org_id, project_id = ids or (emulator.org_id, emulator.project_id)
-    variables = {
-        "orgId": org_id, "projectId": project_id, "filesData": [],
-        "fileTypeData": "application/json", "fileEncodingData": "gzip", "filesSeg": [name],
-        "fileTypeSeg": "application/octet-stream", "fileEncodingSeg": None,
-    }  # fmt: skip
-    answer: dict[str, Any] = wire.graphql(
-        emulator, _doc("presignUploadsSDK"), variables, key=key
-    ).json()
+    answer: dict[str, Any] = wire.presign_uploads(emulator, [name], key=key, ids=ids)
     return answer
 
 

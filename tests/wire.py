@@ -15,6 +15,7 @@ import http.client
 import json
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +24,10 @@ import requests
 from autolabel.emulator import EmulatorHandle
 
 REDBRICK_STORAGE = "22222222-2222-2222-2222-222222222222"
+#: The GraphQL documents the official SDK sends, by operation name and SDK version.
+DOCUMENTS: dict[str, dict[str, str]] = json.loads(
+    (Path(__file__).parent / "data" / "graphql-documents.json").read_text()
+)
 
 
 class NoAnswer(Exception):
@@ -70,6 +75,42 @@ def graphql(
         body = gzip_body(payload)
         headers["Content-Encoding-RB"] = "gzip"
     return requests.post(f"{emulator.url}/graphql/", data=body, headers=headers, timeout=30)
+
+
+def sdk_document(name: str) -> str:
+    """The document the official SDK 2.35.4 sends for operation ``name``."""
+    return DOCUMENTS[name]["2.35.4"]
+
+
+def presign_items(
+    emulator: EmulatorHandle,
+    items: list[str],
+    *,
+    key: str | None = None,
+    org_id: str | None = None,
+) -> Any:
+    """``presignItemsSDK`` as the SDK sends it: the whole JSON answer."""
+    variables = {
+        "orgId": org_id or emulator.org_id, "storageId": REDBRICK_STORAGE, "items": items,
+    }  # fmt: skip
+    return graphql(emulator, sdk_document("presignItemsSDK"), variables, key=key).json()
+
+
+def presign_uploads(
+    emulator: EmulatorHandle,
+    names: list[str],
+    *,
+    key: str | None = None,
+    ids: tuple[str, str] | None = None,
+) -> Any:
+    """``presignUploadsSDK`` for label files (``filesSeg``), as the SDK sends it: the answer."""
+    org_id, project_id = ids or (emulator.org_id, emulator.project_id)
+    variables = {
+        "orgId": org_id, "projectId": project_id, "filesData": [],
+        "fileTypeData": "application/json", "fileEncodingData": "gzip", "filesSeg": names,
+        "fileTypeSeg": "application/octet-stream", "fileEncodingSeg": None,
+    }  # fmt: skip
+    return graphql(emulator, sdk_document("presignUploadsSDK"), variables, key=key).json()
 
 
 def request_bytes(

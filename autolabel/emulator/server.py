@@ -281,8 +281,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _graphql(self) -> None:
         emulator = self.server.emulator
+        # follows redbrick/common/client.py: the key travels in the ApiKey header, so it is
+        # checked before the body is read: no work for a stranger.
         caller = emulator.caller_for_key(self.headers.get("ApiKey"))
-        if caller is None:  # before the body is read: no work for a stranger
+        if caller is None:
             self._send_json(401, error_body(["Invalid API key"]))
             return
         gzipped = self.headers.get("Content-Encoding-RB", "").lower() == "gzip"

@@ -129,6 +129,8 @@ class BlobStore:
         Raises :class:`StorageRefused` (409) when ``key`` holds other bytes; the same
         bytes again (a retried PUT) are accepted and change nothing.
         """
+        # follows redbrick/utils/files.py upload_files: a PUT is retried with the same file
+        # after a network error, so the same bytes again must succeed.
         self._store_chunks(key, chunks, content_type=content_type, encoding=encoding, replace=False)
 
     def _store_chunks(
