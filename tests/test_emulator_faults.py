@@ -98,17 +98,16 @@ def test_storage_faults(emulator: EmulatorHandle) -> None:
 
 def test_faults_over_admin_routes(emulator: EmulatorHandle) -> None:
     """POST/GET/DELETE /_emulator/faults set, show and clear rules from another process."""
-    route = f"{emulator.url}/_emulator/faults"
-    added = requests.post(
-        route, json=[{"target": "me", "kind": "status", "status": 502}], timeout=10
+    status, added = emulator.admin(
+        "POST", "faults", [{"target": "me", "kind": "status", "status": 502}]
     )
-    assert added.status_code == 200 and added.json()["faults"][0]["status"] == 502
+    assert status == 200 and added["faults"][0]["status"] == 502
     assert _me(emulator).status_code == 502
-    requests.post(route, json={"target": "me", "kind": "status", "times": None}, timeout=10)
-    assert requests.delete(route, timeout=10).json() == {"faults": []}
+    emulator.admin("POST", "faults", {"target": "me", "kind": "status", "times": None})
+    assert emulator.admin("DELETE", "faults") == (200, {"faults": []})
     assert _me(emulator).status_code == 200
-    bad = requests.post(route, json={"target": "me", "kind": "explode"}, timeout=10)
-    assert bad.status_code == 400 and "kind" in bad.json()["error"]
+    status, bad = emulator.admin("POST", "faults", {"target": "me", "kind": "explode"})
+    assert status == 400 and "kind" in bad["error"]
 
 
 def test_fault_specs_load_from_json_and_files(tmp_path: Any) -> None:

@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import gzip
 import json
 from typing import Any
 
 import requests
+import wire
 
 from autolabel.emulator import EmulatorHandle
 
 ME = "query currentUserSDK { me { userId } }"
 
 
-def _post(
-    emulator: EmulatorHandle,
-    query: str,
-    variables: dict[str, Any] | None = None,
-    *,
-    key: str | None = None,
-    gzipped: bool = True,
-) -> requests.Response:
-    payload = json.dumps({"query": query, "variables": variables or {}}).encode()
-    headers = {"ApiKey": key or emulator.api_key, "Content-Type": "application/json"}
-    if gzipped:
-        payload = base64.b64encode(gzip.compress(payload))
-        headers["Content-Encoding-RB"] = "gzip"
-    return requests.post(f"{emulator.url}/graphql/", data=payload, headers=headers, timeout=10)
-
-
 def test_gzip_base64_and_plain_json_bodies_both_work(emulator: EmulatorHandle) -> None:
     """The SDK's gzip+base64 body and a plain JSON body give the same JSON answer."""
     for gzipped in (True, False):
-        answer = _post(emulator, ME, gzipped=gzipped)
+        answer = wire.graphql(emulator, ME, gzipped=gzipped)
         assert answer.status_code == 200
         assert answer.headers["Content-Type"] == "application/json"
         assert answer.json() == {"data": {"me": {"userId": emulator.key_user_id}}}
@@ -41,7 +25,7 @@ def test_gzip_base64_and_plain_json_bodies_both_work(emulator: EmulatorHandle) -
 
 def test_unknown_or_missing_key_is_401(emulator: EmulatorHandle) -> None:
     """A key the emulator never issued, or no key at all, is refused with 401."""
-    assert _post(emulator, ME, key="x" * 43).status_code == 401
+    assert wire.graphql(emulator, ME, key="x" * 43).status_code == 401
     bare = requests.post(f"{emulator.url}/graphql/", json={"query": ME}, timeout=10)
     assert bare.status_code == 401
 
@@ -54,18 +38,18 @@ def test_resolver_error_has_errors_and_null_field(emulator: EmulatorHandle) -> N
     )
     missing = "00000000-0000-4000-8000-000000000000"
     ids = {"orgId": emulator.org_id, "projectId": emulator.project_id}
-    answer = _post(emulator, query, {**ids, "taskId": missing}).json()
+    answer = wire.graphql(emulator, query, {**ids, "taskId": missing}).json()
     assert answer["data"] == {"task": None}
     assert missing in answer["errors"][0]["message"]
     task_id = emulator.task_ids()[0]
-    ok = _post(emulator, query, {**ids, "taskId": task_id}).json()
+    ok = wire.graphql(emulator, query, {**ids, "taskId": task_id}).json()
     assert ok == {"data": {"task": {"taskId": task_id}}}
 
 
 def test_invalid_documents_are_400(emulator: EmulatorHandle) -> None:
     """Syntax errors and fields the schema lacks are refused before any resolver runs."""
-    assert _post(emulator, "query { me { userId ").status_code == 400
-    answer = _post(emulator, "query { me { password } }")
+    assert wire.graphql(emulator, "query { me { userId ").status_code == 400
+    answer = wire.graphql(emulator, "query { me { password } }")
     assert answer.status_code == 400
     assert "password" in answer.json()["errors"][0]["message"]
 
@@ -77,7 +61,7 @@ def _presign_upload(emulator: EmulatorHandle, name: str) -> dict[str, Any]:
         ' fileType: "application/octet-stream") { presignedUrl filePath fileName } }'
     )
     variables = {"orgId": emulator.org_id, "projectId": emulator.project_id, "files": [name]}
-    answer = _post(emulator, query, variables).json()
+    answer = wire.graphql(emulator, query, variables).json()
     (entry,) = answer["data"]["presignSeg"]
     return dict(entry)
 
@@ -92,7 +76,7 @@ def _presign_get(emulator: EmulatorHandle, key: str) -> str | None:
         "storageId": "22222222-2222-2222-2222-222222222222",
         "items": [key],
     }
-    (url,) = _post(emulator, query, variables).json()["data"]["presignItems"]
+    (url,) = wire.graphql(emulator, query, variables).json()["data"]["presignItems"]
     return url  # type: ignore[no-any-return]
 
 
@@ -132,9 +116,9 @@ def test_presigned_urls_are_really_checked(emulator: EmulatorHandle) -> None:
 
 
 def _admin(emulator: EmulatorHandle, method: str, route: str, payload: Any = None) -> Any:
-    answer = requests.request(method, f"{emulator.url}/_emulator/{route}", json=payload, timeout=10)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+    status, answer = emulator.admin(method, route, payload)
+    assert status == 200, answer
+    return answer
 
 
 def test_admin_routes_drive_the_emulator(emulator: EmulatorHandle) -> None:
@@ -165,8 +149,7 @@ def test_admin_routes_drive_the_emulator(emulator: EmulatorHandle) -> None:
         person["user_id"],
         True,
     )
-    missing = requests.get(f"{emulator.url}/_emulator/tasks/nope", timeout=10)
-    assert missing.status_code == 404
+    assert emulator.admin("GET", "tasks/nope")[0] == 404
 
 
 def test_api_keys_are_not_stored_in_clear(emulator: EmulatorHandle) -> None:
@@ -181,4 +164,7 @@ def test_api_keys_are_not_stored_in_clear(emulator: EmulatorHandle) -> None:
         "org_id": emulator.org_id,
         "project_id": emulator.project_id,
         "api_key": emulator.api_key,
+        "admin_token": emulator.admin_token,
     }
+    assert len(emulator.admin_token) >= 32 and emulator.admin_token != emulator.api_key
+    assert (emulator.data_dir / "connection.json").stat().st_mode & 0o077 == 0  # owner only

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from autolabel.cli import main
-from autolabel.emulator import Connection, seed, serve_in_thread
+from autolabel.emulator import Connection, admin, seed, serve_in_thread
 from autolabel.imaging import write_dicom_series
 from autolabel.phantom import make_phantom
 
@@ -129,8 +129,9 @@ def test_cli_serve_in_another_process(emulator_template: Path, tmp_path: Path) -
             requests.post(f"{url}/graphql/", json=me, headers=headers, timeout=10).status_code
             == 200
         )
-        tasks = requests.get(f"{url}/_emulator/tasks", timeout=10).json()["tasks"]
-        assert {t["stage_name"] for t in tasks} == {"Label"}
+        assert connection.admin_token and connection.admin_token != connection.api_key
+        status, answer = admin.call(url, connection.admin_token, "GET", "tasks")
+        assert status == 200 and {t["stage_name"] for t in answer["tasks"]} == {"Label"}
     finally:
         process.terminate()
         process.wait(timeout=10)

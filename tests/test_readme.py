@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import pytest
 import torch
 
 from autolabel.cli import build_parser, main
+from autolabel.emulator import admin
 from autolabel.ledger import Ledger, ledger_path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -137,6 +137,7 @@ class Walkthrough:
         self.monkeypatch = monkeypatch
         self.server: subprocess.Popen[str] | None = None
         self.url = ""
+        self.admin_token = ""
         self.key_user = ""
         self.ran: list[str] = []
 
@@ -160,6 +161,7 @@ class Walkthrough:
         data = Path(self.folder, argv[argv.index("--data") + 1])
         connection = json.loads((data / "connection.json").read_text())
         self.url = connection["url"]
+        self.admin_token = connection["admin_token"]
         assert self.url == f"http://localhost:{port}"
         for key, name in (
             ("url", "REDBRICK_URL"),
@@ -172,10 +174,10 @@ class Walkthrough:
 
     def admin(self, path: str, payload: dict[str, Any] | None = None) -> Any:
         """Call an admin route of the served emulator (what a project admin does in the UI)."""
-        body = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(f"{self.url}/_emulator/{path}", data=body)
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return json.loads(answer.read())
+        method = "GET" if payload is None else "POST"
+        status, answer = admin.call(self.url, self.admin_token, method, path, payload)
+        assert status == 200, answer
+        return answer
 
     def tasks(self) -> list[dict[str, Any]]:
         """The served emulator's tasks."""

@@ -2,14 +2,16 @@
 
 ``serve_in_thread(data_dir)`` starts the HTTP server on a free loopback port in a daemon
 thread and yields a handle with the connection (``url`` always contains ``localhost`` so the
-official SDK keeps it as it is), fault control, state inspection (tasks, labels, events,
-stored files) and helpers that act as other people (a human labeler or reviewer).
+official SDK keeps it as it is; ``admin_token`` opens the admin routes), fault control,
+state inspection (tasks, labels, events, stored files) and helpers that act as other people
+(a human labeler or reviewer).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 import threading
 import uuid
 from collections import Counter
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from autolabel.emulator import assignment, workflow
+from autolabel.emulator import admin, assignment, workflow
 from autolabel.emulator.datapoints import REDBRICK_STORAGE
 from autolabel.emulator.entities import (
     EventRecord,
@@ -105,7 +107,8 @@ class EmulatorHandle:
     """A running emulator, seen from the test or script that started it.
 
     Attributes: ``url`` (``http://localhost:PORT``), ``org_id``, ``project_id``,
-    ``api_key`` (the seeded key), ``data_dir`` and ``emulator`` (the :class:`Emulator`).
+    ``api_key`` (the seeded key), ``admin_token`` (the admin routes' secret), ``data_dir``
+    and ``emulator`` (the :class:`Emulator`).
     """
 
     def __init__(self, emulator: Emulator, connection: Connection) -> None:
@@ -114,12 +117,17 @@ class EmulatorHandle:
         self.org_id = connection.org_id
         self.project_id = connection.project_id
         self.api_key = connection.api_key
+        self.admin_token = connection.admin_token or ""
         self.data_dir = emulator.data_dir
 
     @property
     def connection(self) -> Connection:
         """The connection of this emulator (what ``connection.json`` holds)."""
-        return Connection(self.url, self.org_id, self.project_id, self.api_key)
+        return Connection(self.url, self.org_id, self.project_id, self.api_key, self.admin_token)
+
+    def admin(self, method: str, route: str, payload: Any = None) -> tuple[int, Any]:
+        """Call an admin route over HTTP with the token: status and JSON answer."""
+        return admin.call(self.url, self.admin_token, method, route, payload)
 
     def environment(self) -> dict[str, str]:
         """The ``REDBRICK_*`` variables that point an ``autolabel`` process at this emulator
@@ -294,8 +302,8 @@ class EmulatorHandle:
         self.emulator.blobs.ttl_s = seconds
 
 
-def _write_url(data_dir: Path, connection: Connection, url: str) -> Connection:
-    served = dataclasses.replace(connection, url=url)
+def _write_served(data_dir: Path, connection: Connection, url: str, token: str) -> Connection:
+    served = dataclasses.replace(connection, url=url, admin_token=token)
     served.save(data_dir)
     return served
 
@@ -310,18 +318,20 @@ def serve_in_thread(
 ) -> Iterator[EmulatorHandle]:
     """Serve a seeded ``data_dir`` on ``host:port`` (0 = a free port) in a daemon thread.
 
-    ``connection.json`` gets the served URL. The server stops when the block exits.
+    ``connection.json`` gets the served URL and a new admin token. The server stops when
+    the block exits.
     """
     connection = Connection.load(data_dir)
     emulator = Emulator(data_dir, faults=faults)
-    server = EmulatorHTTPServer((host, port), emulator)
+    token = secrets.token_urlsafe(32)
+    server = EmulatorHTTPServer((host, port), emulator, admin_token=token)
     emulator.base_url = f"http://localhost:{server.server_address[1]}"
     thread = threading.Thread(
         target=server.serve_forever, args=(0.05,), name="autolabel-emulator", daemon=True
     )
     thread.start()
     try:
-        served = _write_url(Path(data_dir), connection, emulator.base_url)
+        served = _write_served(Path(data_dir), connection, emulator.base_url, token)
         yield EmulatorHandle(emulator, served)
     finally:
         server.shutdown()

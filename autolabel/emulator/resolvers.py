@@ -22,7 +22,7 @@ import graphql
 from autolabel.emulator import assignment, datapoints, tasklist, workflow
 from autolabel.emulator.entities import ProjectRecord, UserRecord
 from autolabel.emulator.importformat import InvalidImport, validate_and_convert
-from autolabel.emulator.storage import BlobStore
+from autolabel.emulator.storage import BlobStore, StorageRefused, check_key
 from autolabel.emulator.store import Store
 from autolabel.emulator.views import project_view, stages_view, task_view, taxonomy_view, user_view
 from autolabel.emulator.workflow import RuleViolation
@@ -37,15 +37,39 @@ class RequestContext:
     caller: UserRecord
     base_url: str
 
+    def owns(self, key: str) -> bool:
+        """True when a storage key lies in the caller's org's storage (``<orgId>/...``)."""
+        # follows redbrick/repo/export.py presign_items: presigning is asked of one org's
+        # storage (orgId, storageId), so a key outside that org is not the caller's to read.
+        return key.split("/", 1)[0] == self.caller.org_id
+
+    def owned_file(self, key: str) -> bool:
+        """True when ``key`` is stored and in the caller's org (items, label files)."""
+        return self.owns(key) and self.blobs.exists(key)
+
     def presign_get(self, key: str | None) -> str | None:
-        """A GET URL for a stored key; absolute URLs pass through; None when unknown."""
+        """A GET URL for a stored key of the caller's org; absolute URLs pass through.
+
+        None for a key that is not stored or not the caller's: the two look the same, so
+        nothing is learnt about another org's files.
+        """
         if not key:
             return None
         if key.startswith(("http://", "https://")):
             return key
-        if not self.blobs.exists(key):
+        if not self.owned_file(key):
             return None
         return self.blobs.presign(self.base_url, key, "GET")
+
+    def upload_key(self, key: str, name: str) -> str:
+        """``key`` checked as a new upload target; RuleViolation naming ``name`` otherwise."""
+        try:
+            clean = check_key(key)
+        except StorageRefused as exc:
+            raise RuleViolation(f"File {name[:80]!r} cannot be uploaded: {exc}") from None
+        if self.blobs.exists(clean):
+            raise RuleViolation(f"File {name[:80]!r} already exists; upload it under a new name")
+        return clean
 
     def project(self, args: dict[str, Any]) -> ProjectRecord:
         """The project named by ``orgId``/``projectId``, checked against the caller's org."""
@@ -165,6 +189,8 @@ def _task(_: Any, info: Info, **args: Any) -> Any:
 def _presign_items(_: Any, info: Info, **args: Any) -> Any:
     ctx = _ctx(info)
     _check_org(ctx, args["orgId"])
+    # follows redbrick/repo/export.py presign_items: a list aligned with items, null for a
+    # path that cannot be presigned (here also one outside the caller's org).
     return [ctx.presign_get(item) for item in args["items"]]
 
 
@@ -195,7 +221,12 @@ def _presign_uploads(_: Any, info: Info, **args: Any) -> Any:
     project = ctx.project(args)
     out = []
     for name in args["files"]:
-        key = f"{project.org_id}/{project.project_id}/{name.lstrip('/')}"
+        # follows redbrick/repo/labeling.py presign_labels_path: this query only mints PUT
+        # URLs for label files (labels/<uuid>/<uuid>/0.nii.gz or data.json), so they land in
+        # the project's labels/ namespace, never on an item, and only on a new key.
+        relative = name.lstrip("/")
+        relative = relative if relative.startswith("labels/") else f"labels/{relative}"
+        key = ctx.upload_key(f"{project.org_id}/{project.project_id}/{relative}", name)
         url = ctx.blobs.presign(ctx.base_url, key, "PUT")
         out.append({"presignedUrl": url, "filePath": key, "fileName": name.rsplit("/", 1)[-1]})
     return out
@@ -208,6 +239,7 @@ def _items_upload_presign(_: Any, info: Info, **args: Any) -> Any:
     for name in args["files"]:
         base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
         key = f"{project.org_id}/{project.project_id}/items/{uuid.uuid4()}/{base}"
+        key = ctx.upload_key(key, str(name))  # follows redbrick/upload/interact.py: base names
         url = ctx.blobs.presign(ctx.base_url, key, "PUT")
         items.append({"presignedUrl": url, "filePath": key, "fileName": base})
     return {"items": items}
@@ -242,7 +274,7 @@ def _put_labels(_: Any, info: Info, **args: Any) -> Any:
         labels_data_path=args.get("labelsDataPath"),
         labels_map=list(args.get("labelsMap") or []),
         storage_id=datapoints.REDBRICK_STORAGE,
-        file_exists=ctx.blobs.exists,
+        file_exists=ctx.owned_file,
         copy_file=ctx.blobs.copy,
     )
     return {"ok": True}
@@ -285,7 +317,7 @@ def _create_datapoint(_: Any, info: Info, **args: Any) -> Any:
         raise RuleViolation("createDatapoint without projectId (workspaces) is not emulated")
     project = ctx.project(args)
     task = datapoints.create_datapoint(
-        ctx.store, ctx.caller.user_id, project, args, item_exists=ctx.blobs.exists
+        ctx.store, ctx.caller.user_id, project, args, item_exists=ctx.owned_file
     )
     return {"dpId": task.dp_id, "taskId": task.task_id, "taskIds": [task.task_id]}
 

@@ -17,6 +17,7 @@ share a name get unique task names (``CT``, ``CT-2``...).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
@@ -49,18 +50,24 @@ CT_OBJECT_TYPES: tuple[tuple[str, int, str, str], ...] = (
 class Connection:
     """How to reach a seeded emulator: what ``connection.json`` holds.
 
-    ``url`` is None until the emulator is served (``serve`` writes the real one).
+    ``url`` is None until the emulator is served (``serve`` writes the real one), and so is
+    ``admin_token``, the secret of the admin routes (a new one each time it is served).
     """
 
     url: str | None
     org_id: str
     project_id: str
     api_key: str
+    admin_token: str | None = None
 
     def save(self, data_dir: str | Path) -> Path:
         """Write ``DIR/connection.json`` (the key is the emulator's own demo key)."""
         path = Path(data_dir) / CONNECTION_FILE
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        # Owner-only: it holds the demo key and the admin token.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(json.dumps(asdict(self), indent=2) + "\n")
         return path
 
     @classmethod
@@ -78,6 +85,7 @@ class Connection:
             org_id=data["org_id"],
             project_id=data["project_id"],
             api_key=data["api_key"],
+            admin_token=data.get("admin_token"),
         )
 
 

@@ -7,7 +7,14 @@ Routes (protocol §1, §3, §8.1):
   ``ApiKey`` header must hold a known key, else 401. Answers are ``application/json``.
 * ``PUT /storage/<key>?expires=..&signature=..`` and ``GET`` likewise: presigned object
   storage; a bad signature, another method or an expired URL gets 403.
-* ``/_emulator/...``: admin routes (:mod:`autolabel.emulator.admin`).
+* ``/_emulator/...``: admin routes (:mod:`autolabel.emulator.admin`), behind the admin token.
+
+The server is safe to leave running on a workstation. The cheap checks come before any
+work: the body's declared length against the route's limit (:mod:`autolabel.emulator.bodies`),
+then the API key, the presigned signature or the admin token, and only then is the body
+read (bounded), decoded (bounded) and parsed. Every request gets an answer: a 4xx for what
+it did wrong, a 500 naming the error if the emulator itself fails; a body left unread is
+drained or the connection closed. Sockets time out after :data:`SOCKET_TIMEOUT_S`.
 
 Faults (:mod:`autolabel.emulator.faults`) are drawn per request once the operation is
 known: GraphQL requests by operation name and root fields, storage by ``storage:GET`` /
@@ -16,23 +23,31 @@ known: GraphQL requests by operation name and root fields, storage by ``storage:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gzip
 import json
+import secrets
+import socket
+import sys
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import graphql
 
-from autolabel.emulator.admin import PREFIX, handle_admin
+from autolabel.emulator import admin, bodies
+from autolabel.emulator.bodies import RequestRefused
 from autolabel.emulator.faults import FaultRule, inject_field_error
 from autolabel.emulator.service import Emulator, error_body, parse_operation
-from autolabel.emulator.storage import StorageRefused
 
 GRAPHQL_PATHS = ("/graphql/", "/graphql", "/api/graphql/", "/api/graphql")
+#: A socket read or write that waits longer than this ends the connection.
+SOCKET_TIMEOUT_S = 60.0
+#: Reads are done in chunks of this size (uploads stream to disk through it).
+CHUNK = 1024 * 1024
+#: After a refusal that closes the connection, unread input is drained this long at most,
+#: so that the client reads the answer instead of a connection reset.
+LINGER_S = 2.0
 
 
 class _Dropped(Exception):
@@ -45,23 +60,68 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+    def __init__(
+        self, address: tuple[str, int], emulator: Emulator, *, admin_token: str | None = None
+    ) -> None:
         super().__init__(address, _Handler)
         self.emulator = emulator
+        #: The secret the admin routes require (see :mod:`autolabel.emulator.admin`).
+        self.admin_token = admin_token or secrets.token_urlsafe(32)
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        return int(self.server_address[1])
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S
     server: EmulatorHTTPServer
+    _unread = 0
+    _linger = False
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: the events table is the log."""
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    def _chunks(self) -> Iterator[bytes]:
+        """The body, chunk by chunk; 400 (and the connection closed) when it ends early."""
+        while self._unread > 0:
+            chunk = self.rfile.read(min(CHUNK, self._unread))
+            if not chunk:
+                self._unread = 0
+                self.close_connection = True
+                raise RequestRefused(400, "the body is shorter than its Content-Length")
+            self._unread -= len(chunk)
+            yield chunk
+
     def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        """The whole body (its length was checked against the route's limit)."""
+        return b"".join(self._chunks())
+
+    def _drain(self) -> None:
+        """Discard what is left of the body, so the next request on the connection parses."""
+        try:
+            for _ in self._chunks():
+                pass
+        except RequestRefused:
+            pass
+
+    def finish(self) -> None:
+        """Close; after a refusal that left input unread, drain it a moment first."""
+        super().finish()
+        if not self._linger:
+            return
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_S)
+            deadline = time.monotonic() + LINGER_S
+            while time.monotonic() < deadline and self.connection.recv(CHUNK):
+                pass
+        except OSError:
+            pass
 
     def _send(
         self,
@@ -77,7 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload).encode("utf-8"), headers=headers)
@@ -108,24 +169,65 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Retry-After"] = f"{rule.retry_after:g}"
         self._send_json(rule.status, {"errors": [{"message": rule.message}]}, headers)
 
+    def _refuse(self, status: int, message: str) -> None:
+        self._send_json(status, {"errors": [{"message": message}], "error": message})
+
     def _route(self, method: str) -> None:
+        self._unread, self._linger = 0, False
         parts = urlsplit(self.path)
         query = dict(parse_qsl(parts.query))
         try:
-            if parts.path.startswith(PREFIX):
-                status, payload = handle_admin(
-                    self.server.emulator, method, parts.path, query, self._read_body()
-                )
-                self._send_json(status, payload)
-            elif parts.path.startswith("/storage/"):
-                self._storage(method, parts.path[len("/storage/") :], query)
-            elif method == "POST" and parts.path in GRAPHQL_PATHS:
-                self._graphql()
-            else:
-                self._read_body()
-                self._send_json(404, {"errors": [{"message": f"no route {method} {parts.path}"}]})
-        except _Dropped:
+            try:
+                self._dispatch(method, parts.path, query)
+            except RequestRefused as exc:
+                self._refuse(exc.status, str(exc))
+            except (_Dropped, TimeoutError, ConnectionError):
+                self.close_connection = True
+                return
+            except Exception as exc:  # an emulator bug: answer it, never drop the connection
+                print(f"autolabel emulator: {method} {parts.path}: {exc!r}", file=sys.stderr)
+                self._refuse(500, f"emulator error: {type(exc).__name__}: {exc}")
+            if self._unread and not self.close_connection:
+                self._drain()
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
+
+    def _dispatch(self, method: str, path: str, query: dict[str, str]) -> None:
+        if method not in ("GET", "PUT", "POST", "DELETE"):
+            self.close_connection = self._linger = True  # a HEAD answer has no body to send
+            self._send_json(405, {"errors": [{"message": f"{method} is not served"}]})
+            return
+        if path.startswith(admin.PREFIX):
+            limit = bodies.ADMIN_LIMIT
+        elif path.startswith("/storage/"):
+            limit = bodies.STORAGE_LIMIT
+        else:
+            limit = bodies.GRAPHQL_LIMIT
+        try:
+            self._unread = bodies.declared_length(self.headers, method, limit)
+        except RequestRefused:
+            self.close_connection = self._linger = True  # where the body ends is unknown
+            raise
+        if path.startswith(admin.PREFIX):
+            self._admin(method, path, query)
+        elif path.startswith("/storage/"):
+            self._storage(method, path[len("/storage/") :], query)
+        elif method == "POST" and path in GRAPHQL_PATHS:
+            self._graphql()
+        else:
+            self._send_json(404, {"errors": [{"message": f"no route {method} {path[:200]}"}]})
+
+    def _admin(self, method: str, path: str, query: dict[str, str]) -> None:
+        refused = admin.refusal(
+            self.headers, method, port=self.server.port, token=self.server.admin_token
+        )
+        if refused is not None:
+            self._send_json(*refused)
+            return
+        status, payload = admin.handle_admin(
+            self.server.emulator, method, path, query, self._read_body()
+        )
+        self._send_json(status, payload)
 
     def do_GET(self) -> None:
         """Storage downloads and admin reads."""
@@ -143,29 +245,38 @@ class _Handler(BaseHTTPRequestHandler):
         """Admin deletes."""
         self._route("DELETE")
 
+    def do_HEAD(self) -> None:
+        """Not served (405)."""
+        self._route("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        """Not served (405): no CORS preflight is ever granted."""
+        self._route("OPTIONS")
+
+    def do_PATCH(self) -> None:
+        """Not served (405)."""
+        self._route("PATCH")
+
     # -- storage ----------------------------------------------------------------------------
 
     def _storage(self, method: str, raw_key: str, query: dict[str, str]) -> None:
         blobs = self.server.emulator.blobs
-        body = self._read_body() if method == "PUT" else b""
         if method not in ("GET", "PUT"):
             self._send_json(405, {"error": f"{method} not allowed on storage"})
             return
         if self._apply_faults({"storage", f"storage:{method}"}) is True:
             return
-        try:
-            key = blobs.check(method, raw_key, query)
-            if method == "PUT":
-                encoding = self.headers.get("Content-Encoding")
-                blobs.write(
-                    key, body, content_type=self.headers.get("Content-Type"), encoding=encoding
-                )
-                self._send(200, b"", content_type="text/plain")
-                return
-            data, content_type, encoding = blobs.read(key)
-        except StorageRefused as exc:
-            self._send_json(exc.status, {"error": str(exc)})
+        key = blobs.check(method, raw_key, query)
+        if method == "PUT":
+            blobs.receive(
+                key,
+                self._chunks(),
+                content_type=self.headers.get("Content-Type"),
+                encoding=self.headers.get("Content-Encoding"),
+            )
+            self._send(200, b"", content_type="text/plain")
             return
+        data, content_type, encoding = blobs.read(key)
         headers = {"Content-Encoding": encoding} if encoding else {}
         self._send(
             200, data, content_type=content_type or "application/octet-stream", headers=headers
@@ -173,32 +284,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- GraphQL ----------------------------------------------------------------------------
 
-    def _decode_request(self, raw: bytes) -> dict[str, Any]:
-        if self.headers.get("Content-Encoding-RB", "").lower() == "gzip":
-            raw = gzip.decompress(base64.b64decode(raw, validate=False))
-        payload = json.loads(raw)
-        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
-            raise ValueError("the body must be a JSON object with a query string")
-        return payload
-
     def _graphql(self) -> None:
         emulator = self.server.emulator
-        raw = self._read_body()
-        try:
-            payload = self._decode_request(raw)
-            op = parse_operation(payload["query"], payload.get("operationName"))
-        except (ValueError, OSError, binascii.Error, EOFError) as exc:
-            self._send_json(400, error_body([f"cannot decode the request body: {exc}"]))
-            return
-        except graphql.GraphQLError as exc:
-            self._send_json(400, error_body([exc.message]))
-            return
-        fault = self._apply_faults(op.targets, op.response_keys)
-        if fault is True:
-            return
+        # follows redbrick/common/client.py: the key travels in the ApiKey header, so it is
+        # checked before the body is read: no work for a stranger.
         caller = emulator.caller_for_key(self.headers.get("ApiKey"))
         if caller is None:
             self._send_json(401, error_body(["Invalid API key"]))
+            return
+        gzipped = self.headers.get("Content-Encoding-RB", "").lower() == "gzip"
+        payload = bodies.decode_graphql(self._read_body(), gzipped=gzipped)
+        try:
+            op = parse_operation(payload["query"], payload.get("operationName"))
+        except graphql.GraphQLError as exc:
+            self._send_json(400, error_body([exc.message]))
+            return
+        except RecursionError:
+            self._send_json(400, error_body(["the document is nested too deeply"]))
+            return
+        fault = self._apply_faults(op.targets, op.response_keys)
+        if fault is True:
             return
         variables = payload.get("variables")
         status, body = emulator.execute(

@@ -27,6 +27,9 @@ from autolabel.emulator.storage import BlobStore
 from autolabel.emulator.store import Store
 from autolabel.emulator.workflow import RuleViolation
 
+#: The most tokens a GraphQL document may have (the SDK's largest has under 300).
+MAX_DOCUMENT_TOKENS = 10_000
+
 #: RedBrick API keys are 43 characters long (the SDK refuses any other length).
 API_KEY_LENGTH = 43
 
@@ -65,8 +68,11 @@ class Operation:
 
 
 def parse_operation(query: str, operation_name: str | None = None) -> Operation:
-    """Parse a document and find the operation it runs; raises ``graphql.GraphQLError``."""
-    document = graphql.parse(query)
+    """Parse a document and find the operation it runs; raises ``graphql.GraphQLError``.
+
+    A document over :data:`MAX_DOCUMENT_TOKENS` tokens is refused unparsed.
+    """
+    document = graphql.parse(query, max_tokens=MAX_DOCUMENT_TOKENS)
     operations = [d for d in document.definitions if isinstance(d, graphql.OperationDefinitionNode)]
     chosen = [
         o for o in operations if not operation_name or (o.name and o.name.value == operation_name)
