@@ -10,6 +10,10 @@ Exit codes are decided here and nowhere else:
 * 1 -- some tasks failed (see the ledger / summary);
 * 2 -- usage or configuration error;
 * 3 -- authentication failed or RedBrick unreachable.
+
+No parser accepts abbreviated options (``--api`` is not ``--api-key``), and everything the
+command writes to stdout and stderr passes through :func:`autolabel.redact.redacting_output`:
+the API key, however it was given, is never shown.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from autolabel.errors import AuthError, AutolabelError, ConfigError, TransportError
+from autolabel.redact import keep_secret, redacting_output, secrets_in_argv
 
 #: Command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -41,9 +47,20 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser that takes options only as spelled (no abbreviations).
+
+    Sub-parsers are made of the same class, so the rule holds for every sub-command.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every registered sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="autolabel",
         description="Pre-label medical images in RedBrick AI projects with segmentation models.",
     )
@@ -55,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for secret in secrets_in_argv(argv):
+        keep_secret(secret)
+    with redacting_output():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.errors import LedgerError
+from autolabel.redact import redact_argv, redact_value
 
 #: File name of the ledger inside the work folder.
 LEDGER_FILENAME = "ledger.sqlite"
@@ -388,8 +389,10 @@ class Ledger:
         """Record the start of a run and return its handle.
 
         ``command`` (the argv) and ``options`` are stored without secrets: the value of
-        ``--api-key`` and of any option whose name contains ``key``, ``token``, ``secret`` or
-        ``password`` is replaced by ``***``. ``mode`` is one of :data:`MODES`.
+        ``--api-key`` (any spelling), of any option whose name contains ``key``, ``token``,
+        ``secret`` or ``password``, and every secret registered with
+        :func:`autolabel.redact.keep_secret` wherever it appears, are replaced by ``***``.
+        ``mode`` is one of :data:`MODES`.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -553,29 +556,11 @@ def ledger_path(work_dir: str | os.PathLike[str]) -> Path:
     return Path(work_dir) / LEDGER_FILENAME
 
 
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    """``argv`` with the value of ``--api-key`` (either spelling) replaced by ``***``."""
-    redacted: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            redacted.append("***")
-            hide_next = False
-        elif arg == "--api-key":
-            redacted.append(arg)
-            hide_next = True
-        elif arg.startswith("--api-key="):
-            redacted.append("--api-key=***")
-        else:
-            redacted.append(arg)
-    return redacted
-
-
 def _redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
     secret = ("key", "token", "secret", "password")
     return {
         name: "***" if any(word in name.lower() for word in secret) and value else value
-        for name, value in options.items()
+        for name, value in redact_value(dict(options)).items()
     }
 
 
@@ -638,5 +623,4 @@ __all__ = [
     "TaskEvent",
     "TaskState",
     "ledger_path",
-    "redact_argv",
 ]

@@ -2,6 +2,10 @@
 
 Nothing here changes what a run does; the pipeline reports through two callbacks
 (``on_stage(task_id, stage)`` and ``on_task(outcome)``) that :class:`RunProgress` provides.
+
+Every console of autolabel comes from :func:`make_console`, which turns off Rich markup and
+emoji codes: task names, reasons and server messages are printed as they are (a task named
+``[/red]x`` is text, not a style tag), and our own styles are given as ``Text`` spans.
 """
 
 from __future__ import annotations
@@ -22,11 +26,28 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from autolabel.runs import RunSummary, TaskOutcome
 
 #: The stages of a run, in order, as the progress bars name them.
 STAGES: tuple[str, ...] = ("fetch", "infer", "write")
+
+
+def make_console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """A Rich console that prints strings literally: no markup, no emoji codes, no
+    highlighting. Styles are passed as :class:`rich.text.Text` spans instead."""
+    return Console(stderr=stderr, width=width, markup=False, emoji=False, highlight=False)
+
+
+def outcome_line(outcome: TaskOutcome, *, indent: str = "", task_id: bool = False) -> Text:
+    """``skipped NAME: reason`` (``failed`` in red), the name and reason as plain text."""
+    style = "yellow" if outcome.status == "skipped" else "red"
+    name = outcome.task_name or outcome.task_id
+    if task_id:
+        name += f" ({outcome.task_id})"
+    status = f"{outcome.status:<7}" if indent else outcome.status
+    return Text.assemble(indent, (status, style), f" {name}: {outcome.reason}")
 
 
 class RunProgress:
@@ -91,12 +112,7 @@ class RunProgress:
                 if stage not in completed:
                     self._progress.advance(bar)
             if outcome.status in ("skipped", "failed") and self.enabled:
-                style = "yellow" if outcome.status == "skipped" else "red"
-                self._progress.console.print(
-                    f"[{style}]{outcome.status}[/] {outcome.task_name or outcome.task_id}: "
-                    f"{outcome.reason}",
-                    highlight=False,
-                )
+                self._progress.console.print(outcome_line(outcome))
 
 
 def summary_table(summary: RunSummary) -> Table:
@@ -124,9 +140,4 @@ def print_summary(console: Console, summary: RunSummary) -> None:
     """Print the summary table, then every skipped and failed task with its reason."""
     console.print(summary_table(summary))
     for outcome in summary.skipped + summary.failed:
-        style = "yellow" if outcome.status == "skipped" else "red"
-        console.print(
-            f"  [{style}]{outcome.status:<7}[/] {outcome.task_name or outcome.task_id} "
-            f"({outcome.task_id}): {outcome.reason}",
-            highlight=False,
-        )
+        console.print(outcome_line(outcome, indent="  ", task_id=True))

@@ -23,8 +23,14 @@ Four settings: the API ``url``, the organisation id ``org_id``, the ``project_id
 5. the url defaults to RedBrick's public API, :data:`DEFAULT_URL`.
 
 A setting that no source provides raises :class:`~autolabel.errors.ConfigError` naming
-every missing setting and every way to provide it. The API key is never printed: the
-``repr`` and ``str`` of :class:`ConnectionSettings` mask it and no error message contains it.
+every missing setting and every way to provide it. The org and project ids must be UUIDs
+(the API's ``orgId: UUID!``). The url is normalised as the official SDK does
+(``redbrick/common/client.py`` ``_get_api_url``: only a url containing ``localhost`` keeps
+``http://`` and its path), never silently: a url sent elsewhere than it reads gets a note,
+and ``http://`` to a loopback address (``127.0.0.1``, ``::1``), which the SDK would turn into
+``https://`` and fail on, is refused with the url to use instead. The API key is never
+printed: the ``repr`` and ``str`` of :class:`ConnectionSettings` mask it, no error message
+contains it, and the resolved key is registered with :func:`autolabel.redact.keep_secret`.
 
 Run settings
 ------------
@@ -36,8 +42,12 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import sys
+import tempfile
+import urllib.parse
+import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.errors import ConfigError
+from autolabel.redact import keep_secret
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,6 +163,11 @@ def load_config(
             data = tomllib.load(stream)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+            "save it as UTF-8, as TOML requires"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     unknown = sorted(set(data) - {"redbrick", "run"})
@@ -201,11 +217,14 @@ def resolve_connection(
     missing = [key for key in ("org_id", "project_id", "api_key") if key not in values]
     if missing:
         raise ConfigError(_missing_message(missing, notes))
-    if not values["url"].startswith(("http://", "https://")):
-        raise ConfigError(
-            f"the RedBrick url must start with http:// or https://, got {values['url']!r} "
-            f"(from {sources['url']})"
-        )
+    keep_secret(values["api_key"])
+    for key, what in (("org_id", "organization id"), ("project_id", "project id")):
+        if not _is_uuid(values[key]):
+            raise ConfigError(
+                f"the {what} {values[key]!r} (from {sources[key]}) is not a UUID: copy it from "
+                "the project's address, app.redbrickai.com/<organization id>/projects/<project id>"
+            )
+    notes.extend(_url_notes(values["url"], sources["url"]))
     return ConnectionSettings(
         values["url"].rstrip("/"),
         values["org_id"],
@@ -247,6 +266,26 @@ def resolve_run(
     return RunSettings(**merged)
 
 
+def ensure_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """Create the folder ``path`` if needed and check that a file can be written in it.
+
+    ``what`` names the setting (``--out``) in the ``ConfigError`` raised otherwise, so a run
+    stops before it fetches anything rather than failing every task at its last step.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"cannot write in the {what} folder {folder}: {reason}; give a folder you can "
+            f"write to with {what}"
+        ) from None
+    return folder
+
+
 def credentials_file(env: Mapping[str, str] | None = None) -> Path:
     """Where the RedBrick CLI keeps its credentials, for this environment."""
     env = os.environ if env is None else env
@@ -261,6 +300,55 @@ def credentials_file(env: Mapping[str, str] | None = None) -> Path:
 
 def _present(**values: str | None) -> dict[str, str]:
     return {key: value for key, value in values.items() if value}
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_notes(url: str, source: str) -> list[str]:
+    """Notes on where ``url`` really leads; ``ConfigError`` where that cannot work."""
+    from autolabel.redbrick.transport import graphql_endpoint
+
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"the RedBrick url must start with http:// or https://, got {url!r} (from {source})"
+        )
+    given = urllib.parse.urlsplit(url.lower())
+    endpoint = graphql_endpoint(url)
+    used = urllib.parse.urlsplit(endpoint)
+    notes = []
+    if given.scheme == "http" and used.scheme == "https":
+        if _is_loopback(given.hostname or ""):
+            port = given.netloc.rpartition("]")[2].rpartition(":")[2] if ":" in given.netloc else ""
+            local = given._replace(netloc="localhost" + (f":{port}" if port else ""))
+            raise ConfigError(
+                f"the RedBrick url {url} (from {source}) would be sent over https to "
+                f"{endpoint}: like RedBrick's SDK, autolabel keeps http:// only for urls "
+                f"that contain 'localhost'; use {urllib.parse.urlunsplit(local)}"
+            )
+        notes.append(
+            f"the RedBrick url {url} (from {source}) is reached over https, at {endpoint}, "
+            "as RedBrick's SDK does: http:// is kept only for urls that contain 'localhost'"
+        )
+    path = given.path.rstrip("/")
+    if path and not used.path.startswith(path):
+        notes.append(
+            f"the path {path} of the RedBrick url (from {source}) is not used: the API is at "
+            f"{endpoint}, as RedBrick's SDK normalises it"
+        )
+    return notes
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _describe(source: str, key: str) -> str:
@@ -383,6 +471,7 @@ __all__ = [
     "ConnectionSettings",
     "RunSettings",
     "credentials_file",
+    "ensure_writable_folder",
     "load_config",
     "resolve_connection",
     "resolve_run",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from autolabel.errors import ConfigError, NotFoundError, TransportError
 from autolabel.redbrick import Project, get_project
 from autolabel.settings import ConnectionSettings, resolve_connection
 
@@ -50,9 +51,34 @@ def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
 def connect(args: argparse.Namespace) -> Project:
     """Open the project the connection settings of ``args`` name.
 
-    Raises :class:`~autolabel.errors.ConfigError` for missing settings and
-    :class:`~autolabel.errors.AuthError` / :class:`~autolabel.errors.TransportError` when
-    RedBrick refuses the key or cannot be reached.
+    Raises :class:`~autolabel.errors.ConfigError` for missing settings and for an org or
+    project the key cannot see (exit 2), :class:`~autolabel.errors.AuthError` when RedBrick
+    refuses the key and :class:`~autolabel.errors.TransportError` when it cannot be reached
+    or the url leads to no API (HTTP 404; exit 3).
     """
     settings = connection_settings(args)
-    return get_project(settings.org_id, settings.project_id, settings.api_key, url=settings.url)
+    try:
+        return get_project(settings.org_id, settings.project_id, settings.api_key, url=settings.url)
+    except NotFoundError as exc:
+        if exc.status == 404:  # no API at this url
+            raise TransportError(str(exc), operation=exc.operation, status=404) from None
+        raise ConfigError(
+            f"{exc}: check the organization id (from {settings.sources['org_id']}) and the "
+            f"project id (from {settings.sources['project_id']})"
+        ) from None
+
+
+def require_stage(project: Project, name: str, *, review: bool = False) -> None:
+    """Raise :class:`~autolabel.errors.ConfigError` unless ``name`` is a Label stage (a
+    Review stage with ``review=True``) of ``project``; the message lists the ones it has."""
+    kind = "review" if review else "label"
+    fits = [s.stage_name for s in project.stages if (s.is_review if review else s.is_label)]
+    if name in fits:
+        return
+    known = any(s.stage_name == name for s in project.stages)
+    found = f"{name!r} is not a {kind} stage" if known else f"there is no stage {name!r}"
+    raise ConfigError(
+        f"{found} in project {project.name or project.project_id}; its {kind} stages: "
+        + (", ".join(fits) or "none")
+        + f" (give one with --stage; all stages: {', '.join(s.stage_name for s in project.stages)})"
+    )

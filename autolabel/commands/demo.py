@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from autolabel.errors import ConfigError
+from autolabel.commands._args import port
 
 #: How the emulator's stages read in the summary.
 _STAGE_NAMES = {"END": "Ground Truth", "Label": "Label", "Review_1": "Review_1"}
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
-        "--port", type=int, default=0, help="emulator port on localhost (default: a free one)"
+        "--port", type=port, default=0, help="emulator port on localhost (default: a free one)"
     )
     parser.add_argument(
         "--keep-serving",
@@ -65,8 +65,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
     """Run the demo, print where everything is; 1 if a task failed, else 0."""
     from autolabel.demo import DemoOptions, run_demo
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be within 0..65535, got {args.port}")
     options = DemoOptions(
         out_dir=args.out, studies=args.studies, model=args.model,
         organs_model=None if args.organs_model == "none" else args.organs_model, device=args.device,

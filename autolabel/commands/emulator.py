@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autolabel.commands._args import port
 from autolabel.errors import ConfigError
 
 
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     serve = actions.add_parser("serve", help="serve a seeded data folder over HTTP")
     serve.add_argument("--data", required=True, type=Path, metavar="DIR", help="data folder")
-    serve.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
+    serve.add_argument("--port", type=port, default=8765, help="port on 127.0.0.1 (default 8765)")
     serve.add_argument(
         "--faults", metavar="JSON|FILE", help="fault rules to inject (JSON text or a file)"
     )

@@ -68,9 +68,9 @@ def run_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+
+    from autolabel.progress import make_console
 
     table = Table(title="autolabel models")
     for column in ("name", "kind", "version", "modality", "labels", "available"):
@@ -79,6 +79,6 @@ def run_models(args: argparse.Namespace) -> int:
         labels = ", ".join(f"{k} {v}" for k, v in entry["labels"].items())
         status = "yes" if entry["available"] else f"no: {entry['reason']}"
         cells = (entry["name"], entry["kind"], entry["version"], entry["modality"] or "any")
-        table.add_row(*(escape(cell) for cell in (*cells, labels, status)))
-    Console(width=160).print(table)
+        table.add_row(*cells, labels, status)
+    make_console(width=160).print(table)
     return 0

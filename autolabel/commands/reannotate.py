@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autolabel.commands._args import task_id
 from autolabel.commands._connect import add_connection_arguments, connect
 from autolabel.errors import ConfigError
 
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection_arguments(parser)
-    parser.add_argument("--task-id", action="append", default=[], metavar="ID")
+    parser.add_argument("--task-id", action="append", default=[], metavar="ID", type=task_id)
     parser.add_argument("--audit", action="store_true", help="let the model find disagreements")
     parser.add_argument("--max-dice", type=float, default=0.7, help="--audit threshold (0.7)")
     parser.add_argument("--dry-run", action="store_true", help="list, do not send back")

@@ -1,7 +1,7 @@
 """``autolabel review``: accept or reject the tasks queued for the API key in a review stage.
 
-``--accept`` / ``--reject`` (with ``--comment``) decide for the given tasks (``--task-id``)
-or all assigned ones; ``--auto --min-dice 0.8`` lets the model decide (accept when every
+``--accept`` / ``--reject --comment TEXT`` decide for the given tasks (``--task-id``), or
+for every assigned one only with an explicit ``--all``; ``--auto --min-dice 0.8`` lets the model decide (accept when every
 category's Dice reaches the threshold, else reject with the scores in the comment);
 ``--correct`` accepts with the model's labels.
 """
@@ -12,7 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from autolabel.commands._connect import add_connection_arguments, connect
+from autolabel.commands._args import task_id
+from autolabel.commands._connect import add_connection_arguments, connect, require_stage
+from autolabel.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +27,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_connection_arguments(parser)
     parser.add_argument("--stage", default="Review_1", help="review stage (default: Review_1)")
-    parser.add_argument("--task-id", action="append", default=[], metavar="ID")
+    parser.add_argument("--task-id", action="append", default=[], metavar="ID", type=task_id)
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="--accept / --reject every task assigned to the key in the stage",
+    )
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--accept", action="store_const", dest="decision", const="accept")
     how.add_argument("--reject", action="store_const", dest="decision", const="reject")
@@ -53,8 +60,10 @@ def review_command(args: argparse.Namespace) -> int:
     from autolabel.api import DEFAULT_MODEL
     from autolabel.review import review_tasks
 
+    check_decision(args)
     project = connect(args)
     with project:
+        require_stage(project, args.stage, review=True)
         model = None
         if args.decision in ("auto", "correct"):
             from autolabel.inference import load_model
@@ -72,6 +81,23 @@ def review_command(args: argparse.Namespace) -> int:
         )
     print_decisions(summary, as_json=args.json)
     return summary.exit_code
+
+
+def check_decision(args: argparse.Namespace) -> None:
+    """A decision by hand names its tasks (or says ``--all``); a rejection says why."""
+    if args.decision in ("accept", "reject") and not args.task_id and not args.all:
+        raise ConfigError(
+            f"--{args.decision} decides without looking at the labels: name the tasks with "
+            "--task-id ID (repeatable), or add --all for every task assigned to the key in "
+            f"{args.stage}"
+        )
+    if args.all and args.task_id:
+        raise ConfigError("give --task-id or --all, not both")
+    if args.decision == "reject" and not (args.comment or "").strip():
+        raise ConfigError(
+            "--reject needs --comment TEXT: the reason the annotator reads when the task "
+            "comes back to Label"
+        )
 
 
 def print_decisions(summary: object, *, as_json: bool) -> None:

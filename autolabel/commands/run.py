@@ -23,7 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from autolabel.commands._connect import add_connection_arguments, connect, connection_settings
+from autolabel.commands._args import task_id
+from autolabel.commands._connect import (
+    add_connection_arguments,
+    connect,
+    connection_settings,
+    require_stage,
+)
+from autolabel.settings import ensure_writable_folder
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,7 +96,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     tasks = parser.add_argument_group("tasks")
     tasks.add_argument("--stage", help="label stage to work in (default: Label)")
     tasks.add_argument(
-        "--task-id", action="append", default=[], metavar="ID", help="only this task (repeatable)"
+        "--task-id",
+        action="append",
+        default=[],
+        metavar="ID",
+        type=task_id,
+        help="only this task (repeatable)",
     )
     tasks.add_argument("--name", help='tasks whose name starts with NAME ("NAME" for exact)')
     tasks.add_argument("--limit", type=int, help="at most N tasks")
@@ -276,21 +288,21 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def run_command(args: argparse.Namespace) -> int:
     """Open the project, load the model once, run, print the summary; return the exit code."""
-    from rich.console import Console
-
     from autolabel.api import DEFAULT_MODEL
     from autolabel.inference import load_model
     from autolabel.pipeline import run
-    from autolabel.progress import RunProgress
+    from autolabel.progress import RunProgress, make_console
 
     options, settings = run_options(args)
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     cluster = ray_options(args)
     if cluster is not None:
         summary = _run_on_ray(args, options, settings, cluster, console)
         return _report(args, console, summary, options)
+    ensure_writable_folder(options.results_dir, "--out")
     project = connect(args)
     with project:
+        require_stage(project, options.stage)
         model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
         with (
             stop_on_signals() as stop,
@@ -355,5 +367,5 @@ def _report(args: argparse.Namespace, console: Any, summary: Any, options: Any) 
                 f"{w.tasks_per_min:.1f}", w.died or "",
             )  # fmt: skip
         console.print(table)
-    console.print(f"results: {options.results_dir}", highlight=False)
+    console.print(f"results: {options.results_dir}")
     return int(summary.exit_code)

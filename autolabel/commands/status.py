@@ -112,10 +112,11 @@ def _run_json(run: RunInfo) -> dict[str, Any]:
 
 
 def _print_tables(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from autolabel.progress import make_console
+
+    console = make_console()
     counts = Table(title=f"Tasks by latest state ({report['total']} task/model pairs)")
     counts.add_column("state")
     counts.add_column("tasks", justify="right")

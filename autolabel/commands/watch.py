@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 
-from autolabel.commands._connect import add_connection_arguments, connect
+from autolabel.commands._connect import add_connection_arguments, connect, require_stage
 from autolabel.commands.run import add_run_arguments, run_options, stop_on_signals
+from autolabel.settings import ensure_writable_folder
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,39 +41,42 @@ def watch_command(args: argparse.Namespace) -> int:
     options, settings = run_options(args)
     failed = 0
     polls = 0
+    ensure_writable_folder(options.results_dir, "--out")
     project = connect(args)
-    ledger = Ledger(ledger_path(options.work_dir))  # one connection for every poll
-    with project, ledger, stop_on_signals() as stop:
-        model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
-        print(
-            f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
-            "(Ctrl-C to stop)",
-            file=sys.stderr,
-        )
-        while not stop.is_set():
-            summary = run(
-                project, model, options, ledger=ledger, stop=stop, command=tuple(sys.argv)
+    with project:
+        require_stage(project, options.stage)
+        ledger = Ledger(ledger_path(options.work_dir))  # one connection for every poll
+        with ledger, stop_on_signals() as stop:
+            model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
+            print(
+                f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
+                "(Ctrl-C to stop)",
+                file=sys.stderr,
             )
-            polls += 1
-            failed += len(summary.failed)
-            if summary.outcomes or args.json:
-                line = {
-                    "poll": polls,
-                    "done": len(summary.done),
-                    "skipped": len(summary.skipped),
-                    "failed": len(summary.failed),
-                    "tasks": [o.to_dict() for o in summary.outcomes],
-                }
-                if args.json:
-                    print(json.dumps(line), flush=True)
-                else:
-                    print(
-                        f"poll {polls}: done {line['done']}, skipped {line['skipped']}, "
-                        f"failed {line['failed']}",
-                        flush=True,
-                    )
-            if args.max_polls is not None and polls >= args.max_polls:
-                break
-            stop.wait(args.interval)
+            while not stop.is_set():
+                summary = run(
+                    project, model, options, ledger=ledger, stop=stop, command=tuple(sys.argv)
+                )
+                polls += 1
+                failed += len(summary.failed)
+                if summary.outcomes or args.json:
+                    line = {
+                        "poll": polls,
+                        "done": len(summary.done),
+                        "skipped": len(summary.skipped),
+                        "failed": len(summary.failed),
+                        "tasks": [o.to_dict() for o in summary.outcomes],
+                    }
+                    if args.json:
+                        print(json.dumps(line), flush=True)
+                    else:
+                        print(
+                            f"poll {polls}: done {line['done']}, skipped {line['skipped']}, "
+                            f"failed {line['failed']}",
+                            flush=True,
+                        )
+                if args.max_polls is not None and polls >= args.max_polls:
+                    break
+                stop.wait(args.interval)
     print(f"autolabel: watch stopped after {polls} poll(s)", file=sys.stderr)
     return 1 if failed else 0
