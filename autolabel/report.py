@@ -5,7 +5,8 @@ self-contained HTML document; :func:`write_report` writes it atomically. For eac
 (the latest by default, one with ``run_id``, or the ``runs`` newest):
 
 * a header: mode, model (name, version, weights hash), start, duration, final status,
-  the command line (as the ledger stores it: without secrets), counts per outcome, the
+  the command line (without secrets, masked again for ledgers older than the masking of
+  every spelling of ``--api-key``), counts per outcome, the
   time spent per stage and the predicted volume per category over all tasks;
 * one card per task: its outcome (draft saved, submitted, dry run, skipped, failed -- with
   the reason or the error), the preview PNG (labels over three orthogonal planes), the
@@ -38,6 +39,7 @@ from typing import Any
 from autolabel.atomic import atomic_file
 from autolabel.errors import LedgerError
 from autolabel.ledger import Ledger, RunInfo, TaskEvent, TaskState, ledger_path
+from autolabel.redact import redact_argv
 
 #: How each final state reads in the report, and its badge colour.
 OUTCOMES: dict[str, tuple[str, str]] = {
@@ -250,7 +252,7 @@ def _run_section(view: _RunView) -> str:
         f'<span class="kv">tasks <b>{len(tasks)}</b></span></div>'
         f'<div class="chips">{chips}</div>'
         f'<div class="tables">{_totals(tasks)}</div>{_index(tasks)}'
-        f'<div class="files">command <code>{_e(" ".join(info.command) or "(Python API)")}'
+        f'<div class="files">command <code>{_e(" ".join(redact_argv(info.command)) or "(Python API)")}'
         "</code></div></section>"
     )
     cards = "".join(_task_card(event) for event in tasks)

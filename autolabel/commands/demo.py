@@ -11,6 +11,10 @@ the model and rejects the others, with reasons; and writes the HTML report
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shlex
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -96,15 +100,42 @@ def _print_summary(result: Any) -> None:
                 note += " (back in Label for the colleague)"
         print(f"  {task.name:<14} {stage:<13} {note}")
     work = result.work_dir
+    autolabel, activate = shell_command()
     print(
-        "\nLook at it:\n"
+        "\nLook at it (these commands work as they are, from this folder):\n"
         f"  report   {result.report}   (open it in a browser: previews, volumes, timings)\n"
-        f"  ledger   autolabel status --work {work}\n"
+        f"  ledger   {autolabel} status --work {work}\n"
         f"  results  {result.results_dir}/<task>/  (label NIfTI, series.json, preview PNG)\n"
-        f"  again    autolabel report --work {work} --runs 0 --out my-report.html\n"
-        f"  more     autolabel demo --keep-serving  (keeps the local RedBrick up to try\n"
+        f"  again    {autolabel} report --work {work} --runs 0 --out my-report.html\n"
+        f"  more     {autolabel} demo --keep-serving  (keeps the local RedBrick up to try\n"
         "           `autolabel run` against it; the connection is printed)"
+        + (
+            f"\nOr first `{activate}`, then plain `autolabel ...` in that shell."
+            if activate
+            else ""
+        )
     )
+
+
+def shell_command() -> tuple[str, str]:
+    """How to call autolabel from a fresh shell in the current folder, and the command that
+    puts plain ``autolabel`` on the PATH (empty when it already is).
+
+    Plain ``autolabel`` when this Python is not a virtual environment, or is the active one
+    (``$VIRTUAL_ENV``); else the environment's own ``autolabel`` script, relative to the
+    current folder when it lies inside it (``.venv/bin/autolabel``, as after
+    ``./dev/demo.sh``), with ``. .venv/bin/activate``; ``python -m autolabel`` when the
+    environment has no such script.
+    """
+    prefix = Path(sys.prefix)
+    if sys.prefix == sys.base_prefix or os.environ.get("VIRTUAL_ENV") == sys.prefix:
+        return "autolabel", ""
+    script, activate = prefix / "bin" / "autolabel", prefix / "bin" / "activate"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m autolabel", ""
+    with contextlib.suppress(ValueError):
+        script, activate = script.relative_to(Path.cwd()), activate.relative_to(Path.cwd())
+    return shlex.quote(str(script)), f". {shlex.quote(str(activate))}"
 
 
 def _serve_until_interrupted(emu: Any, result: Any) -> None:
@@ -113,7 +144,7 @@ def _serve_until_interrupted(emu: Any, result: Any) -> None:
         "\nThe local RedBrick keeps running until Ctrl-C. In another shell:\n"
         f"  export REDBRICK_URL={emu.url} REDBRICK_ORG_ID={emu.org_id} \\\n"
         f"         REDBRICK_PROJECT_ID={emu.project_id} REDBRICK_API_KEY={emu.api_key}\n"
-        "  autolabel run --dry-run --work demo-work   # the draft still queued for the key\n"
+        f"  {shell_command()[0]} run --dry-run --work demo-work   # the draft still queued\n"
         "(this key is the local emulator's own demo key; it opens nothing else)",
         flush=True,
     )

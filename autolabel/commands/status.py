@@ -15,6 +15,7 @@ from typing import Any
 
 from autolabel.errors import ConfigError
 from autolabel.ledger import Ledger, LedgerSummary, RunInfo, TaskEvent, ledger_path
+from autolabel.redact import redact_argv
 from autolabel.settings import DEFAULT_WORK_DIR
 
 
@@ -106,7 +107,7 @@ def _run_json(run: RunInfo) -> dict[str, Any]:
         "finished_at": _iso(run.finished_at),
         "status": run.status,
         "mode": run.mode,
-        "command": list(run.command),
+        "command": redact_argv(run.command),
         "model": str(run.model) if run.model else None,
     }
 
