@@ -23,6 +23,7 @@ occurrence of a short, common string would garble the output and protect nothing
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,24 +39,26 @@ KEY_FLAG = "--api-key"
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
 
 
 def keep_secret(value: str | None) -> None:
     """Register ``value`` (stripped) as a secret to mask from now on, in this process."""
+    global _pattern
     value = (value or "").strip()
     if len(value) >= MIN_SECRET:
         with _lock:
-            _secrets.add(value)
+            if value not in _secrets:
+                _secrets.add(value)
+                longest_first = sorted(_secrets, key=len, reverse=True)
+                _pattern = re.compile("|".join(map(re.escape, longest_first)), re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by :data:`MASK`."""
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+    """``text`` with every registered secret replaced by :data:`MASK`, in any letter case
+    (the SDK's url normalisation lower-cases a url that carries the key)."""
+    pattern = _pattern
+    return text if pattern is None else pattern.sub(MASK, text)
 
 
 def redact_value(value: Any) -> Any:
