@@ -23,8 +23,8 @@ Four settings: the API ``url``, the organisation id ``org_id``, the ``project_id
 5. the url defaults to RedBrick's public API, :data:`DEFAULT_URL`.
 
 A setting that no source provides raises :class:`~autolabel.errors.ConfigError` naming
-every missing setting and every way to provide it. The org and project ids must be UUIDs
-(the API's ``orgId: UUID!``). The url is normalised as the official SDK does
+every missing setting and every way to provide it; :func:`check_ids` checks that the org
+and project ids are UUIDs (the API's ``orgId: UUID!``). The url is normalised as the official SDK does
 (``redbrick/common/client.py`` ``_get_api_url``: only a url containing ``localhost`` keeps
 ``http://`` and its path), never silently: a url sent elsewhere than it reads gets a note,
 and ``http://`` to a loopback address (``127.0.0.1``, ``::1``), which the SDK would turn into
@@ -218,12 +218,6 @@ def resolve_connection(
     if missing:
         raise ConfigError(_missing_message(missing, notes))
     keep_secret(values["api_key"])
-    for key, what in (("org_id", "organization id"), ("project_id", "project id")):
-        if not _is_uuid(values[key]):
-            raise ConfigError(
-                f"the {what} {values[key]!r} (from {sources[key]}) is not a UUID: copy it from "
-                "the project's address, app.redbrickai.com/<organization id>/projects/<project id>"
-            )
     notes.extend(_url_notes(values["url"], sources["url"]))
     return ConnectionSettings(
         values["url"].rstrip("/"),
@@ -233,6 +227,19 @@ def resolve_connection(
         sources=sources,
         notes=tuple(notes),
     )
+
+
+def check_ids(settings: ConnectionSettings) -> None:
+    """Raise ``ConfigError`` unless the org and project ids are UUIDs, as RedBrick's API
+    requires (``orgId: UUID!``, ``projectId: UUID!``); the message says where each came from."""
+    for key, what in (("org_id", "organization id"), ("project_id", "project id")):
+        value = getattr(settings, key)
+        if not _is_uuid(value):
+            raise ConfigError(
+                f"the {what} {value!r} (from {settings.sources.get(key, 'settings')}) is not a "
+                "UUID: copy it from the project's address, "
+                "app.redbrickai.com/<organization id>/projects/<project id>"
+            )
 
 
 def resolve_run(
@@ -470,6 +477,7 @@ __all__ = [
     "ENV_VARS",
     "ConnectionSettings",
     "RunSettings",
+    "check_ids",
     "credentials_file",
     "ensure_writable_folder",
     "load_config",

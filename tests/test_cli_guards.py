@@ -131,7 +131,7 @@ def test_task_names_with_rich_markup_are_printed_as_text(
 ) -> None:
     """A failed ``[/red]evil`` and a skipped ``[bold]x[/`` task: ``run`` and ``status`` go on
     and print the names as they are."""
-    failing, skipped, good = emulator.task_ids()
+    failing, skipped, _ = emulator.task_ids()
     emulator.emulator.store.update_task(failing, name="[/red]evil")
     emulator.emulator.store.update_task(skipped, name="[bold]x[/ :smile:")
     record = emulator.task(failing)

@@ -264,3 +264,64 @@ def test_run_settings_reject_bad_values(tmp_path: Path) -> None:
         path.write_text(f"[run]\n{body}\n")
         with pytest.raises(ConfigError, match=needle):
             resolve_run(cwd=tmp_path)
+
+
+def test_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "autolabel.toml"
+    bad.write_bytes(b'[redbrick]\norg_id = "caf\xe9"\n')
+    for resolve in (
+        lambda: resolve_connection(env={"HOME": str(tmp_path)}, cwd=tmp_path),
+        lambda: resolve_run(cwd=tmp_path),
+    ):
+        with pytest.raises(ConfigError, match=f"{bad} is not UTF-8 text .*save it as UTF-8"):
+            resolve()
+
+
+def _connect_to(tmp_path: Path, url: str) -> Any:
+    env = {"HOME": str(tmp_path), "REDBRICK_API_KEY": KEY}
+    return resolve_connection(url=url, org_id="o", project_id="p", env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "[::1]"])
+def test_http_to_a_loopback_address_is_refused_with_the_url_to_use(
+    tmp_path: Path, host: str
+) -> None:
+    """RedBrick's SDK keeps http only for urls that contain ``localhost``: it would send this
+    one over https and fail on TLS, so autolabel says what to write instead."""
+    with pytest.raises(ConfigError, match=r"use http://localhost:8765$"):
+        _connect_to(tmp_path, f"http://{host}:8765")
+
+
+def test_urls_the_sdk_rewrites_say_so_and_real_hosts_stay_on_tls(tmp_path: Path) -> None:
+    from autolabel.redbrick.transport import graphql_endpoint
+
+    plain = _connect_to(tmp_path, "http://team.example.com/app")
+    assert any(
+        "reached over https, at https://team.example.com/api/graphql/" in n for n in plain.notes
+    )
+    assert any("path /app of the RedBrick url" in n for n in plain.notes)
+    assert graphql_endpoint(plain.url).startswith("https://")
+    assert _connect_to(tmp_path, "http://localhost:8765").notes == ()
+    assert _connect_to(tmp_path, "https://team.redbrickai.com").notes == ()
+
+
+def test_org_and_project_ids_must_be_uuids(tmp_path: Path) -> None:
+    from autolabel.settings import check_ids
+
+    with pytest.raises(ConfigError, match=r"organization id 'o' \(from --org\) is not a UUID"):
+        check_ids(_connect_to(tmp_path, "http://localhost:1"))
+    uuid = "1b4e28ba-2fa1-41d2-883f-0016d3cca427"
+    env = {"HOME": str(tmp_path), "REDBRICK_API_KEY": KEY}
+    check_ids(resolve_connection(org_id=uuid, project_id=uuid, env=env, cwd=tmp_path))
+
+
+def test_the_resolved_key_is_masked_wherever_it_appears(tmp_path: Path) -> None:
+    from autolabel.redact import redact, redact_argv
+
+    secret = "profile-key-" + "k" * 31
+    env = _credentials(tmp_path, f"[default]\nprofile = team\n\n[team]\nkey = {secret}\norg = o\n")
+    assert resolve_connection(env=env, cwd=tmp_path).sources["api_key"].endswith("'team'")
+    assert redact(f"GET https://x?k={secret.upper()} failed") == "GET https://x?k=*** failed"
+    assert redact_argv(["run", "--ap", "typed-key-123", "--name", f"{secret}-x"]) == [
+        "run", "--ap", "***", "--name", "***-x",
+    ]  # fmt: skip

@@ -12,7 +12,7 @@ import sys
 
 from autolabel.errors import ConfigError, NotFoundError, TransportError
 from autolabel.redbrick import Project, get_project
-from autolabel.settings import ConnectionSettings, resolve_connection
+from autolabel.settings import ConnectionSettings, check_ids, resolve_connection
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
     """Resolve the connection settings from ``args`` (and the other sources).
 
     Notes about the settings (e.g. a skipped session profile) go to stderr; the key never
-    does. Raises :class:`~autolabel.errors.ConfigError` for missing settings.
+    does. Raises :class:`~autolabel.errors.ConfigError` for missing settings and for org or
+    project ids that are no UUIDs.
     """
     settings = resolve_connection(
         url=args.url,
@@ -45,6 +46,7 @@ def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
     )
     for note in settings.notes:
         print(f"autolabel: note: {note}", file=sys.stderr)
+    check_ids(settings)
     return settings
 
 
