@@ -5,6 +5,7 @@ correction, an automatic review that accepts and rejects with reasons."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -44,6 +45,22 @@ def test_demo_exits_zero_and_says_where_everything_is(demo: dict[str, Any]) -> N
     assert "Dice below 0.80 for Lung" in text
     for part in ("emulator", "work", "results", "report.html", MARKER):
         assert (out / part).exists(), part
+
+
+def test_demo_prints_next_commands_that_work_in_a_fresh_shell(demo: dict[str, Any]) -> None:
+    """The ``ledger`` and ``again`` lines are commands a newcomer can paste into a new shell
+    (no virtual environment on its PATH) and they work as printed."""
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in demo["stdout"].splitlines()
+             if line.strip().startswith(("ledger ", "again "))}  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]  # this checkout, as the demo ran it
+    for name in ("ledger", "again"):
+        command = lines[name].split("  (")[0]
+        done = subprocess.run(["bash", "--noprofile", "--norc", "-c", command], env=env,
+                              cwd=demo["out"].parent, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+    assert (demo["out"].parent / "my-report.html").is_file()
 
 
 def test_demo_leaves_submits_drafts_and_review_decisions_in_the_emulator(

@@ -109,13 +109,36 @@ def test_quick_start_is_exactly_the_two_commands() -> None:
         assert os.access(README.parent / script, os.X_OK), script
 
 
+def test_commands_after_the_quick_start_work_in_a_fresh_shell(tmp_path: Path) -> None:
+    """The scripts install into ``.venv`` without touching the reader's shell, so the block
+    after the Quick start activates it first; in a new shell (no virtual environment on its
+    PATH) that line puts ``autolabel`` on the PATH. Every other line of a bash block is an
+    ``autolabel`` command, one of the two scripts, or an export."""
+    after = [b for b in blocks() if b.section == "Quick start" and b.lang == "bash"][1]
+    assert shell_lines(after)[0] == ". .venv/bin/activate"
+    others = {"./dev/demo.sh", "./dev/test.sh", ". .venv/bin/activate"}
+    for block in blocks():
+        for line in shell_lines(block) if block.lang == "bash" else []:
+            assert line.startswith(("autolabel ", "export ")) or line in others, line
+    (tmp_path / ".venv").symlink_to(sys.prefix)  # the environment dev/setup-env.sh makes
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    script = f"{shell_lines(after)[0]} && autolabel status --work nowhere"
+    done = subprocess.run(["bash", "--noprofile", "--norc", "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "no ledger in nowhere" in done.stderr, done.stderr
+
+
 def test_every_readme_command_is_a_valid_invocation() -> None:
     """Each command parses with the real parser: no renamed flag or command survives."""
     commands = readme_commands()
     assert len(commands) >= 15
     parser = build_parser()
+    a_task = "1b4e28ba-2fa1-41d2-883f-0016d3cca427"  # what "$TASK_ID" holds: a task's UUID
     for command in commands:
-        args = parser.parse_args(shlex.split(command)[1:])
+        words = [a_task if w == "$TASK_ID" else w for w in shlex.split(command)]
+        args = parser.parse_args(words[1:])
         assert callable(args.handler), command
 
 
