@@ -194,6 +194,8 @@ def test_unknown_stage_lists_the_projects_stages(
     assert main(["review", "--auto", "--stage", "Label"]) == 2
     assert "its review stages: Review_1" in capsys.readouterr().err
     assert not ledger_path(tmp_path / "autolabel-work").exists()
+    assert main(["watch", "--stage", "NoSuchStage", "--max-polls", "1"]) == 2
+    assert "its label stages: Label" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

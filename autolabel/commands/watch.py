@@ -43,40 +43,39 @@ def watch_command(args: argparse.Namespace) -> int:
     polls = 0
     ensure_writable_folder(options.results_dir, "--out")
     project = connect(args)
-    with project:
+    ledger = Ledger(ledger_path(options.work_dir))  # one connection for every poll
+    with project, ledger, stop_on_signals() as stop:
         require_stage(project, options.stage)
-        ledger = Ledger(ledger_path(options.work_dir))  # one connection for every poll
-        with ledger, stop_on_signals() as stop:
-            model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
-            print(
-                f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
-                "(Ctrl-C to stop)",
-                file=sys.stderr,
+        model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
+        print(
+            f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
+            "(Ctrl-C to stop)",
+            file=sys.stderr,
+        )
+        while not stop.is_set():
+            summary = run(
+                project, model, options, ledger=ledger, stop=stop, command=tuple(sys.argv)
             )
-            while not stop.is_set():
-                summary = run(
-                    project, model, options, ledger=ledger, stop=stop, command=tuple(sys.argv)
-                )
-                polls += 1
-                failed += len(summary.failed)
-                if summary.outcomes or args.json:
-                    line = {
-                        "poll": polls,
-                        "done": len(summary.done),
-                        "skipped": len(summary.skipped),
-                        "failed": len(summary.failed),
-                        "tasks": [o.to_dict() for o in summary.outcomes],
-                    }
-                    if args.json:
-                        print(json.dumps(line), flush=True)
-                    else:
-                        print(
-                            f"poll {polls}: done {line['done']}, skipped {line['skipped']}, "
-                            f"failed {line['failed']}",
-                            flush=True,
-                        )
-                if args.max_polls is not None and polls >= args.max_polls:
-                    break
-                stop.wait(args.interval)
+            polls += 1
+            failed += len(summary.failed)
+            if summary.outcomes or args.json:
+                line = {
+                    "poll": polls,
+                    "done": len(summary.done),
+                    "skipped": len(summary.skipped),
+                    "failed": len(summary.failed),
+                    "tasks": [o.to_dict() for o in summary.outcomes],
+                }
+                if args.json:
+                    print(json.dumps(line), flush=True)
+                else:
+                    print(
+                        f"poll {polls}: done {line['done']}, skipped {line['skipped']}, "
+                        f"failed {line['failed']}",
+                        flush=True,
+                    )
+            if args.max_polls is not None and polls >= args.max_polls:
+                break
+            stop.wait(args.interval)
     print(f"autolabel: watch stopped after {polls} poll(s)", file=sys.stderr)
     return 1 if failed else 0
