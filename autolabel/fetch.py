@@ -12,7 +12,6 @@ labelled, downloads its series into a folder of the work directory, decodes each
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from autolabel.errors import ImageError, NotFoundError
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
 from autolabel.redbrick.client import ListingErrorHandler
-from autolabel.redbrick.types import Labels
+from autolabel.redbrick.types import Labels, is_uuid
 
 #: Told about a task a run leaves out: ``(task_id, task_name, reason)``.
 SkipHandler = Callable[[str, str, str], None]
@@ -120,7 +119,7 @@ def _tasks_by_id(
     on_skip: SkipHandler | None,
 ) -> Iterator[Task]:
     for task_id in dict.fromkeys(task_ids):
-        if not _is_uuid(task_id):
+        if not is_uuid(task_id):
             if on_skip is not None:
                 on_skip(task_id, "", "not a task id: RedBrick task ids are UUIDs")
             continue
@@ -129,14 +128,6 @@ def _tasks_by_id(
         except NotFoundError:
             if on_skip is not None:
                 on_skip(task_id, "", "no such task in this project")
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def writable_problem(task: Task, stage_name: str, user_id: str) -> str | None:

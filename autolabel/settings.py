@@ -47,7 +47,6 @@ import os
 import sys
 import tempfile
 import urllib.parse
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -232,9 +231,11 @@ def resolve_connection(
 def check_ids(settings: ConnectionSettings) -> None:
     """Raise ``ConfigError`` unless the org and project ids are UUIDs, as RedBrick's API
     requires (``orgId: UUID!``, ``projectId: UUID!``); the message says where each came from."""
+    from autolabel.redbrick.types import is_uuid
+
     for key, what in (("org_id", "organization id"), ("project_id", "project id")):
         value = getattr(settings, key)
-        if not _is_uuid(value):
+        if not is_uuid(value):
             raise ConfigError(
                 f"the {what} {value!r} (from {settings.sources.get(key, 'settings')}) is not a "
                 "UUID: copy it from the project's address, "
@@ -307,14 +308,6 @@ def credentials_file(env: Mapping[str, str] | None = None) -> Path:
 
 def _present(**values: str | None) -> dict[str, str]:
     return {key: value for key, value in values.items() if value}
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _url_notes(url: str, source: str) -> list[str]:

@@ -35,13 +35,18 @@ def _autolabel(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Complet
     )  # fmt: skip
 
 
-def _use(monkeypatch: pytest.MonkeyPatch, emulator: EmulatorHandle, tmp_path: Path) -> None:
-    """The connection in the environment, as a user exports it; a clean folder."""
+@pytest.fixture
+def connected(
+    emulator: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> EmulatorHandle:
+    """The emulator, its connection exported in the environment as a user does, the current
+    folder a clean one and no RedBrick CLI profile of this machine."""
     for name, value in _env(emulator, REDBRICK_API_KEY=emulator.api_key).items():
         if name.startswith("REDBRICK_"):
             monkeypatch.setenv(name, value)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no RedBrick CLI profile of this machine
+    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
+    return emulator
 
 
 def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -123,14 +128,14 @@ def test_no_parser_takes_abbreviations(capsys: pytest.CaptureFixture[str]) -> No
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_task_names_with_rich_markup_are_printed_as_text(
-    emulator: EmulatorHandle,
-    tmp_path: Path,
+    connected: EmulatorHandle,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     quiet: bool,
 ) -> None:
     """A failed ``[/red]evil`` and a skipped ``[bold]x[/`` task: ``run`` and ``status`` go on
     and print the names as they are."""
+    emulator = connected
     failing, skipped, _ = emulator.task_ids()
     emulator.emulator.store.update_task(failing, name="[/red]evil")
     emulator.emulator.store.update_task(skipped, name="[bold]x[/ :smile:")
@@ -139,7 +144,6 @@ def test_task_names_with_rich_markup_are_printed_as_text(
     emulator.assign(skipped, emulator.human_email)  # a person labelled it: left alone
     emulator.as_user(emulator.human_email).save_labels(skipped, labels=[{"category": "Liver"}])
     emulator.assign(skipped, emulator.key_user_id)
-    _use(monkeypatch, emulator, tmp_path)
     monkeypatch.setenv("COLUMNS", "200")  # whole names in the status table
 
     assert main(["run", "--dry-run", *(["--quiet"] if quiet else [])]) == 1
@@ -155,18 +159,17 @@ def test_task_names_with_rich_markup_are_printed_as_text(
 
 
 def test_review_by_hand_names_its_tasks_and_a_reject_says_why(
-    emulator: EmulatorHandle,
+    connected: EmulatorHandle,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    emulator = connected
     queued = emulator.task_ids()[0]
     actor = emulator.as_user(emulator.key_user_id)
     actor.save_labels(queued, labels=[{"category": "Liver"}])
     actor.submit(queued)
     emulator.assign(queued, emulator.key_user_id)
     assert emulator.task(queued).stage_name == "Review_1"
-    _use(monkeypatch, emulator, tmp_path)
 
     assert main(["review", "--reject", "--comment", "redo"]) == 2
     assert "--task-id ID (repeatable), or add --all" in capsys.readouterr().err
@@ -179,13 +182,10 @@ def test_review_by_hand_names_its_tasks_and_a_reject_says_why(
     assert emulator.task(queued).stage_name == "Label"
 
 
+@pytest.mark.usefixtures("connected")
 def test_unknown_stage_lists_the_projects_stages(
-    emulator: EmulatorHandle,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _use(monkeypatch, emulator, tmp_path)
     assert main(["run", "--dry-run", "--stage", "NoSuchStage"]) == 2
     err = capsys.readouterr().err
     assert "there is no stage 'NoSuchStage'" in err and "its label stages: Label" in err
@@ -209,16 +209,15 @@ def test_unknown_stage_lists_the_projects_stages(
     ],
 )
 def test_connection_mistakes_exit_with_the_documented_code(
-    emulator: EmulatorHandle,
+    connected: EmulatorHandle,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     flag: str,
     value: str,
     code: int,
     says: str,
 ) -> None:
-    _use(monkeypatch, emulator, tmp_path)
+    emulator = connected
     port = emulator.url.rsplit(":", 1)[1]
     given = value.format(url=emulator.url, port=port)
     assert main(["run", "--dry-run", flag, given]) == code
@@ -242,13 +241,8 @@ def test_localhost_url_works_and_a_loopback_ip_is_refused_not_rewritten(
     assert ran.returncode == 0 and json.loads(ran.stdout)["counts"]["done"] == 1
 
 
-def test_reannotate_names_a_task_id_that_is_no_uuid(
-    emulator: EmulatorHandle,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    _use(monkeypatch, emulator, tmp_path)
+@pytest.mark.usefixtures("connected")
+def test_reannotate_names_a_task_id_that_is_no_uuid(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["reannotate", "--task-id", "not-a-uuid"])
     assert stopped.value.code == 2
@@ -256,26 +250,20 @@ def test_reannotate_names_a_task_id_that_is_no_uuid(
     assert "'not-a-uuid' is not a task id" in err and "GraphQL" not in err
 
 
+@pytest.mark.usefixtures("connected")
 def test_non_utf8_config_file_is_a_config_error_naming_it(
-    emulator: EmulatorHandle,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _use(monkeypatch, emulator, tmp_path)
     (tmp_path / "autolabel.toml").write_bytes(b'[run]\nmodel = "ct-thr\xe9shold"\n')
     assert main(["run", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'autolabel.toml'} is not UTF-8 text" in err and "save it as UTF-8" in err
 
 
+@pytest.mark.usefixtures("connected")
 def test_unwritable_out_stops_before_any_task_is_fetched(
-    emulator: EmulatorHandle,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _use(monkeypatch, emulator, tmp_path)
     (tmp_path / "a-file").write_text("not a folder")
     out = tmp_path / "a-file" / "results"
     assert main(["run", "--dry-run", "--out", str(out)]) == 2

@@ -8,6 +8,7 @@ the pipeline depends on (``taskId``, the stage name).
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypedDict
@@ -32,6 +33,16 @@ class TaskFilters(str, Enum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     ISSUES = "ISSUES"
+
+
+def is_uuid(text: str) -> bool:
+    """True when ``text`` is a UUID: the form of every RedBrick id the API takes
+    (``orgId``, ``projectId``, ``taskId``: ``UUID!`` in the GraphQL schema)."""
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 class TaskStates(str, Enum):
