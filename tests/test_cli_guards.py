@@ -89,6 +89,8 @@ def test_the_key_is_in_no_output_and_no_file_for_any_spelling(
 ) -> None:
     words, expected = SPELLINGS[spelling]
     key = emulator.api_key
+    if key.startswith("-") and "{key}" in words:  # argparse takes it for a flag: refused
+        expected = 2
     tmp_path = tmp_path / "user"  # the emulator's own data folder lies beside it
     tmp_path.mkdir()
     given = [w.format(key=key, url=emulator.url) for w in words]
@@ -96,7 +98,7 @@ def test_the_key_is_in_no_output_and_no_file_for_any_spelling(
     ran = _autolabel("run", "--dry-run", "--limit", "1", *given, env=env, cwd=tmp_path)
     assert ran.returncode == expected, ran.stderr
     outputs = [ran.stdout, ran.stderr]
-    if expected == 2:
+    if expected == 2 and "--api-key" not in words:
         assert "unrecognized arguments" in ran.stderr and "***" in ran.stderr
     if expected == 0:
         status = _autolabel("status", "--json", env=env, cwd=tmp_path)
