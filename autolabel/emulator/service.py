@@ -35,11 +35,14 @@ API_KEY_LENGTH = 43
 
 
 def new_api_key() -> str:
-    """A fresh random API key of the length RedBrick uses."""
-    key = secrets.token_urlsafe(32)
-    if len(key) != API_KEY_LENGTH:  # token_urlsafe(32) is always 43 characters
-        raise RuntimeError("unexpected API key length")
-    return key
+    """A fresh random API key of the length RedBrick uses, never starting with ``-`` (a key
+    that looks like a flag would break ``--api-key KEY`` on any command line)."""
+    while True:
+        key = secrets.token_urlsafe(32)
+        if len(key) != API_KEY_LENGTH:  # token_urlsafe(32) is always 43 characters
+            raise RuntimeError("unexpected API key length")
+        if not key.startswith("-"):
+            return key
 
 
 @dataclass(frozen=True)
