@@ -2,7 +2,9 @@
 
 Polls every ``--interval`` seconds and runs the pipeline on the tasks that appeared (the
 ledger skips those already done), with the model loaded once and kept warm. SIGINT or
-SIGTERM stops it cleanly after the tasks in hand. Takes the same flags as ``run``.
+SIGTERM stops it cleanly after the tasks in hand. Takes the same flags as ``run``; it
+holds the work folder's lock while it watches, so ``run`` on the same ``--work`` waits
+(``--wait-lock``) or exits 2.
 """
 
 from __future__ import annotations
@@ -36,43 +38,47 @@ def watch_command(args: argparse.Namespace) -> int:
     from autolabel.inference import load_model
     from autolabel.ledger import Ledger, ledger_path
     from autolabel.pipeline import run
+    from autolabel.worklock import lock_work_folder
 
     options, settings = run_options(args)
     failed = 0
     polls = 0
-    project = connect(args)
-    ledger = Ledger(ledger_path(options.work_dir))  # one connection for every poll
-    with project, ledger, stop_on_signals() as stop:
-        model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
-        print(
-            f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
-            "(Ctrl-C to stop)",
-            file=sys.stderr,
-        )
-        while not stop.is_set():
-            summary = run(
-                project, model, options, ledger=ledger, stop=stop, command=tuple(sys.argv)
+    # The work folder's lock is held for the whole watch (a run on the folder waits or
+    # exits 2), with one ledger connection for every poll.
+    with lock_work_folder(options.work_dir, wait_s=options.lock_wait_s):
+        project = connect(args)
+        ledger = Ledger(ledger_path(options.work_dir))
+        with project, ledger, stop_on_signals() as stop:
+            model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
+            print(
+                f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
+                "(Ctrl-C to stop)",
+                file=sys.stderr,
             )
-            polls += 1
-            failed += len(summary.failed)
-            if summary.outcomes or args.json:
-                line = {
-                    "poll": polls,
-                    "done": len(summary.done),
-                    "skipped": len(summary.skipped),
-                    "failed": len(summary.failed),
-                    "tasks": [o.to_dict() for o in summary.outcomes],
-                }
-                if args.json:
-                    print(json.dumps(line), flush=True)
-                else:
-                    print(
-                        f"poll {polls}: done {line['done']}, skipped {line['skipped']}, "
-                        f"failed {line['failed']}",
-                        flush=True,
-                    )
-            if args.max_polls is not None and polls >= args.max_polls:
-                break
-            stop.wait(args.interval)
+            while not stop.is_set():
+                summary = run(
+                    project, model, options, ledger=ledger, stop=stop, command=tuple(sys.argv)
+                )
+                polls += 1
+                failed += len(summary.failed)
+                if summary.outcomes or args.json:
+                    line = {
+                        "poll": polls,
+                        "done": len(summary.done),
+                        "skipped": len(summary.skipped),
+                        "failed": len(summary.failed),
+                        "tasks": [o.to_dict() for o in summary.outcomes],
+                    }
+                    if args.json:
+                        print(json.dumps(line), flush=True)
+                    else:
+                        print(
+                            f"poll {polls}: done {line['done']}, skipped {line['skipped']}, "
+                            f"failed {line['failed']}",
+                            flush=True,
+                        )
+                if args.max_polls is not None and polls >= args.max_polls:
+                    break
+                stop.wait(args.interval)
     print(f"autolabel: watch stopped after {polls} poll(s)", file=sys.stderr)
     return 1 if failed else 0
