@@ -226,7 +226,7 @@ def test_a_commit_landing_after_the_client_gave_up_is_written_once(
         summary = run(project, ct_model, options)
     assert summary.exit_code == 0, summary.to_dict()
     assert [o.status for o in summary.outcomes] == ["draft_saved"] * 3
-    time.sleep(0.5)  # nothing else is still on its way to the server
+    time.sleep(fault["delay_s"])  # past the late commit: a second send would show now
     assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
     with Ledger(ledger_path(options.work_dir), create=False) as ledger:
         doubts = [
