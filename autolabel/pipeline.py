@@ -180,7 +180,7 @@ class _Runner:
             entries,
             marker,
             record_intent=lambda: book.intent(task, marker),
-            record_in_doubt=lambda reason: book.in_doubt(task, marker, reason),
+            record_in_doubt=lambda reason: book.intent(task, marker, in_doubt=reason),
         )
         outcome.seconds["write"] = time.perf_counter() - began
         book.emit(task.task_id, "write")

@@ -245,33 +245,22 @@ class RunBook:
             detail=plain_json({"seconds": seconds, "volumes_ml": outcome.volumes_ml}),
         )
 
-    def intent(self, task: Task, before: LabelsMarker) -> TaskEvent:
-        """Record (and commit) ``writing``: the claim that must precede the write."""
-        return self.handle.record(
-            task.task_id,
-            TaskState.WRITING,
-            task_name=task.name,
-            detail={
-                "stage": self.options.stage,
-                "labels_before_by": before.created_by,
-                "labels_before_at": before.created_at,
-            },
-        )
+    def intent(self, task: Task, before: LabelsMarker, in_doubt: str = "") -> TaskEvent:
+        """Record (and commit) ``writing``: the claim that must precede the write.
 
-    def in_doubt(self, task: Task, before: LabelsMarker, reason: str) -> TaskEvent:
-        """Record (and commit) that a sent write's reply was lost: ``writing`` again, with
-        the reason. It is committed before the write is settled, so a run killed while
-        settling leaves the write in doubt and the next start settles it from this time."""
+        With ``in_doubt`` (the reason a sent write's reply was lost) it is recorded again,
+        before the write is settled: a run killed while settling leaves the write in doubt,
+        and the next start settles it counting from this time.
+        """
+        detail = {
+            "stage": self.options.stage,
+            "labels_before_by": before.created_by,
+            "labels_before_at": before.created_at,
+        }
+        if in_doubt:
+            detail["in_doubt"] = in_doubt
         return self.handle.record(
-            task.task_id,
-            TaskState.WRITING,
-            task_name=task.name,
-            detail={
-                "stage": self.options.stage,
-                "labels_before_by": before.created_by,
-                "labels_before_at": before.created_at,
-                "in_doubt": reason,
-            },
+            task.task_id, TaskState.WRITING, task_name=task.name, detail=detail
         )
 
     def failed(

@@ -114,7 +114,7 @@ def test_tasks_whose_names_collide_keep_their_own_labels(
             )
         )
         series = exported["series"][0]
-        stored = np.asarray(nib.load(series["segmentations"]).dataobj)
+        stored = np.asarray(nib.load(series["segmentations"]).dataobj)  # type: ignore[attr-defined]
         by_value = {int(k): v["category"] for k, v in series["segmentMap"].items()}
         # The model on this task's own image (downloaded by the SDK), category by category.
         volume = imaging.load_volume([Path(p) for p in series["items"]], source=task_id)
