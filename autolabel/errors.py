@@ -4,6 +4,7 @@ Every error the package raises on purpose derives from :class:`AutolabelError`::
 
     AutolabelError                 root
     ├── ConfigError                bad settings, arguments, model card      -> run-fatal, exit 2
+    │   └── WorkFolderBusy         another run holds the work folder's lock -> run-fatal, exit 2
     ├── PlatformError              a RedBrick call failed (operation, status)
     │   ├── TransportError         connect/read timeout, 5xx, 429 after retries (retryable)
     │   ├── AuthError              401/403 or an unknown API key            -> run-fatal, exit 3
@@ -31,6 +32,11 @@ class AutolabelError(Exception):
 
 class ConfigError(AutolabelError):
     """Settings, arguments or a model card are wrong; the run cannot start."""
+
+
+class WorkFolderBusy(ConfigError):
+    """Another autolabel process holds the lock of the work folder (see
+    :mod:`autolabel.worklock`); the message names the holder and the way out."""
 
 
 class PlatformError(AutolabelError):
@@ -111,4 +117,5 @@ __all__ = [
     "PlatformError",
     "TaskStateError",
     "TransportError",
+    "WorkFolderBusy",
 ]

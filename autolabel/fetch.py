@@ -12,8 +12,8 @@ labelled, downloads its series into a folder of the work directory, decodes each
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,53 @@ class LabelsMarker:
         if labels is None:
             return cls(None, None)
         return cls(labels.created_by, labels.created_at)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """How a run's own writes look on RedBrick: labels saved by ``user_id`` (the API key)
+    whose label objects carry ``attributes`` (the model's provenance, ``{"Model": "<name>
+    <version>"}``, as far as the taxonomy lets it land; empty when it cannot).
+
+    RedBrick is the one truth shared by runs in other work folders or on other machines:
+    a task whose latest labels bear the stamp was written by a run of this model.
+    """
+
+    user_id: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def on(self, task: Task) -> bool:
+        """Whether ``task``'s latest labels bear this stamp. Where no attribute can tell
+        runs apart (none lands in this taxonomy, or the labels are stored as a file), any
+        labels of the key count: autolabel then never writes the task a second time."""
+        labels = task.labels_of(self.user_id)  # a consensus task: the key's own sub-task
+        if labels is None or labels.created_by != self.user_id:
+            return False
+        if not self.attributes or not labels.labels:
+            return True
+        return any(_carries(label, self.attributes) for label in labels.labels)
+
+    def describe(self) -> str:
+        """The stamp for a message: ``ct-threshold 1.0`` or ``this API key``."""
+        return ", ".join(self.attributes.values()) or "this API key"
+
+
+def _carries(label: Mapping[str, object], attributes: Mapping[str, str]) -> bool:
+    found = label.get("attributes")
+    if not isinstance(found, list):
+        return False
+    values = {a.get("name"): a.get("value") for a in found if isinstance(a, dict)}
+    return all(values.get(name) == value for name, value in attributes.items())
+
+
+def done_elsewhere_reason(task: Task, stamp: Stamp) -> str:
+    """Why a task that bears ``stamp`` at fetch time is skipped."""
+    at = LabelsMarker.of(task, stamp.user_id).created_at
+    return (
+        f"already pre-labelled by {stamp.describe()}: this API key saved its labels at {at} "
+        "(another autolabel run, in another work folder or on another machine); "
+        "--force redoes it"
+    )
 
 
 @dataclass(frozen=True)
@@ -216,11 +263,13 @@ def fetch_task(
     folder: Path,
     *,
     limits: imaging.ImageLimits | None = None,
+    done: Stamp | None = None,
 ) -> FetchedTask:
     """Re-read ``task``, check it may be written, download and decode each of its series.
 
     Raises :class:`TaskSkipped` when the task is no longer queued in ``stage_name`` for the
-    key or a person has labelled it, :class:`~autolabel.errors.ImageError` when a series
+    key, a person has labelled it, or (with ``done``) its latest labels bear that stamp --
+    another run of the model did it --, :class:`~autolabel.errors.ImageError` when a series
     cannot be decoded (naming the task and series) and
     :class:`~autolabel.errors.PlatformError` when RedBrick fails. ``folder`` is created for
     the download and removed afterwards, whatever happens.
@@ -232,5 +281,7 @@ def fetch_task(
     )
     if problem is not None:
         raise TaskSkipped(problem)
+    if done is not None and done.on(fresh):
+        raise TaskSkipped(done_elsewhere_reason(fresh, done))
     series, checksum = load_task_series(project, fresh, folder, limits=limits)
     return FetchedTask(fresh, series, checksum, LabelsMarker.of(fresh, user))

@@ -27,7 +27,10 @@ payload was kept locally instead of written). The write protocol:
 The ledger refuses a written state unless the latest event of that task and model is
 ``writing``. At the start of a run, *before* processing any task again, the pipeline calls
 :meth:`Ledger.in_doubt_writes`: the tasks a previous run left between steps 1 and 3. It
-re-reads each from RedBrick; if the write landed it records ``draft_saved``/``submitted``
+re-reads each from RedBrick, patiently (:func:`autolabel.submit.settle`: until it shows the
+write or the settle window after the latest ``writing`` event has passed; a write whose
+reply was lost is recorded as ``writing`` again, with ``detail["in_doubt"]``, before it is
+settled); if the write landed it records ``draft_saved``/``submitted``
 (``detail={"resolved": ...}``), otherwise it processes the task like any other. Every other
 task is either done (:meth:`Ledger.is_done`: skip it) or was never written (redo it), so a
 ``kill -9`` at any moment followed by a re-run writes each task exactly once

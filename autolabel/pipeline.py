@@ -2,8 +2,9 @@
 
 :func:`run` is what ``autolabel run`` and ``autolabel.run(...)`` do:
 
-1. settle the writes a killed run left in doubt (:meth:`Ledger.in_doubt_writes`), so that
-   none is sent twice;
+1. under the work folder's lock (:mod:`autolabel.worklock`), settle the writes a killed
+   run left in doubt (:meth:`Ledger.in_doubt_writes`), patiently, so that none is sent
+   twice;
 2. stream the tasks queued in the stage for the API key (or those asked for), leaving out
    those the same model version already did (unless ``force``);
 3. push each through three overlapped stages (:mod:`autolabel.engine`): *fetch* (re-read,
@@ -38,6 +39,7 @@ from autolabel.fetch import (
 )
 from autolabel.inference.spec import SegmentationModel
 from autolabel.ledger import Ledger, ledger_path
+from autolabel.paths import task_folder
 from autolabel.redbrick import Project, Task
 from autolabel.runbook import RunBook
 from autolabel.runs import (
@@ -50,7 +52,8 @@ from autolabel.runs import (
     WorkerStats,
     model_key,
 )
-from autolabel.steps import EMPTY_REASON, TaskSteps, safe_name
+from autolabel.steps import EMPTY_REASON, TaskSteps
+from autolabel.worklock import lock_work_folder
 
 
 @dataclass
@@ -76,23 +79,27 @@ def run(
 ) -> RunSummary:
     """Pre-label the run's tasks with ``model`` (see the module docstring).
 
-    ``ledger`` defaults to the one in ``options.work_dir`` (opened and closed here).
+    ``ledger`` defaults to the one in ``options.work_dir``, opened and closed here under the
+    work folder's lock (:func:`autolabel.worklock.lock_work_folder`, waiting
+    ``options.lock_wait_s``; a caller passing ``ledger`` holds the lock itself).
     ``stop`` set from elsewhere (a signal handler) stops taking new tasks; tasks in hand
     finish. Raises :class:`~autolabel.errors.AuthError`,
     :class:`~autolabel.errors.TransportError` (RedBrick unreachable while listing),
-    :class:`~autolabel.errors.LedgerError`, :class:`~autolabel.errors.ConfigError` and
+    :class:`~autolabel.errors.LedgerError`, :class:`~autolabel.errors.ConfigError` (its
+    :class:`~autolabel.errors.WorkFolderBusy` when another run holds the folder) and
     :class:`~autolabel.errors.ConversionError` (a model class with no taxonomy category)
     -- everything else is per task.
     """
     steps = TaskSteps(project, model, options)
-    own_ledger = ledger is None
-    book = ledger if ledger is not None else Ledger(ledger_path(options.work_dir))
-    try:
+    if ledger is not None:
+        runbook = RunBook(project, steps.key, options, ledger, stop, on_stage, on_task)
+        return _Runner(runbook, steps).go(command)
+    with (
+        lock_work_folder(options.work_dir, wait_s=options.lock_wait_s),
+        Ledger(ledger_path(options.work_dir)) as book,
+    ):
         runbook = RunBook(project, steps.key, options, book, stop, on_stage, on_task)
         return _Runner(runbook, steps).go(command)
-    finally:
-        if own_ledger:
-            book.close()
 
 
 class _Runner:
@@ -133,7 +140,7 @@ class _Runner:
     def _fetch(self, job: _Job) -> bool:
         began = time.perf_counter()
         task = job.task
-        job.fetched = self.steps.fetch(task, self.downloads / safe_name(task.task_id))
+        job.fetched = self.steps.fetch(task, task_folder(self.downloads, task.task_id))
         job.task = job.fetched.task
         seconds = time.perf_counter() - began
         fetched = job.fetched
@@ -169,7 +176,11 @@ class _Runner:
         marker = job.fetched.marker
         began = time.perf_counter()
         status = self.steps.write(
-            task.task_id, entries, marker, record_intent=lambda: book.intent(task, marker)
+            task.task_id,
+            entries,
+            marker,
+            record_intent=lambda: book.intent(task, marker),
+            record_in_doubt=lambda reason: book.intent(task, marker, in_doubt=reason),
         )
         outcome.seconds["write"] = time.perf_counter() - began
         book.emit(task.task_id, "write")

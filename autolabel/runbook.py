@@ -36,7 +36,7 @@ from autolabel.runs import (
     StageListener,
     TaskOutcome,
 )
-from autolabel.submit import write_landed
+from autolabel.submit import default_settle_window, settle, write_landed
 
 log = logging.getLogger(__name__)
 
@@ -166,17 +166,32 @@ class RunBook:
         self.finish(_stub(placeholder, ""), None, "failed", reason, error=failure)
 
     def settle_in_doubt(self) -> int:
-        """Record the writes a killed run sent but did not confirm, if RedBrick has them."""
+        """Record the writes a killed run sent but did not confirm, if RedBrick has them.
+
+        Each is settled patiently (:func:`autolabel.submit.settle`): re-read with backoff
+        until RedBrick shows it or the settle window, counted from its last ``writing``
+        event, has passed. One that did not land is left to the run like any other task.
+        """
         if self.options.mode == "dry-run":
             return 0
+        window = self.options.settle_window_s
+        if window is None:
+            window = default_settle_window(self.project)
         for event in self.ledger.in_doubt_writes(self.key):
             if event.mode != self.options.mode:
                 continue
             before = LabelsMarker(
                 event.detail.get("labels_before_by"), event.detail.get("labels_before_at")
             )
-            stage = str(event.detail.get("stage") or self.options.stage)
-            if self.write_landed(event.task_id, before, stage=stage):
+            landed, _ = settle(
+                self.project,
+                event.task_id,
+                stage_name=str(event.detail.get("stage") or self.options.stage),
+                finalize=event.mode == "final",
+                before=before,
+                deadline=event.at + window,
+            )
+            if landed:
                 self.handle.record(
                     event.task_id,
                     TaskState.SUBMITTED if event.mode == "final" else TaskState.DRAFT_SAVED,
@@ -230,17 +245,22 @@ class RunBook:
             detail=plain_json({"seconds": seconds, "volumes_ml": outcome.volumes_ml}),
         )
 
-    def intent(self, task: Task, before: LabelsMarker) -> TaskEvent:
-        """Record (and commit) ``writing``: the claim that must precede the write."""
+    def intent(self, task: Task, before: LabelsMarker, in_doubt: str = "") -> TaskEvent:
+        """Record (and commit) ``writing``: the claim that must precede the write.
+
+        With ``in_doubt`` (the reason a sent write's reply was lost) it is recorded again,
+        before the write is settled: a run killed while settling leaves the write in doubt,
+        and the next start settles it counting from this time.
+        """
+        detail = {
+            "stage": self.options.stage,
+            "labels_before_by": before.created_by,
+            "labels_before_at": before.created_at,
+        }
+        if in_doubt:
+            detail["in_doubt"] = in_doubt
         return self.handle.record(
-            task.task_id,
-            TaskState.WRITING,
-            task_name=task.name,
-            detail={
-                "stage": self.options.stage,
-                "labels_before_by": before.created_by,
-                "labels_before_at": before.created_at,
-            },
+            task.task_id, TaskState.WRITING, task_name=task.name, detail=detail
         )
 
     def failed(

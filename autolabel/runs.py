@@ -32,10 +32,16 @@ class RunOptions:
     top of the model card's default mapping. ``empty`` is the policy for a task whose
     prediction is empty: ``skip`` it, ``submit`` it empty, or ``flag`` it (write it and
     say so). ``work_dir`` holds the ledger and temporary downloads; ``out_dir`` (default
-    ``work_dir/results``) the per-task results. ``model_timeout_s`` bounds each predict
+    ``work_dir/results``) the per-task results, one folder per task id. ``model_timeout_s`` bounds each predict
     call (None: the card's ``[runtime] timeout_s``, else 900 s; see
     :mod:`autolabel.inference.guard`); ``max_voxels`` / ``max_image_bytes`` bound each
     series before it is decoded (:class:`autolabel.imaging.ImageLimits`).
+
+    ``lock_wait_s`` is how long to wait for another run holding the work folder's lock
+    (:mod:`autolabel.worklock`): 0 (default) not at all, ``None`` as long as it takes.
+    ``settle_window_s`` is how long a write whose reply was lost may still land on
+    RedBrick (:func:`autolabel.submit.settle_window`); ``None`` derives it from the
+    client's read timeout.
     """
 
     stage: str = "Label"
@@ -58,6 +64,8 @@ class RunOptions:
     model_timeout_s: float | None = None
     max_voxels: int = DEFAULT_MAX_VOXELS
     max_image_bytes: int = DEFAULT_MAX_BYTES
+    lock_wait_s: float | None = 0.0
+    settle_window_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,6 +85,10 @@ class RunOptions:
             raise ConfigError(
                 f"model_timeout_s must be a positive number of seconds, got {self.model_timeout_s}"
             )
+        for name in ("lock_wait_s", "settle_window_s"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must not be negative, got {value}")
 
     @property
     def results_dir(self) -> Path:

@@ -5,7 +5,6 @@ writes (guarded, exactly once). The local run and the Ray actors both call it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,16 +20,18 @@ from autolabel.errors import ConversionError, PlatformError
 from autolabel.fetch import (
     FetchedTask,
     LabelsMarker,
+    Stamp,
     fetch_task,
 )
 from autolabel.imaging import ImageLimits
 from autolabel.inference.guard import guard_model
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.overlay import save_overlay
+from autolabel.paths import task_folder
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
 from autolabel.runs import RunOptions, TaskOutcome, model_key
-from autolabel.submit import is_transient, write_task
+from autolabel.submit import default_settle_window, is_transient, write_task
 
 #: Why a task whose prediction is empty is skipped (``empty="skip"``).
 EMPTY_REASON = (
@@ -67,8 +68,10 @@ class TaskSteps:
 
     * :meth:`fetch` -- re-read, guard, download and decode (retrying transient failures);
     * :meth:`predict` -- one label map per series;
-    * :meth:`convert` -- label files, previews and the ``series`` payload in
-      ``options.results_dir``; fills the outcome's files and volumes;
+    * :meth:`convert` -- label files, previews and the ``series`` payload in the task's
+      own folder ``options.results_dir/<task id>/`` (:func:`autolabel.paths.task_folder`:
+      never the name, so tasks whose names collide keep apart); fills the outcome's files
+      and volumes;
     * :meth:`write` -- the guarded, exactly-once write of :func:`autolabel.submit.write_task`;
       the caller's ``record_intent`` must commit the ``writing`` intent.
 
@@ -87,11 +90,37 @@ class TaskSteps:
             model.spec, project.taxonomy, options.mapping, allow_unmapped=options.allow_unmapped
         )
         self.provenance = {"Model": f"{self.key.name} {self.key.version}"}
+        self.stamp = Stamp(project.current_user_id, self._landing(self.provenance))
+        self.settle_window_s = (
+            options.settle_window_s
+            if options.settle_window_s is not None
+            else default_settle_window(project)
+        )
+
+    def _landing(self, provenance: Mapping[str, str]) -> dict[str, str]:
+        """The provenance attributes that land on this run's labels (those the taxonomy
+        defines for the categories written), by the rule of ``Project.with_provenance``."""
+        probe = {str(v): c.name for v, c in self.segment_map.categories.items()}
+        (entry,) = self.project.with_provenance([{"segmentMap": probe}], provenance)
+        landed: dict[str, str] = {}
+        for spec in entry["segmentMap"].values():
+            if isinstance(spec, dict):
+                landed.update(spec.get("attributes") or {})
+        return landed
 
     def fetch(self, task: Task, folder: Path) -> FetchedTask:
-        """Re-read, check and decode ``task`` (downloading into ``folder``, removed after)."""
+        """Re-read, check and decode ``task`` (downloading into ``folder``, removed after).
+
+        A draft run without ``force`` also skips a task whose labels bear the run's stamp
+        (:class:`~autolabel.fetch.Stamp`): another run of this model, in another work folder
+        or on another machine, did it.
+        """
+        options = self.options
+        done = self.stamp if options.mode == "draft" and not options.force else None
         return _with_retries(
-            lambda: fetch_task(self.project, task, self.options.stage, folder, limits=self.limits)
+            lambda: fetch_task(
+                self.project, task, options.stage, folder, limits=self.limits, done=done
+            )
         )
 
     def predict(self, fetched: FetchedTask) -> list[npt.NDArray[np.integer]]:
@@ -131,7 +160,7 @@ class TaskSteps:
     ) -> list[dict[str, Any]]:
         options = self.options
         task = fetched.task
-        folder = options.results_dir / safe_name(task.name or task.task_id)
+        folder = task_folder(options.results_dir, task.task_id)
         folder.mkdir(parents=True, exist_ok=True)
         found: list[convert.SeriesEntry | None] = []
         names: list[str] = []
@@ -183,6 +212,7 @@ class TaskSteps:
         before: LabelsMarker,
         *,
         record_intent: Callable[[], object],
+        record_in_doubt: Callable[[str], object] | None = None,
     ) -> str:
         """Save or submit ``entries`` (see :func:`autolabel.submit.write_task`); return the
         ledger state it reached (``draft_saved`` or ``submitted``)."""
@@ -195,7 +225,10 @@ class TaskSteps:
             finalize=finalize,
             before=before,
             provenance=self.provenance,
+            stamp=self.stamp,
+            settle_window_s=self.settle_window_s,
             record_intent=record_intent,
+            record_in_doubt=record_in_doubt,
         )
         return "submitted" if finalize else "draft_saved"
 
@@ -230,17 +263,3 @@ def _volumes_ml(
 def _write_json(path: Path, payload: Any) -> None:
     with atomic_file(path) as stream:
         stream.write(json.dumps(payload, indent=2, sort_keys=True).encode("utf-8"))
-
-
-def safe_name(name: str) -> str:
-    """``name`` as a file or folder name: letters, digits, ``-_.``; others become ``_``.
-
-    A name longer than 100 bytes keeps its first 80 and a digest of the whole, so it
-    stays under every file system's name limit (255 bytes).
-    """
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
-    if len(cleaned.encode("utf-8")) > 100:
-        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
-        head = cleaned.encode("utf-8")[:80].decode("utf-8", "ignore")
-        cleaned = f"{head}-{digest}"
-    return cleaned or "task"

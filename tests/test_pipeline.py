@@ -126,7 +126,7 @@ def test_dry_run_writes_nothing_to_redbrick_and_keeps_the_payloads(
     assert all(emulator.latest_labels(t) is None for t in emulator.task_ids())
     assert [o.status for o in summary.outcomes] == ["dry_run"] * 3
     for outcome in summary.outcomes:
-        folder = tmp_path / "out" / outcome.task_name
+        folder = tmp_path / "out" / outcome.task_id  # by id, never by name
         assert {p.name for p in folder.iterdir()} == {
             "series-0-labels.nii.gz",
             "series-0-preview.png",

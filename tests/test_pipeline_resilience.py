@@ -30,7 +30,7 @@ def _start_run(emulator: EmulatorHandle, work: Path) -> subprocess.Popen[bytes]:
     }
     return subprocess.Popen(
         [sys.executable, "-m", "autolabel", "run", "--work", str(work), "--quiet",
-         "--fetch-workers", "1", "--write-workers", "1"],
+         "--fetch-workers", "1", "--write-workers", "1", "--settle-window", "8"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -119,7 +119,8 @@ def test_faults_at_30_percent_end_every_task_written_or_failed_never_twice(
         timeout=(2.0, 1.5),
         retry=RetryPolicy(attempts=4, backoff_base=0.05, backoff_max=0.5, retry_after_max=1.0),
     )
-    options = RunOptions(work_dir=tmp_path / "work", previews=False)
+    # Replies lost to the 2.5 s delays land within 2.5 s: settle them within 6 s.
+    options = RunOptions(work_dir=tmp_path / "work", previews=False, settle_window_s=6.0)
     with project:
         summary = run(project, model, options)
     writes = emulator.key_writes()

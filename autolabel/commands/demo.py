@@ -105,7 +105,7 @@ def _print_summary(result: Any) -> None:
         "\nLook at it (these commands work as they are, from this folder):\n"
         f"  report   {result.report}   (open it in a browser: previews, volumes, timings)\n"
         f"  ledger   {autolabel} status --work {work}\n"
-        f"  results  {result.results_dir}/<task>/  (label NIfTI, series.json, preview PNG)\n"
+        f"  results  {result.results_dir}/<task id>/  (label NIfTI, series.json, preview PNG)\n"
         f"  again    {autolabel} report --work {work} --runs 0 --out my-report.html\n"
         f"  more     {autolabel} demo --keep-serving  (keeps the local RedBrick up to try\n"
         "           `autolabel run` against it; the connection is printed)"

@@ -4,7 +4,8 @@ Saves drafts by default; ``--finalize`` submits; ``--dry-run`` writes nothing to
 and keeps each task's label files, the exact ``series`` payload and a preview PNG in the
 results folder. A ledger in the work folder makes re-runs skip what the same model version
 did; ``--force`` redoes it. Exit codes: 0 all done, 1 some tasks failed, 2 usage or
-configuration, 3 authentication or RedBrick unreachable.
+configuration (also: another run holds the work folder; ``--wait-lock`` waits for it),
+3 authentication or RedBrick unreachable.
 
 ``--ray`` spreads the tasks over Ray actors (one per GPU, else CPU actors): a local Ray
 instance, or an existing cluster with ``--ray auto`` / ``--ray ray://HOST:PORT``. The
@@ -136,7 +137,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     mode.add_argument("--out", help="results folder (default: WORK/results)")
     mode.add_argument("--work", help="work folder with the ledger (default: ./autolabel-work)")
-    mode.add_argument("--force", action="store_true", help="redo tasks the ledger marks done")
+    mode.add_argument(
+        "--force", action="store_true", help="redo tasks the ledger (or RedBrick) marks done"
+    )
+    mode.add_argument(
+        "--wait-lock",
+        nargs="?",
+        type=float,
+        const=-1.0,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another run holds the work folder, wait for it (up to SECONDS; default: "
+        "as long as it takes) instead of exiting with code 2",
+    )
+    mode.add_argument(
+        "--settle-window",
+        type=float,
+        metavar="SECONDS",
+        help="how long a write whose reply was lost may still land on RedBrick before it "
+        "is sent again (default: the client read timeout + a gateway timeout + margin)",
+    )
     mode.add_argument("--fetch-workers", type=int, help="parallel downloads (default: 4)")
     mode.add_argument("--write-workers", type=int, help="parallel uploads (default: 2)")
     mode.add_argument("--queue-depth", type=int, help="tasks waiting between stages (default: 2)")
@@ -253,6 +273,8 @@ def run_options(args: argparse.Namespace) -> tuple[Any, Any]:
         model_timeout_s=args.model_timeout,
         max_voxels=limits.max_voxels,
         max_image_bytes=limits.max_bytes,
+        lock_wait_s=None if args.wait_lock < 0 else args.wait_lock,
+        settle_window_s=args.settle_window,
     )
     return options, settings
 

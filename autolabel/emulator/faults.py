@@ -5,6 +5,7 @@ A fault rule (JSON or :class:`FaultRule`)::
     {"target": "putTaskAndLabelsSDK",   # GraphQL operation name or root field,
                                         # "storage:GET", "storage:PUT", "storage" or "*"
      "kind": "status",                  # status | graphql_error | field_error | delay | drop
+                                        # | late_commit
      "status": 503,                     # kind=status: the HTTP status answered
      "retry_after": 2,                  # kind=status: optional Retry-After seconds
      "message": "injected",             # kind=graphql_error (and the status body)
@@ -20,6 +21,13 @@ gives for a field that failed to resolve (the SDK keeps the data of such reads,
 redbrick/common/client.py ``_process_json_response`` with ``raise_for_error=False``).
 Several delay rules add up; of the other kinds the first matching rule that fires decides
 the answer.
+
+``late_commit`` (GraphQL only) is a gateway that gives up on a request the server goes on
+with: the operation is executed ``delay_s`` seconds after it arrived, in the background,
+whatever becomes of the connection, and the client is answered HTTP ``status`` at once
+(504 for a gateway timeout). With ``"status": 0`` nothing is answered: the connection is
+held until the commit and then closed, so the client's read timeout fires first when
+``delay_s`` exceeds it. Either way the write lands after the client gave up on it.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS = ("status", "graphql_error", "field_error", "delay", "drop")
+KINDS = ("status", "graphql_error", "field_error", "delay", "drop", "late_commit")
 
 
 @dataclass

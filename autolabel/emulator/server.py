@@ -27,6 +27,7 @@ import json
 import secrets
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,8 +38,9 @@ import graphql
 
 from autolabel.emulator import admin, bodies
 from autolabel.emulator.bodies import RequestRefused
+from autolabel.emulator.entities import UserRecord
 from autolabel.emulator.faults import FaultRule, inject_field_error
-from autolabel.emulator.service import Emulator, error_body, parse_operation
+from autolabel.emulator.service import Emulator, Operation, error_body, parse_operation
 
 GRAPHQL_PATHS = ("/graphql/", "/graphql", "/api/graphql/", "/api/graphql")
 #: A socket read or write that waits longer than this ends the connection.
@@ -147,13 +149,14 @@ class _Handler(BaseHTTPRequestHandler):
         self, targets: set[str], response_keys: tuple[str, ...] = ()
     ) -> bool | FaultRule:
         """Apply the faults drawn for ``targets``; True when one already answered, the rule
-        when a ``field_error`` is to be put into the normal answer, else False."""
+        when :meth:`_graphql` is to carry it out (a ``field_error`` put into the normal
+        answer, a ``late_commit``), else False."""
         delay, rule = self.server.emulator.faults.draw(targets)
         if delay:
             time.sleep(delay)
         if rule is None:
             return False
-        if rule.kind == "field_error":
+        if rule.kind in ("field_error", "late_commit"):
             return rule
         if rule.kind == "drop":
             raise _Dropped
@@ -306,9 +309,37 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is True:
             return
         variables = payload.get("variables")
-        status, body = emulator.execute(
-            op, variables if isinstance(variables, dict) else {}, caller
-        )
+        given = variables if isinstance(variables, dict) else {}
+        if isinstance(fault, FaultRule) and fault.kind == "late_commit":
+            self._commit_late(fault, op, given, caller)
+            return
+        status, body = emulator.execute(op, given, caller)
         if isinstance(fault, FaultRule) and status == 200 and op.response_keys:
             body = inject_field_error(body, fault, op.response_keys[0])
         self._send_json(status, body)
+
+    def _commit_late(
+        self, rule: FaultRule, op: Operation, variables: dict[str, Any], caller: UserRecord
+    ) -> None:
+        """A gateway gives up on the request while the server goes on with it: execute it
+        ``rule.delay_s`` after arrival whatever becomes of the connection, and answer
+        ``rule.status`` at once (none when 0: hold the connection, then close it).
+
+        Follows redbrick/common/client.py (``_check_status_msg``): the real service's
+        gateway answers 5xx after about 26-30 s, which the SDK reads as a timeout, not as
+        a refusal -- the request may still be carried out behind it.
+        """
+        emulator = self.server.emulator
+
+        def commit() -> None:
+            time.sleep(rule.delay_s)
+            try:
+                emulator.execute(op, variables, caller)
+            except Exception:  # the emulator was closed meanwhile: the commit never came
+                return
+
+        if not rule.status:
+            commit()
+            raise _Dropped
+        threading.Thread(target=commit, name="late-commit", daemon=True).start()
+        self._send_status_fault(rule)

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autolabel.paths import task_folder
 from autolabel.redbrick.types import GROUND_TRUTH_STAGE, Task, TaskFilters, json_field
 
 if TYPE_CHECKING:
@@ -246,9 +247,13 @@ class Export:
         "labels": [internal label objects], "labelsMap": [{"seriesIndex", "labelName"}],
         "updatedBy"}``. ``segmentMap`` maps each instance id of the series' label file to
         ``{"category", "attributes"}`` as in the series format. With ``with_labels`` each
-        stored label file is downloaded to ``<destination>/segmentations/<task>/<n>.nii.gz``,
+        stored label file is downloaded to ``<destination>/segmentations/<task id>/<n>.nii.gz``,
         set as the series' ``segmentations`` and in ``labelsMap``; with ``with_files`` the images
-        go to ``<destination>/images/<task>/`` and ``series[].items`` become local paths.
+        go to ``<destination>/images/<task id>/`` and ``series[].items`` become local paths.
+
+        Folders are named by task id (:func:`autolabel.paths.task_folder`), where SDK 2.35.4
+        uses the sanitised task name: two tasks never share a folder, and no name
+        (absolute, climbing with ``..``, overlong) writes outside ``destination``.
         """
         p = self.project
         if task_id:
@@ -295,7 +300,7 @@ class Export:
                 "updatedBy": labels.created_by if labels else None,
             }
             if with_labels and labels:
-                files = p.download_labels(task, folder / "segmentations" / task.name)
+                files = p.download_labels(task, task_folder(folder / "segmentations", task.task_id))
                 local_of = {labels.files[i]: str(path) for i, path in files.items()}
                 for entry in out["labelsMap"]:
                     local = local_of.get(str(entry.get("labelName")))
@@ -305,7 +310,7 @@ class Export:
                     if index in files:
                         series["segmentations"] = str(files[index])
             if with_files:
-                downloaded = p.download_items(task, folder / "images" / task.name)
+                downloaded = p.download_items(task, task_folder(folder / "images", task.task_id))
                 for series, got in zip(out["series"], downloaded, strict=False):
                     series["items"] = [str(path) for path in got.paths]
             yield out

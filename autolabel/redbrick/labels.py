@@ -9,6 +9,9 @@ For each task with a ``series`` list:
 3. more than 1000 label objects go to storage as gzip JSON (``labelsDataPath``), as the SDK does;
 4. ``putManualLabelingTaskAndLabels`` saves a draft (``finished=False``) or submits.
 
+:meth:`LabelWriter.upload` does steps 2-3 and :meth:`LabelWriter.commit` step 4, so that a
+caller can re-check the task between the uploads and the one mutation that writes.
+
 :class:`LabelWriter` raises per task; the facades turn that into the SDK's list of failed tasks.
 """
 
@@ -58,6 +61,16 @@ class ConvertedTask:
     series_info: list[dict[str, Any]]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UploadedLabels:
+    """One task's labels with their files in storage, ready for the saving mutation."""
+
+    task_id: str
+    labels_data: str | None
+    labels_map: list[LabelMapEntry | None]
+    labels_data_path: str | None
+
+
 class LabelWriter:
     """Converts, uploads and saves labels for tasks of one project."""
 
@@ -91,6 +104,11 @@ class LabelWriter:
 
     def save(self, task: ConvertedTask, *, stage_name: str, finished: bool) -> None:
         """Upload the label files of ``task`` and save (draft) or submit its labels."""
+        self.commit(self.upload(task), stage_name=stage_name, finished=finished)
+
+    def upload(self, task: ConvertedTask) -> UploadedLabels:
+        """Upload the label files (and an oversized label list) of ``task``; nothing is
+        saved yet. Uploads go to fresh storage keys, so a failed one may simply be redone."""
         labels_map = [
             self._upload_series(task, position) for position in range(len(task.labels_map))
         ]
@@ -100,15 +118,24 @@ class LabelWriter:
         if len(labels) > LABELS_ARRAY_LIMIT:
             labels_path = self._upload_labels_json(labels)
             labels_data = "[]"
+        return UploadedLabels(
+            task_id=task.task_id,
+            labels_data=labels_data,
+            labels_map=labels_map,
+            labels_data_path=labels_path,
+        )
+
+    def commit(self, uploaded: UploadedLabels, *, stage_name: str, finished: bool) -> None:
+        """The one mutation that saves (draft) or submits uploaded labels; sent once."""
         self.client.put_task_and_labels(
             self.org_id,
             self.project_id,
             stage_name=stage_name,
-            task_id=task.task_id,
+            task_id=uploaded.task_id,
             finished=finished,
-            labels_data=labels_data,
-            labels_map=labels_map,
-            labels_data_path=labels_path,
+            labels_data=uploaded.labels_data,
+            labels_map=uploaded.labels_map,
+            labels_data_path=uploaded.labels_data_path,
         )
 
     def _upload_series(self, task: ConvertedTask, position: int) -> LabelMapEntry | None:

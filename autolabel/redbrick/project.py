@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import tempfile
 import threading
 import urllib.parse
@@ -25,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.errors import ConversionError, NotFoundError
+from autolabel.paths import safe_component
 from autolabel.redbrick.client import ListingErrorHandler, RedBrickClient
 from autolabel.redbrick.export import Export
 from autolabel.redbrick.labeling import Labeling
-from autolabel.redbrick.labels import LabelWriter
+from autolabel.redbrick.labels import LabelWriter, UploadedLabels
 from autolabel.redbrick.retry import RetryPolicy
 from autolabel.redbrick.transport import DEFAULT_URL
 from autolabel.redbrick.types import (
@@ -224,7 +224,9 @@ class Project:
         jobs: list[tuple[str, Path]] = []
         result = []
         for series in task.series:
-            directory = root / f"{series.index}-{_safe(series.name or 'series')}"
+            directory = (
+                root / f"{series.index}-{safe_component(series.name or '', fallback='series')}"
+            )
             paths = tuple(
                 directory / f"{n:05d}-{_basename(item)}" for n, item in enumerate(series.items)
             )
@@ -308,10 +310,30 @@ class Project:
         rejects the series, other :class:`~autolabel.errors.PlatformError` on failure. The
         mutation is sent once: after a ``TransportError`` re-read the task before retrying.
         """
+        uploaded = self.upload_labels(task_id, series, provenance=provenance)
+        self.commit_labels(uploaded, stage_name, finalize=finalize)
+
+    def upload_labels(
+        self,
+        task_id: str,
+        series: Sequence[Mapping[str, Any]],
+        *,
+        provenance: Mapping[str, str] | None = None,
+    ) -> UploadedLabels:
+        """The first half of :meth:`save_labels`: convert ``series`` on the server and upload
+        its label files. Nothing is saved on the task; uploads are safe to redo."""
         task = {"taskId": task_id, "series": self.with_provenance(series, provenance or {})}
         writer = LabelWriter(self.client, self.org_id, self.project_id)
         (converted,) = writer.convert([task], REDBRICK_STORAGE_ID)
-        writer.save(converted, stage_name=stage_name, finished=finalize)
+        return writer.upload(converted)
+
+    def commit_labels(
+        self, uploaded: UploadedLabels, stage_name: str, *, finalize: bool = False
+    ) -> None:
+        """The second half of :meth:`save_labels`: the one mutation that saves (draft) or
+        submits ``uploaded``. Sent once; after a ``TransportError`` it is in doubt."""
+        writer = LabelWriter(self.client, self.org_id, self.project_id)
+        writer.commit(uploaded, stage_name=stage_name, finished=finalize)
 
     def with_provenance(
         self, series: Sequence[Mapping[str, Any]], provenance: Mapping[str, str]
@@ -372,10 +394,6 @@ class Project:
         self.client.move_task_to_start(self.org_id, self.project_id, task_id)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "series"
-
-
 def _basename(item: str) -> str:
     path = urllib.parse.urlsplit(item).path if "://" in item else item
-    return _safe(path.rstrip("/").rsplit("/", 1)[-1] or "item")
+    return safe_component(path.rstrip("/").rsplit("/", 1)[-1])

@@ -39,11 +39,13 @@ What travels, and where
 * Per-task results (label files, previews, payloads) are written under ``out_dir`` on the
   node that did the task: use a shared folder to collect them in one place.
 
-The ledger lives on the driver's machine, in ``work_dir`` as for a local run.
+The ledger lives on the driver's machine, in ``work_dir`` as for a local run, under the
+work folder's lock (:mod:`autolabel.worklock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -59,6 +61,7 @@ from autolabel.scale.cluster import RayOptions, plan_actors, ray_session
 from autolabel.scale.driver import RayDriver
 from autolabel.scale.messages import WorkerLostError
 from autolabel.settings import ConnectionSettings
+from autolabel.worklock import lock_work_folder
 
 
 def run_on_ray(
@@ -87,6 +90,10 @@ def run_on_ray(
     options = _absolute(options)
     model_ref = _model_reference(model)
     with (
+        # The work folder's one writer: taken before Ray starts, so a busy folder fails fast.
+        lock_work_folder(options.work_dir, wait_s=options.lock_wait_s)
+        if ledger is None
+        else contextlib.nullcontext(),
         ray_session(cluster.address) as ray,
         get_project(
             connection.org_id, connection.project_id, connection.api_key, url=connection.url

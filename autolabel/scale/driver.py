@@ -315,8 +315,11 @@ class RayDriver:
             if p.converted:
                 book.converted(task, outcome, outcome.seconds["convert"])
         if p.error is not None:
-            error = p.error
-            self._end(slot, book.failed(task, outcome, error.stage, error.rebuild()))
+            error = p.error.rebuild()
+            if self._lost_write_landed(book, job, error):
+                self._end(slot, self._landed(book, task, job))
+                return
+            self._end(slot, book.failed(task, outcome, p.error.stage, error))
         elif not p.entries:
             book.emit(task.task_id, "write")
             self._end(slot, book.finish(task, outcome, "skipped", EMPTY_REASON))
@@ -343,15 +346,21 @@ class RayDriver:
             self._end(slot, book.finish(task, outcome, value.status, ""))
             return
         error = value.rebuild()
-        if (
-            job.before is not None
-            and isinstance(error, TaskSkipped)
-            and book.write_landed(task.task_id, job.before)
-        ):
-            # The marker changed because the lost actor's write landed after all.
+        if self._lost_write_landed(book, job, error):
             self._end(slot, self._landed(book, task, job))
             return
         self._end(slot, book.failed(task, outcome, "write", error))
+
+    @staticmethod
+    def _lost_write_landed(book: RunBook, job: _Job, error: BaseException) -> bool:
+        """Whether a skip of a task handed on from a lost actor (at the next fetch, which
+        sees the run's own stamp, or at the guard before the next write) is that actor's
+        write, which landed after all."""
+        return (
+            job.before is not None
+            and isinstance(error, TaskSkipped)
+            and book.write_landed(job.task.task_id, job.before)
+        )
 
     @staticmethod
     def _end(slot: _Slot, outcome: TaskOutcome) -> None:

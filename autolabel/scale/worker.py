@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autolabel.paths import task_folder
 from autolabel.redbrick import Task, get_project
 from autolabel.runs import RunOptions, TaskOutcome
 from autolabel.scale.messages import Claim, Prepared, Sent, TaskError, WorkerInfo
@@ -87,7 +88,7 @@ class TaskWorker:
         stage = "fetch"
         try:
             began = time.perf_counter()
-            fetched = steps.fetch(task, self._scratch / f"{time.monotonic_ns()}")
+            fetched = steps.fetch(task, task_folder(self._scratch, task.task_id))
             outcome = TaskOutcome(
                 task.task_id,
                 fetched.task.name,
