@@ -28,7 +28,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("demo") / "autolabel-demo"
     capture = tmp_path_factory.mktemp("demo-output") / "stdout.txt"
     command = [sys.executable, "-m", "autolabel", "demo", "--out", str(out)]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # The environment's bin on PATH but not activated, as ./dev/demo.sh runs it, from a
+    # folder of its own (so the commands it prints must work from there).
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    finished = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=env, cwd=out.parent
+    )
     capture.write_text(finished.stdout)
     return {"out": out, "code": finished.returncode, "stdout": finished.stdout,
             "stderr": finished.stderr}  # fmt: skip
