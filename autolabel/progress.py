@@ -123,6 +123,8 @@ def summary_table(summary: RunSummary) -> Table:
 def print_summary(console: Console, summary: RunSummary) -> None:
     """Print the summary table, then every skipped and failed task with its reason."""
     console.print(summary_table(summary))
+    for note in summary.notes:
+        console.print(f"  [yellow]note[/] {note}", highlight=False)
     for outcome in summary.skipped + summary.failed:
         style = "yellow" if outcome.status == "skipped" else "red"
         console.print(

@@ -180,6 +180,8 @@ class RunSummary:
     resolved: int = 0
     already_done: int = 0
     workers: list[WorkerStats] = field(default_factory=list)
+    #: Things about the project the user should know about this run (one line each).
+    notes: list[str] = field(default_factory=list)
 
     def _with(self, *statuses: str) -> list[TaskOutcome]:
         return [o for o in self.outcomes if o.status in statuses]
@@ -241,6 +243,7 @@ class RunSummary:
         }
         if self.workers:
             out["workers"] = [w.to_dict() for w in self.workers]
+        out["notes"] = list(self.notes)
         return out
 
 

@@ -24,7 +24,14 @@ from autolabel.emulator.entities import ProjectRecord, UserRecord
 from autolabel.emulator.importformat import InvalidImport, validate_and_convert
 from autolabel.emulator.storage import BlobStore, StorageRefused, check_key
 from autolabel.emulator.store import Store
-from autolabel.emulator.views import project_view, stages_view, task_view, taxonomy_view, user_view
+from autolabel.emulator.views import (
+    project_status_key,
+    project_view,
+    stages_view,
+    task_view,
+    taxonomy_view,
+    user_view,
+)
 from autolabel.emulator.workflow import RuleViolation
 
 
@@ -105,7 +112,8 @@ def _project(_: Any, info: Info, **args: Any) -> Any:
     org_ids = {str(args["orgId"]), ctx.caller.org_id}
     if project is None or org_ids != {project.org_id}:
         return None  # the real server answers null for an unknown project (§5.2)
-    return project_view(project, ctx.base_url)
+    status = ctx.store.meta(project_status_key(project.project_id)) or "CREATION_SUCCESS"
+    return project_view(project, ctx.base_url, status=status)
 
 
 def _stages(_: Any, info: Info, **args: Any) -> Any:
