@@ -91,7 +91,7 @@ def test_archived_or_failed_project_is_refused(
     err = capsys.readouterr().err
     assert words in err and emulator.project_id in err
     assert sum(emulator.key_writes().values()) == 0
-    with pytest.raises(redbrick.RedbrickError, match="archived|failed to be created"):
+    with pytest.raises(redbrick.RedbrickError, match=r"archived|failed to be created"):
         _sdk_project(emulator)
 
 
