@@ -436,12 +436,17 @@ def test_run_writes_a_blank_first_series_as_the_sdk_does(
         ]  # fmt: skip
         assert main(argv) == 0
     mine = _write_steps(proxy.exchanges, ids)
+    # The labels of the CT series as the run wrote them (series.json, plus the provenance
+    # attributes the run adds when it sends them), placed by series name, not position.
     payload = json.loads(next((tmp_path / "work" / "results").glob("*/series.json")).read_text())
-    by_name = {entry["name"]: entry for entry in payload["series"]}
-    assert set(by_name) <= {"blank", "CT"} and "CT" in by_name
+    (ct,) = [e for e in payload["series"] if e["name"] == "CT"]
+    (sent_ct,) = [
+        e for step in mine if step[1] == "validateAndConvertToImportFormatSDK"
+        for e in step[2]["original"][0]["series"] if "segmentations" in e
+    ]  # fmt: skip
     in_task_order = [
-        {k: v for k, v in by_name[n].items() if k != "metaData"} if n in by_name else {"name": n}
-        for n in ("blank", "CT")
+        {"name": "blank"},
+        {"name": "CT", "segmentations": ct["segmentations"], "segmentMap": sent_ct["segmentMap"]},
     ]
 
     their_ids = Ids(their_emulator)
