@@ -95,3 +95,46 @@ def emulator_factory(
 def emulator(emulator_factory: EmulatorFactory) -> EmulatorHandle:
     """A fresh seeded emulator served on ``http://localhost:<free port>``."""
     return emulator_factory()
+
+
+def add_series_task(
+    emulator: EmulatorHandle, name: str, series: list[tuple[str, list[str]]]
+) -> str:
+    """Add a task of several series (``[(series name, item keys)]``, in task order), assigned
+    to the key in Label; returns its id."""
+    from autolabel.emulator.datapoints import new_task
+
+    project = emulator.emulator.store.project(emulator.project_id)
+    assert project is not None
+    items: list[str] = []
+    info = []
+    for series_name, keys in series:
+        indices = list(range(len(items), len(items) + len(keys)))
+        items += keys
+        info.append(
+            {"name": series_name, "itemsIndices": indices, "dataType": "DICOM3D", "metaData": {}}
+        )
+    task = new_task(
+        emulator.emulator.store, project, name=name, items=items, series_info=info,
+        created_by=emulator.key_user_id, pre_assign={"Label": emulator.key_user_id},
+    )  # fmt: skip
+    return task.task_id
+
+
+def blank_ct_items(
+    emulator: EmulatorHandle, folder: Path, shape: tuple[int, int, int] = DEFAULT_SHAPE
+) -> list[str]:
+    """Store a CT series of air (-1000 HU: no model finds anything) and return its item keys."""
+    import numpy as np
+
+    from autolabel.imaging import write_dicom_series
+
+    files = write_dicom_series(
+        np.full(shape, -1000, dtype=np.int16), np.diag([1.0, 1.0, 2.0, 1.0]), folder
+    )
+    prefix = f"{emulator.org_id}/{emulator.project_id}/items/{folder.name}"
+    for path in files:
+        emulator.emulator.blobs.write(
+            f"{prefix}/{path.name}", path.read_bytes(), content_type=None, encoding=None
+        )
+    return [f"{prefix}/{path.name}" for path in files]

@@ -27,10 +27,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import add_series_task, blank_ct_items
 
 from autolabel import redbrick as ours
 from autolabel.emulator import EmulatorHandle
-from autolabel.emulator.datapoints import new_task
 from autolabel.emulator.recorder import Exchange, RecordingProxy, recording_proxy
 
 redbrick = pytest.importorskip("redbrick")
@@ -212,20 +212,8 @@ def _in_ground_truth(emulator: EmulatorHandle) -> None:
 
 def _two_series(emulator: EmulatorHandle) -> None:
     """A task of two series (the first task's CT, twice), assigned to the key in Label."""
-    first = emulator.tasks("Label")[0]
-    project = emulator.emulator.store.project(emulator.project_id)
-    assert project is not None
-    count = len(first.items)
-    series = [
-        {"name": name, "itemsIndices": list(range(n * count, (n + 1) * count)),
-         "dataType": "DICOM3D", "metaData": {}}
-        for n, name in enumerate(("blank", "CT"))
-    ]  # fmt: skip
-    new_task(
-        emulator.emulator.store, project, name="two-series", items=[*first.items, *first.items],
-        series_info=series, created_by=emulator.key_user_id,
-        pre_assign={"Label": emulator.key_user_id},
-    )  # fmt: skip
+    ct = emulator.tasks("Label")[0].items
+    add_series_task(emulator, "two-series", [("blank", ct), ("CT", ct)])
 
 
 def _put(finalize: bool, label_file: Path) -> Act:
@@ -367,32 +355,9 @@ WRITE_STEPS = frozenset(
 def _blank_first(emulator: EmulatorHandle, tmp: Path) -> str:
     """A task whose first series is air (the model finds nothing) and whose second is the
     first seeded CT; assigned to the key in Label. Returns its id."""
-    from autolabel.imaging import write_dicom_series
-
-    first = emulator.tasks("Label")[0]
-    blank = np.full(SHAPE, -1000, dtype=np.int16)
-    files = write_dicom_series(blank, np.diag([1.0, 1.0, 2.0, 1.0]), tmp / "blank")
-    prefix = f"{emulator.org_id}/{emulator.project_id}/items/blank"
-    items = []
-    for path in files:
-        emulator.emulator.blobs.write(
-            f"{prefix}/{path.name}", path.read_bytes(), content_type=None, encoding=None
-        )
-        items.append(f"{prefix}/{path.name}")
-    project = emulator.emulator.store.project(emulator.project_id)
-    assert project is not None
-    series = [
-        {"name": "blank", "itemsIndices": list(range(len(items))), "dataType": "DICOM3D",
-         "metaData": {}},
-        {"name": "CT", "itemsIndices": [len(items) + n for n in range(len(first.items))],
-         "dataType": "DICOM3D", "metaData": {}},
-    ]  # fmt: skip
-    task = new_task(
-        emulator.emulator.store, project, name="blank-first", items=[*items, *first.items],
-        series_info=series, created_by=emulator.key_user_id,
-        pre_assign={"Label": emulator.key_user_id},
-    )  # fmt: skip
-    return task.task_id
+    ct = emulator.tasks("Label")[0].items
+    blank = blank_ct_items(emulator, tmp / "blank", SHAPE)
+    return add_series_task(emulator, "blank-first", [("blank", blank), ("CT", ct)])
 
 
 def _write_steps(exchanges: list[Exchange], ids: Ids) -> list[tuple[Any, ...]]:
