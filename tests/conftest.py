@@ -5,7 +5,8 @@
   :class:`autolabel.emulator.EmulatorHandle` (``url``, ``org_id``, ``project_id``,
   ``api_key``, fault control, task state, events, helpers to act as other users).
 * ``emulator_factory`` -- ``emulator_factory(studies=..., shape=..., from_paths=...,
-  faults=..., multi_series=...)`` for a custom one (served until the test ends).
+  faults=..., multi_series=..., datasets=...)`` for a custom one (served until the test
+  ends); ``datasets`` seeds a Datasets (AltaDB) project.
 * ``emulator_template`` -- the session's seeded data folder (read-only; copied per test).
 
 Seeding writes real DICOM files, so it happens once per session per configuration; each
@@ -43,11 +44,15 @@ def _template(
     shape: tuple[int, int, int],
     from_paths: tuple[str, ...],
     multi_series: bool = False,
+    datasets: bool = False,
 ) -> Path:
-    key = (studies, shape, from_paths, multi_series)
+    key = (studies, shape, from_paths, multi_series, datasets)
     if key not in cache:
         folder = factory.mktemp("emulator-template")
-        seed(folder, studies=studies, shape=shape, from_paths=from_paths, multi_series=multi_series)
+        seed(
+            folder, studies=studies, shape=shape, from_paths=from_paths,
+            multi_series=multi_series, datasets=datasets,
+        )  # fmt: skip
         cache[key] = folder
     return cache[key]
 
@@ -77,12 +82,14 @@ def emulator_factory(
             from_paths: tuple[str | Path, ...] = (),
             faults: tuple[FaultRule, ...] = (),
             multi_series: bool = False,
+            datasets: bool = False,
         ) -> EmulatorHandle:
             nonlocal count
             count += 1
             paths = tuple(str(p) for p in from_paths)
             template = _template(
-                _emulator_templates, tmp_path_factory, studies, shape, paths, multi_series
+                _emulator_templates, tmp_path_factory, studies, shape, paths, multi_series,
+                datasets,
             )
             data_dir = tmp_path / f"emulator-{count}"
             shutil.copytree(template, data_dir)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.errors import ConfigError, ConversionError, NotFoundError
+from autolabel.redbrick import altadb
+from autolabel.redbrick.altadb import AltaInstance
 from autolabel.redbrick.client import ListingErrorHandler, RedBrickClient
 from autolabel.redbrick.export import Export
 from autolabel.redbrick.labeling import Labeling
@@ -42,11 +44,17 @@ from autolabel.redbrick.types import (
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DownloadedSeries:
-    """The local files of one series, in the series' item order."""
+    """The local files of one series, in the series' item order.
+
+    A series of a Datasets (AltaDB) project comes as ``instances`` (DICOM headers and frame
+    files, see :mod:`autolabel.redbrick.altadb`) with no ``paths``: the caller writes the
+    DICOM files (:func:`autolabel.imaging.altadb.from_altadb_instance`).
+    """
 
     index: int
     name: str | None
     paths: tuple[Path, ...]
+    instances: tuple[AltaInstance, ...] = ()
 
 
 class Context:
@@ -251,6 +259,21 @@ class Project:
         result = []
         for series in task.series:
             directory = root / f"{series.index}-{_safe(series.name or 'series')}"
+            alta = [str(by_item[item]) for item in series.items if altadb.is_altadb(by_item[item])]
+            if alta:  # a Datasets project: one manifest per series (redbrick/export/public.py)
+                instances = [
+                    i
+                    for n, url in enumerate(alta)
+                    for i in altadb.download_series(
+                        self.client.transport, url, directory / f"altadb-{n}"
+                    )
+                ]
+                result.append(
+                    DownloadedSeries(
+                        index=series.index, name=series.name, paths=(), instances=tuple(instances)
+                    )
+                )
+                continue
             paths = tuple(
                 directory / f"{n:05d}-{_basename(item)}" for n, item in enumerate(series.items)
             )
