@@ -194,7 +194,8 @@ class Transport:
         ``idempotent=False`` (mutations) sends exactly once: after a :class:`TransportError`
         the caller must re-read the task to learn whether the write happened.
 
-        Raises :class:`AuthError` (401/403 or a refused key), :class:`NotFoundError` (404 or
+        Raises :class:`AuthError` (401/403, a refused key, or a fast 5xx before any call
+        succeeded: how RedBrick refuses a key), :class:`NotFoundError` (404 or
         a not-found message), :class:`TaskStateError` (a task rule), :class:`GraphQLError`
         (any other ``errors``; the key's mere presence counts, as in the SDK) or
         :class:`TransportError` (connection, timeout, 429, 5xx, unreadable answer).
