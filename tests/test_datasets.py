@@ -66,7 +66,8 @@ def test_run_on_a_datasets_project_labels_the_right_voxels(
     for name, labels in ours.items():
         assert labels.any(), name
         assert np.array_equal(labels, reference[name]), name
-    exported = list(_sdk_project(datasets).export.export_tasks())  # type: ignore[attr-defined]
+    project = _sdk_project(datasets)
+    exported = list(project.export.export_tasks(destination=str(tmp_path / "export")))  # type: ignore[attr-defined]
     assert len(exported) == 3
     for task in exported:
         (series,) = task["series"]

@@ -55,7 +55,7 @@ def test_empty_submit_is_seen_through_the_sdk(emulator: EmulatorHandle, tmp_path
         project = redbrick.get_project(
             emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
         )
-    (task,) = project.export.export_tasks(task_id=task_id)
+    (task,) = project.export.export_tasks(task_id=task_id, destination=str(tmp_path / "out"))
     (series,) = task["series"]
     assert series.get("segmentMap") in ({}, None)
     drafts = project.export.list_tasks(

@@ -55,7 +55,8 @@ def test_bad_key_is_exit_3_after_one_request(
     err = capsys.readouterr().err
     assert "refuses an API key" in err and wrong not in err
     assert [e.status for e in proxy.exchanges] == [500]
-    with pytest.raises(redbrick.AuthenticationError):
+    with warnings.catch_warnings(), pytest.raises(redbrick.AuthenticationError):
+        warnings.simplefilter("ignore")  # the SDK's "API keys will be sunset" notice
         redbrick.get_project(emulator.org_id, emulator.project_id, wrong, url=emulator.url)
 
 

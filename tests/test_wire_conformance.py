@@ -190,6 +190,11 @@ def _series(label_file: Path) -> list[dict[str, Any]]:
     return [{"segmentations": str(label_file), "segmentMap": {"1": "Liver", "2": "Spleen"}}]
 
 
+def _export_dir(emulator: EmulatorHandle) -> str:
+    """Where an export writes (the SDK's default is a folder in the working directory)."""
+    return str(emulator.data_dir / "export")
+
+
 def _nothing(emulator: EmulatorHandle) -> None:
     return None
 
@@ -291,19 +296,23 @@ def _cases(label_file: Path) -> dict[str, tuple[Callable[[EmulatorHandle], None]
         "open the project": (_nothing, OPEN),
         "export one task": (
             _nothing,
-            lambda p, emu, ids: list(p.export.export_tasks(task_id=ids.task(0))),
+            lambda p, emu, ids: list(
+                p.export.export_tasks(task_id=ids.task(0), destination=_export_dir(emu))
+            ),
         ),
         "export one task with its files": (
             _nothing,
             lambda p, emu, ids: list(
                 p.export.export_tasks(
-                    task_id=ids.task(0), with_files=True, destination=str(emu.data_dir / "out")
+                    task_id=ids.task(0), with_files=True, destination=_export_dir(emu)
                 )
             ),
         ),
         "export Ground Truth": (
             _in_ground_truth,
-            lambda p, emu, ids: list(p.export.export_tasks(only_ground_truth=True)),
+            lambda p, emu, ids: list(
+                p.export.export_tasks(only_ground_truth=True, destination=_export_dir(emu))
+            ),
         ),
     }
 
