@@ -24,8 +24,8 @@ from autolabel.errors import ImageError, NotFoundError
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
 from autolabel.redbrick.client import ListingErrorHandler
-from autolabel.redbrick.types import Labels
 from autolabel.redbrick.project import DownloadedSeries
+from autolabel.redbrick.types import Labels
 
 #: Told about a task a run leaves out: ``(task_id, task_name, reason)``.
 SkipHandler = Callable[[str, str, str], None]

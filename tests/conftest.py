@@ -88,7 +88,12 @@ def emulator_factory(
             count += 1
             paths = tuple(str(p) for p in from_paths)
             template = _template(
-                _emulator_templates, tmp_path_factory, studies, shape, paths, multi_series,
+                _emulator_templates,
+                tmp_path_factory,
+                studies,
+                shape,
+                paths,
+                multi_series,
                 datasets,
             )
             data_dir = tmp_path / f"emulator-{count}"

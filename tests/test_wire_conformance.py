@@ -384,11 +384,6 @@ def _write_steps(exchanges: list[Exchange], ids: Ids) -> list[tuple[Any, ...]]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until engineer fidelity's issue-10 fix lands: the run leaves the blank series out "
-    "and labels the CT as series 0",
-)
 def test_run_writes_a_blank_first_series_as_the_sdk_does(
     emulator_factory: Callable[..., EmulatorHandle], tmp_path: Path
 ) -> None:
