@@ -38,9 +38,7 @@ else:  # pragma: no cover - Python 3.10
 
 #: A mapping target: a category name, a ``classId``, or ``None`` to drop the class.
 Target = str | int | None
-EmptyPolicy = Literal["skip", "submit", "flag"]
-#: The ``metaData`` note a series carries when ``empty="flag"`` submits an empty prediction.
-EMPTY_FLAG = {"autolabel": "empty prediction: the model labelled no voxels"}
+EmptyPolicy = Literal["skip", "submit"]
 _MAX_VALUE = 65535
 
 
@@ -411,13 +409,12 @@ def to_series(
     * Semantic by default: one value per category, ``segmentMap`` ``{"1": {"category":
       ...}, ...}``. With ``instances=True`` every connected component is its own value.
     * Nothing labelled (after dropping): ``empty="skip"`` writes nothing and returns
-      ``None``; ``"submit"`` writes the empty file with an empty ``segmentMap``; ``"flag"``
-      does the same and adds ``metaData`` :data:`EMPTY_FLAG`, which the viewer shows.
+      ``None``; ``"submit"`` writes the empty file with an empty ``segmentMap``.
     * The label file is written (atomically) at ``path`` on the image's exact grid; the
       entry's ``segmentations`` is that path.
     """
-    if empty not in ("skip", "submit", "flag"):
-        raise ValueError(f"empty must be 'skip', 'submit' or 'flag', got {empty!r}")
+    if empty not in ("skip", "submit"):
+        raise ValueError(f"empty must be 'skip' or 'submit', got {empty!r}")
     if min_component_voxels < 0:
         raise ValueError("min_component_voxels must be >= 0")
     what = f"{volume.source or 'volume'} / series {name!r}"
@@ -440,6 +437,4 @@ def to_series(
         return None
     written = write_label_nifti(out, volume, path)
     entry: SeriesEntry = {"name": name, "segmentations": str(written), "segmentMap": entries}
-    if not entries and empty == "flag":
-        entry["metaData"] = dict(EMPTY_FLAG)
     return entry

@@ -57,7 +57,8 @@ class TransportError(PlatformError):
 
 
 class AuthError(PlatformError):
-    """The API key was refused (HTTP 401/403, or the server does not know it)."""
+    """The API key was refused (HTTP 401/403, a fast 5xx to the first call, or a message
+    saying so on a project-level call)."""
 
 
 class NotFoundError(PlatformError):

@@ -11,6 +11,7 @@ labelled, downloads its series into a folder of the work directory, decodes each
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from autolabel.errors import ImageError, NotFoundError
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
 from autolabel.redbrick.client import ListingErrorHandler
+from autolabel.redbrick.project import DownloadedSeries
 from autolabel.redbrick.types import Labels, is_uuid
 
 #: Told about a task a run leaves out: ``(task_id, task_name, reason)``.
@@ -229,6 +231,21 @@ def human_labels_problem(
     )
 
 
+def _as_files(series: DownloadedSeries) -> DownloadedSeries:
+    """A Datasets (AltaDB) series written as DICOM files next to its parts; others as is."""
+    if not series.instances:
+        return series
+    folder = series.instances[0].frames[0].parent.parent
+    paths = tuple(
+        imaging.from_altadb_instance(
+            i.header, i.transfer_syntax, [f.read_bytes() for f in i.frames],
+            folder / f"{n:05d}.dcm",
+        )
+        for n, i in enumerate(series.instances)
+    )  # fmt: skip
+    return dataclasses.replace(series, paths=paths, instances=())
+
+
 def load_task_series(
     project: Project, task: Task, folder: Path, *, limits: imaging.ImageLimits | None = None
 ) -> tuple[tuple[FetchedSeries, ...], str]:
@@ -238,7 +255,7 @@ def load_task_series(
     ``limits`` is refused before it is decoded).
     """
     try:
-        downloaded = project.download_items(task, folder)
+        downloaded = [_as_files(series) for series in project.download_items(task, folder)]
         files = [path for series in downloaded for path in series.paths]
         if not files:
             raise ImageError(f"task {task.task_id} ({task.name}): it has no image items")

@@ -139,5 +139,7 @@ def summary_table(summary: RunSummary) -> Table:
 def print_summary(console: Console, summary: RunSummary) -> None:
     """Print the summary table, then every skipped and failed task with its reason."""
     console.print(summary_table(summary))
+    for note in summary.notes:
+        console.print(f"  [yellow]note[/] {note}", highlight=False)
     for outcome in summary.skipped + summary.failed:
         console.print(outcome_line(outcome, indent="  ", task_id=True))

@@ -106,8 +106,22 @@ class RunBook:
             wall_s=self.elapsed_s,
             resolved=self.resolved,
             already_done=self.already_done,
+            notes=self.notes(),
             **extra,
         )
+
+    def notes(self) -> list[str]:
+        """What the user should know about where this run's writes go."""
+        if self.options.mode != "final":
+            return []
+        sampled = self.project.sampled_review_after(self.options.stage)
+        if sampled is None:
+            return []
+        stage, share = sampled
+        return [
+            f"{stage} reviews only {share:.0%} of tasks (reviewPercent {share:g}): the other "
+            "submitted tasks skip review and can go straight to Ground Truth"
+        ]
 
     @property
     def elapsed_s(self) -> float:

@@ -21,6 +21,15 @@ from autolabel.ledger import ModelKey
 MODES = ("draft", "final", "dry-run")
 
 
+#: Why ``empty = "flag"`` is refused: it only wrote series ``metaData``, which no RedBrick
+#: user sees (the viewer shows labels, comments and classifications).
+EMPTY_FLAG_REMOVED = (
+    'empty = "flag" was removed: RedBrick shows that note to nobody. Use "submit" to save '
+    'empty labels a person reviews, or "skip" (the default) and find the tasks with '
+    "`autolabel status` (skipped: the model found nothing)"
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """What a run does (see :func:`autolabel.pipeline.run`).
@@ -30,8 +39,8 @@ class RunOptions:
     ``task_ids`` / ``name`` pick tasks instead of all assigned ones; ``limit`` caps them.
     ``mapping`` maps model label names to taxonomy categories (``None`` drops a class) on
     top of the model card's default mapping. ``empty`` is the policy for a task whose
-    prediction is empty: ``skip`` it, ``submit`` it empty, or ``flag`` it (write it and
-    say so). ``work_dir`` holds the ledger and temporary downloads; ``out_dir`` (default
+    prediction is empty: ``skip`` it or ``submit`` it empty (see :data:`EMPTY_FLAG_REMOVED`).
+    ``work_dir`` holds the ledger and temporary downloads; ``out_dir`` (default
     ``work_dir/results``) the per-task results, one folder per task id. ``model_timeout_s`` bounds each predict
     call (None: the card's ``[runtime] timeout_s``, else 900 s; see
     :mod:`autolabel.inference.guard`); ``max_voxels`` / ``max_image_bytes`` bound each
@@ -70,8 +79,10 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.empty not in ("skip", "submit", "flag"):
-            raise ConfigError(f"empty must be skip, submit or flag, got {self.empty!r}")
+        if str(self.empty) == "flag":  # an old settings file or script
+            raise ConfigError(EMPTY_FLAG_REMOVED)
+        if self.empty not in ("skip", "submit"):
+            raise ConfigError(f"empty must be skip or submit, got {self.empty!r}")
         for name in ("fetch_workers", "write_workers", "queue_depth", "max_voxels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -192,6 +203,8 @@ class RunSummary:
     resolved: int = 0
     already_done: int = 0
     workers: list[WorkerStats] = field(default_factory=list)
+    #: Things about the project the user should know about this run (one line each).
+    notes: list[str] = field(default_factory=list)
 
     def _with(self, *statuses: str) -> list[TaskOutcome]:
         return [o for o in self.outcomes if o.status in statuses]
@@ -253,6 +266,7 @@ class RunSummary:
         }
         if self.workers:
             out["workers"] = [w.to_dict() for w in self.workers]
+        out["notes"] = list(self.notes)
         return out
 
 

@@ -5,7 +5,8 @@
   :class:`autolabel.emulator.EmulatorHandle` (``url``, ``org_id``, ``project_id``,
   ``api_key``, fault control, task state, events, helpers to act as other users).
 * ``emulator_factory`` -- ``emulator_factory(studies=..., shape=..., from_paths=...,
-  faults=..., multi_series=...)`` for a custom one (served until the test ends).
+  faults=..., multi_series=..., datasets=...)`` for a custom one (served until the test
+  ends); ``datasets`` seeds a Datasets (AltaDB) project.
 * ``emulator_template`` -- the session's seeded data folder (read-only; copied per test).
 
 Seeding writes real DICOM files, so it happens once per session per configuration; each
@@ -43,11 +44,15 @@ def _template(
     shape: tuple[int, int, int],
     from_paths: tuple[str, ...],
     multi_series: bool = False,
+    datasets: bool = False,
 ) -> Path:
-    key = (studies, shape, from_paths, multi_series)
+    key = (studies, shape, from_paths, multi_series, datasets)
     if key not in cache:
         folder = factory.mktemp("emulator-template")
-        seed(folder, studies=studies, shape=shape, from_paths=from_paths, multi_series=multi_series)
+        seed(
+            folder, studies=studies, shape=shape, from_paths=from_paths,
+            multi_series=multi_series, datasets=datasets,
+        )  # fmt: skip
         cache[key] = folder
     return cache[key]
 
@@ -77,12 +82,19 @@ def emulator_factory(
             from_paths: tuple[str | Path, ...] = (),
             faults: tuple[FaultRule, ...] = (),
             multi_series: bool = False,
+            datasets: bool = False,
         ) -> EmulatorHandle:
             nonlocal count
             count += 1
             paths = tuple(str(p) for p in from_paths)
             template = _template(
-                _emulator_templates, tmp_path_factory, studies, shape, paths, multi_series
+                _emulator_templates,
+                tmp_path_factory,
+                studies,
+                shape,
+                paths,
+                multi_series,
+                datasets,
             )
             data_dir = tmp_path / f"emulator-{count}"
             shutil.copytree(template, data_dir)
@@ -95,3 +107,46 @@ def emulator_factory(
 def emulator(emulator_factory: EmulatorFactory) -> EmulatorHandle:
     """A fresh seeded emulator served on ``http://localhost:<free port>``."""
     return emulator_factory()
+
+
+def add_series_task(
+    emulator: EmulatorHandle, name: str, series: list[tuple[str, list[str]]]
+) -> str:
+    """Add a task of several series (``[(series name, item keys)]``, in task order), assigned
+    to the key in Label; returns its id."""
+    from autolabel.emulator.datapoints import new_task
+
+    project = emulator.emulator.store.project(emulator.project_id)
+    assert project is not None
+    items: list[str] = []
+    info = []
+    for series_name, keys in series:
+        indices = list(range(len(items), len(items) + len(keys)))
+        items += keys
+        info.append(
+            {"name": series_name, "itemsIndices": indices, "dataType": "DICOM3D", "metaData": {}}
+        )
+    task = new_task(
+        emulator.emulator.store, project, name=name, items=items, series_info=info,
+        created_by=emulator.key_user_id, pre_assign={"Label": emulator.key_user_id},
+    )  # fmt: skip
+    return task.task_id
+
+
+def blank_ct_items(
+    emulator: EmulatorHandle, folder: Path, shape: tuple[int, int, int] = DEFAULT_SHAPE
+) -> list[str]:
+    """Store a CT series of air (-1000 HU: no model finds anything) and return its item keys."""
+    import numpy as np
+
+    from autolabel.imaging import write_dicom_series
+
+    files = write_dicom_series(
+        np.full(shape, -1000, dtype=np.int16), np.diag([1.0, 1.0, 2.0, 1.0]), folder
+    )
+    prefix = f"{emulator.org_id}/{emulator.project_id}/items/{folder.name}"
+    for path in files:
+        emulator.emulator.blobs.write(
+            f"{prefix}/{path.name}", path.read_bytes(), content_type=None, encoding=None
+        )
+    return [f"{prefix}/{path.name}" for path in files]

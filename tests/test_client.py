@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from autolabel.emulator.handle import EmulatorHandle, serve_in_thread
+from autolabel.emulator.recorder import recording_proxy
 from autolabel.emulator.seed import seed
 from autolabel.errors import AuthError, NotFoundError, TaskStateError
 from autolabel.redbrick import Project, RetryPolicy, TaskFilters, get_project
@@ -88,12 +89,27 @@ def test_unknown_project_is_not_found(served: EmulatorHandle) -> None:
 
 
 def test_unknown_key_is_refused_without_echoing_it(served: EmulatorHandle) -> None:
-    """A well-formed but unknown key raises AuthError; the message does not contain the key."""
+    """A well-formed but unknown key (a fast HTTP 500 on the first call, as RedBrick answers
+    it) raises AuthError after one request, not four; the message does not contain the key."""
     wrong = "k" * 43
-    with pytest.raises(AuthError) as caught:
-        get_project(served.org_id, served.project_id, wrong, url=served.url)
-    assert caught.value.status == 401
+    with recording_proxy(served.url) as proxy, pytest.raises(AuthError) as caught:
+        get_project(served.org_id, served.project_id, wrong, url=proxy.url)
+    assert [(e.status, e.graphql()["query"].split("(")[0].strip()) for e in proxy.exchanges] == [
+        (500, "query getProjectSDK")
+    ]
+    assert caught.value.status == 500
+    assert "refuses an API key" in str(caught.value)
     assert wrong not in str(caught.value)
+
+
+def test_server_error_after_the_key_worked_is_retried(
+    project: Project, served: EmulatorHandle
+) -> None:
+    """Once a call succeeded the key is good: a later fast 500 is a server fault, retried."""
+    rule = served.add_fault("taskSDK", "status", status=500, times=1)
+    task_id = served.task_ids("Label")[0]
+    assert project.get_task(task_id).task_id == task_id
+    assert rule.fired == 1
 
 
 def test_assigned_tasks_are_listed_across_pages(project: Project, served: EmulatorHandle) -> None:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from autolabel.convert import (
-    EMPTY_FLAG,
     Category,
     build_segment_map,
     load_mapping,
@@ -220,9 +219,9 @@ def test_instances_split_connected_components(tmp_path, volume):
     assert data[2, 2, 1] != data[8, 7, 1]  # the two liver blobs are different instances
 
 
-@pytest.mark.parametrize("policy", ["skip", "submit", "flag"])
+@pytest.mark.parametrize("policy", ["skip", "submit"])
 def test_empty_prediction_policy(tmp_path, volume, policy):
-    """Nothing labelled: skip writes nothing; submit writes an empty map; flag also notes it."""
+    """Nothing labelled: skip writes nothing; submit writes an empty map."""
     seg = build_segment_map(MODEL, TAXONOMY, {"vessels": None})
     labels = np.zeros(volume.shape, dtype=np.uint8)
     labels[3, 3, 3] = 7  # only a dropped class
@@ -234,9 +233,7 @@ def test_empty_prediction_policy(tmp_path, volume, policy):
         return
     assert entry is not None and entry["segmentMap"] == {}
     assert not np.any(read_label_nifti(target)[0])
-    assert ("metaData" in entry) == (policy == "flag")
-    if policy == "flag":
-        assert entry["metaData"] == EMPTY_FLAG
+    assert "metaData" not in entry
 
 
 def test_bool_masks_are_accepted(tmp_path, volume):

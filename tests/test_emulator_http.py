@@ -23,11 +23,12 @@ def test_gzip_base64_and_plain_json_bodies_both_work(emulator: EmulatorHandle) -
         assert answer.json() == {"data": {"me": {"userId": emulator.key_user_id}}}
 
 
-def test_unknown_or_missing_key_is_401(emulator: EmulatorHandle) -> None:
-    """A key the emulator never issued, or no key at all, is refused with 401."""
-    assert wire.graphql(emulator, ME, key="x" * 43).status_code == 401
+def test_unknown_or_missing_key_is_a_fast_500(emulator: EmulatorHandle) -> None:
+    """A key the emulator never issued, or no key at all, gets HTTP 500, as RedBrick answers
+    a bad key (the SDK reads a fast 5xx as an invalid key)."""
+    assert wire.graphql(emulator, ME, key="x" * 43).status_code == 500
     bare = requests.post(f"{emulator.url}/graphql/", json={"query": ME}, timeout=10)
-    assert bare.status_code == 401
+    assert bare.status_code == 500
 
 
 def test_resolver_error_has_errors_and_null_field(emulator: EmulatorHandle) -> None:

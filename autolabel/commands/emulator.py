@@ -45,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="each --from folder is one task; its DICOM sub-folders and NIfTI files are the "
         "task's series, in name order",
     )
+    seed.add_argument(
+        "--datasets",
+        action="store_true",
+        help="store DICOM studies as a Datasets (AltaDB) project serves them",
+    )
     seed.set_defaults(handler=run_seed)
 
     serve = actions.add_parser("serve", help="serve a seeded data folder over HTTP")
@@ -94,6 +99,7 @@ def run_seed(args: argparse.Namespace) -> int:
             from_paths=args.from_paths,
             multi_series=args.multi_series,
             seed=args.seed,
+            datasets=args.datasets,
         )
     except (FileNotFoundError, FileExistsError) as exc:
         raise ConfigError(str(exc)) from None

@@ -115,9 +115,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--empty",
-        choices=("skip", "submit", "flag"),
+        choices=("skip", "submit"),
         default="skip",
-        help="what to do when the model finds nothing (default: skip the task)",
+        help="when the model finds nothing: skip the task (default), or submit empty labels",
     )
     model.add_argument(
         "--instances", action="store_true", help="one instance per connected component"

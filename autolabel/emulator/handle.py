@@ -33,6 +33,7 @@ from autolabel.emulator.faults import FaultRule
 from autolabel.emulator.seed import HUMAN_EMAIL, Connection
 from autolabel.emulator.server import EmulatorHTTPServer
 from autolabel.emulator.service import Emulator, MintedUser
+from autolabel.emulator.views import PROJECT_STATUSES, project_status_key
 
 LOOPBACK = "127.0.0.1"
 
@@ -296,6 +297,13 @@ class EmulatorHandle:
             for s in project.stages
         ]
         self.emulator.store.set_stages(self.project_id, stages)
+
+    def set_project_status(self, status: str) -> None:
+        """Set the project's ``status``: ``REMOVING`` is an archived project,
+        ``CREATION_FAILURE`` one that failed creation (redbrick/project.py reads both)."""
+        if status not in PROJECT_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(PROJECT_STATUSES)}")
+        self.emulator.store.set_meta(project_status_key(self.project_id), status)
 
     def set_presign_ttl(self, seconds: float) -> None:
         """How long newly presigned storage URLs stay valid (a negative value: expired)."""

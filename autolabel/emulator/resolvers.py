@@ -19,12 +19,19 @@ from typing import TYPE_CHECKING, Any, cast
 
 import graphql
 
-from autolabel.emulator import assignment, datapoints, tasklist, workflow
+from autolabel.emulator import altadb, assignment, datapoints, tasklist, workflow
 from autolabel.emulator.entities import ProjectRecord, UserRecord
 from autolabel.emulator.importformat import InvalidImport, validate_and_convert
 from autolabel.emulator.storage import BlobStore, StorageRefused, check_key
 from autolabel.emulator.store import Store
-from autolabel.emulator.views import project_view, stages_view, task_view, taxonomy_view, user_view
+from autolabel.emulator.views import (
+    project_status_key,
+    project_view,
+    stages_view,
+    task_view,
+    taxonomy_view,
+    user_view,
+)
 from autolabel.emulator.workflow import RuleViolation
 
 
@@ -57,6 +64,11 @@ class RequestContext:
             return None
         if key.startswith(("http://", "https://")):
             return key
+        if altadb.is_item(key):  # follows redbrick/utils/altadb.py: a manifest per series
+            series = altadb.series_prefix(key)
+            if not series or not self.owned_file(f"{series}/metadata.json"):
+                return None
+            return altadb.presign(self.blobs, self.base_url, key)
         if not self.owned_file(key):
             return None
         return self.blobs.presign(self.base_url, key, "GET")
@@ -105,7 +117,8 @@ def _project(_: Any, info: Info, **args: Any) -> Any:
     org_ids = {str(args["orgId"]), ctx.caller.org_id}
     if project is None or org_ids != {project.org_id}:
         return None  # the real server answers null for an unknown project (§5.2)
-    return project_view(project, ctx.base_url)
+    status = ctx.store.meta(project_status_key(project.project_id)) or "CREATION_SUCCESS"
+    return project_view(project, ctx.base_url, status=status)
 
 
 def _stages(_: Any, info: Info, **args: Any) -> Any:

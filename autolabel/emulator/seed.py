@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from autolabel.emulator import altadb
 from autolabel.emulator.datapoints import new_task
 from autolabel.emulator.entities import ProjectRecord, UserRecord, utc_now
 from autolabel.emulator.service import Emulator, new_api_key
@@ -256,6 +257,8 @@ def _add_study(
     name: str,
     series: Sequence[tuple[str, Sequence[Path]]],
     meta: dict[str, str],
+    *,
+    datasets: bool = False,
 ) -> bool:
     if emulator.store.task_by_name(project.project_id, name) is not None:
         return False
@@ -264,11 +267,15 @@ def _add_study(
     series_info = []
     for number, (series_name, files) in enumerate(series):
         first = len(items)
-        for path in files:
+        dicom = len(files) > 1 or _is_dicom(files[0])
+        if datasets and dicom:
+            # follows redbrick/export/public.py: a Datasets series is one altadb: item
+            alta = f"{project.org_id}/{project.project_id}/altadb/{uuid.uuid4()}"
+            items.append(altadb.store_series(emulator.blobs, alta, files))
+        for path in files if not (datasets and dicom) else ():
             key = f"{prefix}/{path.name}" if len(series) == 1 else f"{prefix}/{number}/{path.name}"
             emulator.blobs.write(key, path.read_bytes(), content_type=None, encoding=None)
             items.append(key)
-        dicom = len(files) > 1 or _is_dicom(files[0])
         default = "CT" if dicom else "image"
         series_info.append(
             {
@@ -293,8 +300,12 @@ def seed(
     from_paths: Iterable[str | Path] = (),
     multi_series: bool = False,
     seed: int = 0,
+    datasets: bool = False,
 ) -> Connection:
     """Seed ``data_dir`` (see the module docstring) and return its :class:`Connection`.
+
+    ``datasets=True`` stores DICOM studies as a Datasets (AltaDB) project does: one
+    ``altadb:`` item per series (:mod:`autolabel.emulator.altadb`).
 
     Phantom study ``n`` (``0 <= n < studies``) is named ``phantom-<seed + n>`` and made by
     ``make_phantom(shape, seed=seed + n)``; its task ``metaData`` records ``seed`` and
@@ -336,12 +347,18 @@ def seed(
                     "seed": str(number),
                     "shape": "x".join(map(str, shape)),
                 }
-                _add_study(emulator, project, key_user.user_id, name, [("CT", files)], meta)
+                _add_study(
+                    emulator, project, key_user.user_id, name, [("CT", files)], meta,
+                    datasets=datasets,
+                )  # fmt: skip
         for study in find_studies(from_paths, multi_series=multi_series):
             task_name = _task_name(emulator, project, study)
             if task_name is not None:
                 meta = {"source": str(study.source)}
-                _add_study(emulator, project, key_user.user_id, task_name, study.series, meta)
+                _add_study(
+                    emulator, project, key_user.user_id, task_name, study.series, meta,
+                    datasets=datasets,
+                )  # fmt: skip
     finally:
         emulator.close()
     return connection

@@ -4,7 +4,9 @@ Routes (protocol §1, §3, §8.1):
 
 * ``POST /graphql/`` (also ``/api/graphql/``): the body is ``base64(gzip(JSON))`` when the
   ``Content-Encoding-RB: gzip`` header is sent (the SDK always does), else plain JSON. The
-  ``ApiKey`` header must hold a known key, else 401. Answers are ``application/json``.
+  ``ApiKey`` header must hold a known key, else HTTP 500 at once, as RedBrick refuses a key
+  (redbrick/common/client.py reads a fast 5xx as "may indicate an invalid API key"). Answers
+  are ``application/json``.
 * ``PUT /storage/<key>?expires=..&signature=..`` and ``GET`` likewise: presigned object
   storage; a bad signature, another method or an expired URL gets 403.
 * ``/_emulator/...``: admin routes (:mod:`autolabel.emulator.admin`), behind the admin token.
@@ -293,7 +295,9 @@ class _Handler(BaseHTTPRequestHandler):
         # checked before the body is read: no work for a stranger.
         caller = emulator.caller_for_key(self.headers.get("ApiKey"))
         if caller is None:
-            self._send_json(401, error_body(["Invalid API key"]))
+            # follows redbrick/common/client.py _check_status_msg: RedBrick answers an unknown
+            # key with a fast 5xx, which the SDK reports as an authentication error.
+            self._send_json(500, error_body(["Internal Server Error"]))
             return
         gzipped = self.headers.get("Content-Encoding-RB", "").lower() == "gzip"
         payload = bodies.decode_graphql(self._read_body(), gzipped=gzipped)

@@ -76,14 +76,26 @@ def taxonomy_view(project: ProjectRecord) -> dict[str, Any]:
     return taxonomy
 
 
-def project_view(project: ProjectRecord, base_url: str) -> dict[str, Any]:
+#: The statuses a project can have, as redbrick/project.py reads them: ``CREATING`` (the SDK
+#: waits), ``CREATION_SUCCESS``, ``CREATION_FAILURE``, ``REMOVING`` (archived).
+PROJECT_STATUSES = ("CREATING", "CREATION_SUCCESS", "CREATION_FAILURE", "REMOVING")
+
+
+def project_status_key(project_id: str) -> str:
+    """The ``meta`` key that holds a project's status when it is not ``CREATION_SUCCESS``."""
+    return f"project_status:{project_id}"
+
+
+def project_view(
+    project: ProjectRecord, base_url: str, *, status: str = "CREATION_SUCCESS"
+) -> dict[str, Any]:
     """The ``project`` object of ``getProjectSDK`` / ``sdkGetProjectNameSDK``."""
     return {
         "orgId": project.org_id,
         "projectId": project.project_id,
         "name": project.name,
         "desc": "",
-        "status": "CREATION_SUCCESS",
+        "status": status,
         "tdType": project.td_type,
         "taxonomy": taxonomy_view(project),
         "projectUrl": f"{base_url.rstrip('/')}/{project.org_id}/projects/{project.project_id}",

@@ -10,7 +10,9 @@ Rules (protocol §5.2, §8.3; export-format.md §4):
   where the task is given back to the labeler who last worked on it);
 * ``moveTaskToStart`` only from Ground Truth (``END``) to the first label stage;
 * entering a stage leaves a task unassigned unless its ``stageConfig.autoAssign`` is true,
-  in which case it goes back to whoever last worked on it in that stage.
+  in which case it goes back to whoever last worked on it in that stage;
+* a review stage with ``stageConfig.reviewPercent`` below 1 reviews only that share of the
+  tasks routed to it; the others go on as if it had passed them.
 
 Every attempt is recorded in the events table, refused or accepted. A refusal raises
 :class:`RuleViolation`, whose message names the task and the rule.
@@ -18,6 +20,7 @@ Every attempt is recorded in the events table, refused or accepted. A refusal ra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -140,13 +143,39 @@ def _last_worker(store: Store, task_id: str, stage_name: str) -> str | None:
     return None
 
 
+def _sampled(task_id: str, stage_name: str, share: float) -> bool:
+    """Whether the task is in the reviewed ``share`` of a stage (stable per task and stage)."""
+    digest = hashlib.sha256(f"{task_id}/{stage_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+
+
+def skip_unsampled_reviews(project: ProjectRecord, task_id: str, target: str) -> str:
+    """The stage a task lands in when review stages sample only part of their tasks.
+
+    Follows redbrick/stage/review.py: ``reviewPercent`` is the share of tasks "in [0, 1]
+    that will be sampled for review" (default 1). A task outside the sample goes on along
+    the stage's ``passed`` route.
+    """
+    for _ in range(len(project.stages) + 1):
+        stage = stage_named(project, target)
+        if stage is None or stage["brickName"] != REVIEW_BRICK:
+            return target
+        share = stage_config(stage).get("reviewPercent")
+        if share is None or float(share) >= 1 or _sampled(task_id, target, float(share)):
+            return target
+        target = resolve_stage(project, (stage.get("routing") or {}).get("passed"))
+    return target
+
+
 def enter_stage(
     store: Store, project: ProjectRecord, task: TaskRecord, target: str, *, returned: bool = False
 ) -> str:
     """Move ``task`` into ``target`` (already resolved); returns the stage it is in.
 
-    ``returned`` marks a rejection: the task goes back to its previous labeler.
+    ``returned`` marks a rejection: the task goes back to its previous labeler. A review
+    stage that does not sample the task is passed through (:func:`skip_unsampled_reviews`).
     """
+    target = skip_unsampled_reviews(project, task.task_id, target)
     now = utc_now()
     store.set_sub_tasks(task.task_id, target, [])  # a new stage starts with no sub-tasks
     if target == GROUND_TRUTH:

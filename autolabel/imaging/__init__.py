@@ -14,10 +14,13 @@ Public API:
 * :func:`checksum_files` -- one digest of a task's input files.
 * :class:`ImageLimits` -- the size limits every reader checks before decoding
   (:mod:`autolabel.imaging.checks`).
+* :func:`from_altadb_instance` / :func:`to_altadb_instance` -- DICOM files from and to the
+  parts a Datasets (AltaDB) project serves.
 """
 
 from __future__ import annotations
 
+from autolabel.imaging.altadb import from_altadb_instance, to_altadb_instance
 from autolabel.imaging.checks import ImageLimits
 from autolabel.imaging.dicom import load_dicom_series
 from autolabel.imaging.dicom_write import write_dicom_series
@@ -35,6 +38,7 @@ __all__ = [
     "ImageLimits",
     "Layout",
     "checksum_files",
+    "from_altadb_instance",
     "is_nifti_path",
     "load_dicom_series",
     "load_nifti",
@@ -42,6 +46,7 @@ __all__ = [
     "native_affine",
     "read_label_nifti",
     "redbrick_layout",
+    "to_altadb_instance",
     "write_dicom_series",
     "write_label_nifti",
     "write_volume_nifti",

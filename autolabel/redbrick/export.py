@@ -249,7 +249,10 @@ class Export:
         ``{"category", "attributes"}`` as in the series format. With ``with_labels`` each
         stored label file is downloaded to ``<destination>/segmentations/<task id>/<n>.nii.gz``,
         set as the series' ``segmentations`` and in ``labelsMap``; with ``with_files`` the images
-        go to ``<destination>/images/<task id>/`` and ``series[].items`` become local paths.
+        go to ``<destination>/images/<task id>/`` and ``series[].items`` become local paths. A
+        Datasets (AltaDB) series comes as its parts (``altadb-N/``: manifest, metadata with
+        the DICOM headers, frame files; :func:`autolabel.imaging.from_altadb_instance` makes
+        DICOM files of them), and its ``items`` are those folders.
 
         Folders are named by task id (:func:`autolabel.paths.task_folder`), where SDK 2.35.4
         uses the sanitised task name: two tasks never share a folder, and no name
@@ -312,5 +315,7 @@ class Export:
             if with_files:
                 downloaded = p.download_items(task, task_folder(folder / "images", task.task_id))
                 for series, got in zip(out["series"], downloaded, strict=False):
-                    series["items"] = [str(path) for path in got.paths]
+                    series["items"] = [str(path) for path in got.paths] or sorted(
+                        {str(f.parent) for i in got.instances for f in i.frames}
+                    )
             yield out

@@ -34,6 +34,22 @@ _NOT_FOUND = re.compile(
 _AUTH = re.compile(
     r"unauthori[sz]ed|unauthenticated|not authenticated|invalid api ?key|forbidden", re.I
 )
+#: Operations on one task. A refusal inside their answer (HTTP 200 with ``errors``) is about
+#: that task (a permission on it, a stage the key may not write), not about the key: RedBrick
+#: refuses a bad key at the HTTP level (redbrick/common/client.py ``_check_status_msg``).
+TASK_OPERATIONS = frozenset(
+    {
+        "taskSDK",
+        "presignItemsSDK",
+        "presignUploadsSDK",
+        "validateAndConvertToImportFormatSDK",
+        "putTaskAndLabelsSDK",
+        "putLabelingTaskSDK",
+        "putReviewTaskSDK",
+        "moveTaskToStartSDK",
+        "assignTasksMultipleUsersSDK",
+    }
+)
 
 
 def error_from_messages(
@@ -43,11 +59,20 @@ def error_from_messages(
 
     Task-rule violations (not assigned to the key, not queued in the stage, not in Ground
     Truth, already done) → :class:`TaskStateError`; a missing object → :class:`NotFoundError`;
-    a refused key → :class:`AuthError`; anything else → :class:`GraphQLError` (which keeps
-    every message in ``messages``).
+    a refused key on a project-level call → :class:`AuthError` (run-fatal); anything else,
+    an "Unauthorized"/"Forbidden" on a :data:`TASK_OPERATIONS` call included (a failure of
+    that task only) → :class:`GraphQLError`, which keeps every message in ``messages``.
     """
     text = "; ".join(messages)
-    if any(_AUTH.search(m) for m in messages):
+    refused = any(_AUTH.search(m) for m in messages)
+    if refused and operation in TASK_OPERATIONS:
+        return GraphQLError(
+            [f"{operation}: RedBrick refused this on the task (is the key allowed here?): {m}"
+             for m in messages],
+            operation=operation,
+            status=status,
+        )  # fmt: skip
+    if refused:
         return AuthError(
             f"{operation}: RedBrick refused the API key: {text}", operation=operation, status=status
         )

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autolabel.errors import ConversionError, NotFoundError
+from autolabel.errors import ConfigError, ConversionError, NotFoundError
 from autolabel.paths import safe_component
+from autolabel.redbrick import altadb
+from autolabel.redbrick.altadb import AltaInstance
 from autolabel.redbrick.client import ListingErrorHandler, RedBrickClient
 from autolabel.redbrick.export import Export
 from autolabel.redbrick.labeling import Labeling
@@ -42,11 +44,17 @@ from autolabel.redbrick.types import (
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DownloadedSeries:
-    """The local files of one series, in the series' item order."""
+    """The local files of one series, in the series' item order.
+
+    A series of a Datasets (AltaDB) project comes as ``instances`` (DICOM headers and frame
+    files, see :mod:`autolabel.redbrick.altadb`) with no ``paths``: the caller writes the
+    DICOM files (:func:`autolabel.imaging.altadb.from_altadb_instance`).
+    """
 
     index: int
     name: str | None
     paths: tuple[Path, ...]
+    instances: tuple[AltaInstance, ...] = ()
 
 
 class Context:
@@ -85,7 +93,9 @@ def get_project(
     Makes one ``getProjectSDK`` query (stages and taxonomy included). ``url`` is the base
     URL (``http://localhost:PORT`` for the emulator). Raises
     :class:`~autolabel.errors.AuthError` for a refused or malformed key and
-    :class:`~autolabel.errors.NotFoundError` for an unknown project.
+    :class:`~autolabel.errors.NotFoundError` for an unknown project and
+    :class:`~autolabel.errors.ConfigError` for one that is archived (``status``
+    ``REMOVING``), failed creation or is still being created.
     """
     client = RedBrickClient(
         api_key, url, timeout=timeout, retry=retry, verify=verify, pool_size=pool_size
@@ -105,6 +115,7 @@ class Project:
         self.org_id = org_id
         self.project_id = project_id
         raw = client.get_project(org_id, project_id)
+        _check_status(project_id, raw.get("status"))
         self.raw: dict[str, Any] = raw
         self.name: str = str(raw.get("name") or "")
         self.td_type: str | None = raw.get("tdType")
@@ -140,6 +151,29 @@ class Project:
             if stage.brick_name == "labelset-output":
                 return stage.stage_name
         return "Output"
+
+    def sampled_review_after(self, stage_name: str) -> tuple[str, float] | None:
+        """The review stage a submit from ``stage_name`` enters, with its ``reviewPercent``,
+        when that stage reviews only a share (below 1) of its tasks; else None.
+
+        Such a stage lets the rest of the submitted tasks go straight on (to Ground Truth
+        when it is the last review): redbrick/stage/review.py, ``review_percentage``.
+        """
+        stages = {s.stage_name: s for s in self.stages}
+        here = stages.get(stage_name)
+        target = here.routing.get("nextStageName") if here else None
+        for _ in range(len(stages) + 1):
+            stage = stages.get(str(target)) if target else None
+            if stage is None:
+                return None
+            if stage.brick_name == "feedback":
+                target = stage.routing.get("feedbackStageName")
+                continue
+            share = stage.config.get("reviewPercent") if stage.is_review else None
+            if share is None or float(share) >= 1:
+                return None
+            return stage.stage_name, float(share)
+        return None
 
     @property
     def current_user_id(self) -> str:
@@ -227,6 +261,21 @@ class Project:
             directory = (
                 root / f"{series.index}-{safe_component(series.name or '', fallback='series')}"
             )
+            alta = [str(by_item[item]) for item in series.items if altadb.is_altadb(by_item[item])]
+            if alta:  # a Datasets project: one manifest per series (redbrick/export/public.py)
+                instances = [
+                    i
+                    for n, url in enumerate(alta)
+                    for i in altadb.download_series(
+                        self.client.transport, url, directory / f"altadb-{n}"
+                    )
+                ]
+                result.append(
+                    DownloadedSeries(
+                        index=series.index, name=series.name, paths=(), instances=tuple(instances)
+                    )
+                )
+                continue
             paths = tuple(
                 directory / f"{n:05d}-{_basename(item)}" for n, item in enumerate(series.items)
             )
@@ -392,6 +441,22 @@ class Project:
     def move_task_to_start(self, task_id: str) -> None:
         """Send a Ground Truth task back to the first Label stage."""
         self.client.move_task_to_start(self.org_id, self.project_id, task_id)
+
+
+#: What an unusable project ``status`` means (redbrick/project.py refuses the same ones).
+_UNUSABLE = {
+    "REMOVING": "has been archived; restore it in RedBrick or use another --project",
+    "CREATION_FAILURE": "failed to be created; create it again in RedBrick",
+    "CREATING": "is still being created; try again in a minute",
+}
+
+
+def _check_status(project_id: str, status: object) -> None:
+    """Refuse a project that is archived, failed creation or is still being created."""
+    if status is None or status == "CREATION_SUCCESS":
+        return
+    why = _UNUSABLE.get(str(status), f"has status {status}, which autolabel cannot work on")
+    raise ConfigError(f"Project {project_id} {why}")
 
 
 def _basename(item: str) -> str:

@@ -51,6 +51,9 @@ DEFAULT_URL = "https://api.redbrickai.com"
 PROTOCOL_VERSION = "2.35.4"
 API_KEY_LENGTH = 43
 _CHUNK = 1 << 20
+#: A 5xx answered faster than this is how RedBrick refuses a key (redbrick/common/client.py
+#: ``_check_status_msg``: ``>= 500`` under 26 s is "may indicate an invalid API key").
+_FAST_SERVER_ERROR_S = 26.0
 
 
 def graphql_endpoint(url: str | None = None) -> str:
@@ -150,6 +153,9 @@ class Transport:
             "User-Agent": f"autolabel/{__version__} requests/{requests.__version__}",
         }
         self._closed = threading.Event()
+        #: Set once the server answered a GraphQL call with a status below 500: from then
+        #: on the key is known good and a 5xx is a server fault, retried like any other.
+        self._key_accepted = threading.Event()
 
     def __repr__(self) -> str:
         return f"Transport(endpoint={self.endpoint!r})"
@@ -188,7 +194,8 @@ class Transport:
         ``idempotent=False`` (mutations) sends exactly once: after a :class:`TransportError`
         the caller must re-read the task to learn whether the write happened.
 
-        Raises :class:`AuthError` (401/403 or a refused key), :class:`NotFoundError` (404 or
+        Raises :class:`AuthError` (401/403, a refused key, or a fast 5xx before any call
+        succeeded: how RedBrick refuses a key), :class:`NotFoundError` (404 or
         a not-found message), :class:`TaskStateError` (a task rule), :class:`GraphQLError`
         (any other ``errors``; the key's mere presence counts, as in the SDK) or
         :class:`TransportError` (connection, timeout, 429, 5xx, unreadable answer).
@@ -221,6 +228,16 @@ class Transport:
         partial: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         status = response.status_code
+        if status < 500:
+            self._key_accepted.set()
+        elif self._refused_key(response):
+            raise AuthError(
+                f"{operation}: RedBrick answered HTTP {status} at once to the first call, "
+                "which is how it refuses an API key; check the key and that it belongs to "
+                "this organization",
+                operation=operation,
+                status=status,
+            )
         if status in (401, 403):
             raise AuthError(
                 f"{operation}: RedBrick refused the API key (HTTP {status}); check the key "
@@ -291,6 +308,18 @@ class Transport:
                 [f"{operation}: the answer has no data"], operation=operation, status=status
             )
         return data
+
+    def _refused_key(self, response: requests.Response) -> bool:
+        """True for a fast 5xx before any call succeeded: RedBrick's answer to a bad key.
+
+        The SDK maps every fast 5xx to ``AuthenticationError`` and never retries it
+        (redbrick/common/client.py). We keep that reading for the first call only, where
+        the key is still unproven; a 503 with ``Retry-After`` asks to come back and is not
+        a refusal.
+        """
+        if self._key_accepted.is_set() or response.headers.get("Retry-After"):
+            return False
+        return response.elapsed.total_seconds() < _FAST_SERVER_ERROR_S
 
     def _reason(self, response: requests.Response) -> str:
         text = self.scrub(response.text[:200].strip()) if response.text else ""
