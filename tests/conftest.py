@@ -95,3 +95,13 @@ def emulator_factory(
 def emulator(emulator_factory: EmulatorFactory) -> EmulatorHandle:
     """A fresh seeded emulator served on ``http://localhost:<free port>``."""
     return emulator_factory()
+
+
+@pytest.fixture(scope="session")
+def nnunet_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ``nnUNet_results`` folder: Dataset901_Tiny (liver, spleen), folds 0 and 1, built by
+    nnU-Net's own planner and trainer class (tests/framework_models.py); skips without nnunetv2."""
+    pytest.importorskip("nnunetv2")
+    from framework_models import build_nnunet_results
+
+    return build_nnunet_results(tmp_path_factory.mktemp("nnunet"))

@@ -195,37 +195,6 @@ def test_missing_framework_names_the_extra(
         load_model(card, device="cpu")
 
 
-def test_monai_bundle_runs_its_network_through_our_pipeline(tmp_path: Path) -> None:
-    """A MONAI bundle (network_def + state dict) loads and predicts like the bare network."""
-    monai_networks = pytest.importorskip("monai.networks.nets")
-    bundle = tmp_path / "bundle"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
-    (bundle / "configs" / "inference.json").write_text(
-        '{"network_def": {"_target_": "BasicUNet", "spatial_dims": 3, "in_channels": 1,'
-        ' "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}}'
-    )
-    torch.manual_seed(0)
-    net = monai_networks.BasicUNet(
-        spatial_dims=3, in_channels=1, out_channels=3, features=(4, 4, 8, 8, 16, 4)
-    )
-    torch.save(net.state_dict(), bundle / "models" / "model.pt")
-    (tmp_path / "model.toml").write_text(
-        'name = "bundle-test"\nkind = "monai-bundle"\n[labels]\n1 = "a"\n2 = "b"\n'
-        '[preprocess]\nintensity = "window"\nwindow = [-1000.0, 1000.0]\n'
-        '[runtime]\nautocast = "off"\n[options]\nbundle = "bundle"\nclasses = 3\n'
-    )
-    model = load_model(tmp_path / "model.toml", device="cpu")
-    volume = _volume((32, 32, 32))
-    labels = model.predict(volume)
-    x = (np.clip(volume.array.astype(np.float32), -1000, 1000) + 1000) / 2000
-    with torch.inference_mode():
-        expected = net.eval()(torch.from_numpy(x)[None, None]).argmax(1)[0].numpy()
-    assert np.array_equal(labels, expected)
-    digest = hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
-    assert model.spec.weights_sha256 == digest
-
-
 # -- torchscript runner, sliding window, resampling -----------------------------------------
 
 

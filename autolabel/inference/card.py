@@ -2,7 +2,8 @@
 
 No torch here, so ``autolabel models`` and the pipeline's planning stay light.
 
-A card (all keys but ``name``, ``kind`` and ``[labels]`` are optional)::
+A card (all keys but ``name``, ``kind`` and ``[labels]`` are optional; a ``totalsegmentator``
+card may leave ``[labels]`` out to take its task's class map)::
 
     name = "phantom-unet"
     version = "1.0.0"
@@ -237,7 +238,8 @@ def read_card(path: Path) -> ModelCard:
         card = _build(path, raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"model card {path}: {exc}") from exc
-    card.spec(weights_sha256="")  # validates labels and categories
+    if card.labels or card.kind != "totalsegmentator":
+        card.spec(weights_sha256="")  # validates labels and categories
     return card
 
 
@@ -305,7 +307,8 @@ def _build(path: Path, raw: dict[str, Any]) -> ModelCard:
     kind = str(raw["kind"])
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    labels = _ids(raw["labels"], "labels")
+    # A TotalSegmentator card may leave [labels] out: the runner takes its class map.
+    labels = _ids(raw["labels"] if kind != "totalsegmentator" else raw.get("labels", {}), "labels")
     pre = raw.get("preprocess", {})
     win = raw.get("sliding_window", {})
     post = raw.get("postprocess", {})
