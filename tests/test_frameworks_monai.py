@@ -8,7 +8,6 @@ postprocessing that inverts the preprocessing and saves the labels; ``models/mod
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,96 +16,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-monai_nets = pytest.importorskip("monai.networks.nets")
+pytest.importorskip("monai.bundle")
 
-import torch  # noqa: E402
+from framework_models import build_monai_bundle
 
-from autolabel.inference import load_model  # noqa: E402
-from autolabel.phantom import make_phantom  # noqa: E402
+from autolabel.inference import load_model
+from autolabel.phantom import make_phantom
 
 BIN = Path(sys.executable).parent
-NETWORK = {
-    "_target_": "BasicUNet",
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 3,
-    "features": [4, 4, 8, 8, 16, 4],
-}
-INFERENCE = {
-    "imports": ["$import glob"],
-    "bundle_root": ".",
-    "output_dir": "$@bundle_root + '/eval'",
-    "dataset_dir": "/nonexistent",
-    "datalist": "$sorted(glob.glob(@dataset_dir + '/*.nii.gz'))",
-    "device": "$torch.device('cpu')",
-    "network_def": NETWORK,
-    "network": "$@network_def.to(@device)",
-    "preprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": [4.0, 4.0, 4.0], "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000, "a_max": 1000,
-             "b_min": 0.0, "b_max": 1.0, "clip": True},
-            {"_target_": "EnsureTyped", "keys": "image"},
-        ],
-    },
-    "dataset": {
-        "_target_": "Dataset",
-        "data": "$[{'image': i} for i in @datalist]",
-        "transform": "@preprocessing",
-    },
-    "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1,
-                   "shuffle": False, "num_workers": 0},
-    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32],
-                "sw_batch_size": 2, "overlap": 0.25},
-    "postprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing",
-             "orig_keys": "image", "nearest_interp": False, "to_tensor": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
-             "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False,
-             "output_postfix": "seg"},
-        ],
-    },
-    "handlers": [
-        {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
-         "load_dict": {"model": "@network"}},
-    ],
-    "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device",
-                  "val_data_loader": "@dataloader", "network": "@network",
-                  "inferer": "@inferer", "postprocessing": "@postprocessing",
-                  "val_handlers": "@handlers"},
-    "initialize": ["$monai.utils.set_determinism(seed=0)"],
-    "run": ["$@evaluator.run()"],
-}  # fmt: skip
-METADATA = {
-    "version": "0.1.0",
-    "monai_version": "1.6.1",
-    "name": "tiny-organs",
-    "network_data_format": {
-        "inputs": {"image": {"type": "image", "num_channels": 1}},
-        "outputs": {"pred": {"type": "image", "num_channels": 3}},
-    },
-}
 
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
-    folder = tmp_path / "tiny-organs"
-    (folder / "configs").mkdir(parents=True)
-    (folder / "models").mkdir()
-    (folder / "configs" / "inference.json").write_text(json.dumps(INFERENCE, indent=2))
-    (folder / "configs" / "metadata.json").write_text(json.dumps(METADATA, indent=2))
-    torch.manual_seed(0)
-    args = {k: v for k, v in NETWORK.items() if k != "_target_"}
-    torch.save(monai_nets.BasicUNet(**args).state_dict(), folder / "models" / "model.pt")
-    return folder
+    return build_monai_bundle(tmp_path / "tiny-organs")
 
 
 def test_bundle_card_equals_monai_bundle_run(bundle: Path, tmp_path: Path) -> None:
