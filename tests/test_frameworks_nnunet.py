@@ -187,3 +187,20 @@ def test_nnunet_card_on_dicom_equals_nnunetv2_on_its_dicom2nifti_conversion(
     assert np.array_equal(got, expected), f"{int((got != expected).sum())} voxels differ"
     assert len(np.unique(expected)) > 1
     assert np.allclose(ours.affine, theirs.affine, atol=1e-4)
+
+
+def test_nnunet_probabilities_are_nnunets_own(nnunet_results: Path) -> None:
+    """Asked for, the nnU-Net card returns nnU-Net's return_probabilities softmax on the
+    volume grid; its argmax is the label map ``predict`` gives."""
+    from autolabel.inference import load_model
+    from autolabel.records import Volume
+
+    model_folder = nnunet_results / DATASET / f"{TRAINER}__{PLANS}__{CONFIGURATION}"
+    card = _card(model_folder.parents[2], model_folder, folds=[0], mirroring=False)
+    model = load_model(card, device="cpu")
+    volume = Volume(array=_ct(), affine=GRIDS["lps-oblique"], modality="CT")
+    labels, probabilities = model.predict_probabilities(volume)
+    assert probabilities.shape == (3, *volume.shape)
+    assert np.allclose(probabilities.sum(0), 1.0, atol=1e-4)
+    assert np.array_equal(labels, model.predict(volume))
+    assert np.array_equal(probabilities.argmax(0), labels)

@@ -260,6 +260,38 @@ def test_torchscript_card_predicts_on_the_volume_grid(tmp_path: Path) -> None:
     assert model.predict(other).shape == other.shape
 
 
+def test_torchscript_probabilities_are_a_softmax_whose_argmax_is_predict(tmp_path: Path) -> None:
+    """Asked for, a TorchScript card gives per-class probabilities on the volume grid
+    (reoriented, windows blended): they sum to 1 and their argmax is ``predict``'s labels."""
+    torch.manual_seed(0)
+    torch.jit.script(_Pointwise().eval()).save(str(tmp_path / "net.pt"))
+    (tmp_path / "model.toml").write_text(
+        'name = "ts"\nkind = "torchscript"\nweights = "net.pt"\n'
+        '[labels]\n1 = "a"\n2 = "b"\n3 = "c"\n'
+        '[preprocess]\norientation = "RAS"\nintensity = "zscore"\n'
+        "[sliding_window]\npatch = [8, 8, 8]\noverlap = 0.5\nbatch = 4\n"
+    )
+    model = load_model(tmp_path / "model.toml", device="cpu", autocast="off")
+    volume = _volume((21, 17, 9))
+    labels, probabilities = model.predict_probabilities(volume)
+    assert probabilities.shape == (4, *volume.shape) and probabilities.dtype == np.float32
+    assert np.allclose(probabilities.sum(0), 1.0, atol=1e-5)
+    assert np.array_equal(labels, model.predict(volume))
+    assert np.array_equal(probabilities.argmax(0), labels)
+    assert len(np.unique(labels)) > 1
+
+
+def test_a_runner_without_probabilities_says_so(tmp_path: Path) -> None:
+    """A python plug-in gives no probabilities: a ModelError naming the model."""
+    card = _plugin_card(
+        tmp_path,
+        "import numpy as np\ndef predict(volume):\n    return np.zeros(volume.shape, np.uint8)\n",
+    )
+    model = load_model(card, device="cpu")
+    with pytest.raises(ModelError, match="does not give class probabilities"):
+        model.predict_probabilities(_volume())
+
+
 def test_reorientation_round_trip_is_exact() -> None:
     """Reorienting to any axis codes and back gives the same array."""
     array = np.arange(2 * 3 * 4).reshape(2, 3, 4)

@@ -19,7 +19,7 @@ import torch
 
 from autolabel.errors import ConfigError, ModelError
 from autolabel.inference.card import ModelCard
-from autolabel.inference.runners import LoadedModel, TorchModel, weights_digest
+from autolabel.inference.runners import LoadedModel, Probabilities, TorchModel, weights_digest
 from autolabel.records import Volume
 
 
@@ -79,6 +79,16 @@ class NnUNetModel(LoadedModel):
         labels = self.predictor.predict_single_npy_array(image, properties, None, None, False)
         # The transpose of nnU-Net's C-ordered (z, y, x) map is F-ordered: no copy but the cast.
         return np.asarray(labels).T.astype(self.spec.label_dtype, copy=False)
+
+    def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
+        """nnU-Net's own ``return_probabilities``: its softmax on the input grid."""
+        image = np.ascontiguousarray(volume.array.T, dtype=np.float32)[None]
+        properties = {"spacing": list(volume.spacing[::-1])}
+        labels, probabilities = self.predictor.predict_single_npy_array(
+            image, properties, None, None, True
+        )
+        on_volume = np.asarray(probabilities, dtype=np.float32).transpose(0, 3, 2, 1)
+        return np.asarray(labels).T.astype(self.spec.label_dtype, copy=False), on_volume
 
 
 def totalsegmentator_weights_dir() -> Path:

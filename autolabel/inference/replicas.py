@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +18,8 @@ import numpy.typing as npt
 from autolabel.errors import ConfigError
 from autolabel.inference.runners import LoadedModel
 from autolabel.records import Volume
+
+T = TypeVar("T")
 
 
 def split_devices(device: str) -> list[str]:
@@ -48,10 +52,19 @@ class ReplicaPool(LoadedModel):
 
     def predict(self, volume: Volume) -> npt.NDArray[np.integer]:
         """The label map of ``volume`` from the replica free the longest."""
+        return self._on_a_replica(lambda replica: replica.predict(volume))
+
+    def predict_probabilities(
+        self, volume: Volume
+    ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
+        """:meth:`LoadedModel.predict_probabilities` on the replica free the longest."""
+        return self._on_a_replica(lambda replica: replica.predict_probabilities(volume))
+
+    def _on_a_replica(self, call: Callable[[LoadedModel], T]) -> T:
         index = self._free.get()
         try:
             with self._lock:
                 self.calls[index] += 1
-            return self.replicas[index].predict(volume)
+            return call(self.replicas[index])
         finally:
             self._free.put(index)

@@ -33,11 +33,15 @@ from autolabel.inference.device import (
 )
 from autolabel.inference.postprocess import postprocess
 from autolabel.inference.preprocess import to_model_grid
-from autolabel.inference.sliding_window import sliding_window_labels
+from autolabel.inference.sliding_window import (
+    sliding_window_labels,
+    sliding_window_probabilities,
+)
 from autolabel.inference.spec import ModelSpec, validate_output
 from autolabel.records import Volume
 
 LabelMap = npt.NDArray[np.integer]
+Probabilities = npt.NDArray[np.float32]
 
 
 class LoadedModel:
@@ -84,6 +88,34 @@ class LoadedModel:
     def _predict(self, volume: Volume) -> object:
         raise NotImplementedError
 
+    def predict_probabilities(self, volume: Volume) -> tuple[LabelMap, Probabilities]:
+        """The label map of :meth:`predict` and the per-class probabilities behind it,
+        ``(classes, *volume.shape)`` float32 (class ``c`` is label id ``c``; 0 is background).
+
+        Asked for explicitly, so that :meth:`predict` never holds a float per class and
+        voxel. Raises :class:`ModelError` for a runner that gives none.
+        """
+        try:
+            labels, probabilities = self._probabilities(volume)
+        except (ModelError, ConfigError):
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if probabilities.shape[1:] != volume.shape:
+            raise BadModelOutputError(
+                f"model {self._spec.name!r}: probabilities of shape {probabilities.shape} do "
+                f"not cover the volume's {volume.shape}"
+            )
+        return validate_output(self._spec, volume, labels), probabilities
+
+    def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
+        raise ModelError(
+            f"model {self._spec.name!r} ({self.card.kind}) does not give class probabilities"
+        )
+
 
 class TorchModel(LoadedModel):
     """A torch network run through the card's preprocessing, sliding window and postprocessing.
@@ -118,6 +150,27 @@ class TorchModel(LoadedModel):
         labels: LabelMap = grid.to_volume_grid(self._run(image, volume.source))  # type: ignore[assignment]
         postprocess(labels, self.card.postprocess, volume.spacing)
         return labels.astype(self._spec.label_dtype, copy=False)
+
+    def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
+        """Softmax of the blended logits (no CUDA OOM fallback on this path)."""
+        image, grid = to_model_grid(volume, self.card.preprocess)
+        window = self.card.sliding_window
+        probabilities = sliding_window_probabilities(
+            self.net,
+            image,
+            classes=self.classes,
+            patch=window.patch,
+            overlap=window.overlap,
+            blend=window.blend,
+            sigma_scale=window.sigma_scale,
+            batch=self.batch,
+            device=self.device,
+            autocast=autocast_dtype(self.autocast, self.device),
+        )
+        on_volume = grid.probabilities_to_volume_grid(probabilities)
+        labels = np.asfortranarray(on_volume.argmax(0)).astype(self._spec.label_dtype)
+        postprocess(labels, self.card.postprocess, volume.spacing)
+        return labels, on_volume
 
     def _windows(self, image: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
         window = self.card.sliding_window
