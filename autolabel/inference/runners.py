@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,7 @@ from autolabel.records import Volume
 
 LabelMap = npt.NDArray[np.integer]
 Probabilities = npt.NDArray[np.float32]
+T = TypeVar("T")
 
 
 class LoadedModel:
@@ -74,8 +75,12 @@ class LoadedModel:
                 f"model {self._spec.name!r} expects {wanted} images, "
                 f"{volume.source or 'the volume'} is {volume.modality}"
             )
+        return validate_output(self._spec, volume, self._guarded(volume, self._predict))
+
+    def _guarded(self, volume: Volume, call: Callable[[Volume], T]) -> T:
+        """``call(volume)``, any failure but ours raised as :class:`ModelError` naming the model."""
         try:
-            output = self._predict(volume)
+            return call(volume)
         except (ModelError, ConfigError):
             raise
         except Exception as exc:
@@ -83,7 +88,6 @@ class LoadedModel:
                 f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        return validate_output(self._spec, volume, output)
 
     def _predict(self, volume: Volume) -> object:
         raise NotImplementedError
@@ -95,15 +99,7 @@ class LoadedModel:
         Asked for explicitly, so that :meth:`predict` never holds a float per class and
         voxel. Raises :class:`ModelError` for a runner that gives none.
         """
-        try:
-            labels, probabilities = self._probabilities(volume)
-        except (ModelError, ConfigError):
-            raise
-        except Exception as exc:
-            raise ModelError(
-                f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        labels, probabilities = self._guarded(volume, self._probabilities)
         if probabilities.shape[1:] != volume.shape:
             raise BadModelOutputError(
                 f"model {self._spec.name!r}: probabilities of shape {probabilities.shape} do "
@@ -154,38 +150,30 @@ class TorchModel(LoadedModel):
     def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
         """Softmax of the blended logits (no CUDA OOM fallback on this path)."""
         image, grid = to_model_grid(volume, self.card.preprocess)
-        window = self.card.sliding_window
         probabilities = sliding_window_probabilities(
-            self.net,
-            image,
-            classes=self.classes,
-            patch=window.patch,
-            overlap=window.overlap,
-            blend=window.blend,
-            sigma_scale=window.sigma_scale,
-            batch=self.batch,
-            device=self.device,
-            autocast=autocast_dtype(self.autocast, self.device),
+            self.net, image, **self._window_settings(self.device, self.batch)
         )
         on_volume = grid.probabilities_to_volume_grid(probabilities)
         labels = np.asfortranarray(on_volume.argmax(0)).astype(self._spec.label_dtype)
         postprocess(labels, self.card.postprocess, volume.spacing)
         return labels, on_volume
 
-    def _windows(self, image: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
+    def _window_settings(self, device: torch.device, batch: int) -> dict[str, Any]:
+        """The card's sliding-window keywords for ``device`` and ``batch``."""
         window = self.card.sliding_window
-        return sliding_window_labels(
-            self.net,
-            image,
-            classes=self.classes,
-            patch=window.patch,
-            overlap=window.overlap,
-            blend=window.blend,
-            sigma_scale=window.sigma_scale,
-            batch=batch,
-            device=device,
-            autocast=autocast_dtype(self.autocast, device),
-        )
+        return {
+            "classes": self.classes,
+            "patch": window.patch,
+            "overlap": window.overlap,
+            "blend": window.blend,
+            "sigma_scale": window.sigma_scale,
+            "batch": batch,
+            "device": device,
+            "autocast": autocast_dtype(self.autocast, device),
+        }
+
+    def _windows(self, image: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
+        return sliding_window_labels(self.net, image, **self._window_settings(device, batch))
 
     def _run(self, image: torch.Tensor, source: str) -> torch.Tensor:
         while True:

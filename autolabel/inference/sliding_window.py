@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -57,12 +58,12 @@ def _accumulate(
     *,
     classes: int,
     patch: tuple[int, int, int] | None,
-    overlap: float,
-    blend: str,
-    sigma_scale: float,
-    batch: int,
-    device: torch.device | None,
-    autocast: torch.dtype | None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    batch: int = 1,
+    device: torch.device | None = None,
+    autocast: torch.dtype | None = None,
     weight_sum: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int]]:
     """The weighted sum of window logits ``(X', Y', Z', classes)`` over the padded image,
@@ -140,32 +141,16 @@ def sliding_window_labels(
     return labels[: spatial[0], : spatial[1], : spatial[2]]
 
 
-def sliding_window_probabilities(
-    net: Network,
-    image: torch.Tensor,
-    *,
-    classes: int,
-    patch: tuple[int, int, int] | None,
-    overlap: float = 0.25,
-    blend: str = "gaussian",
-    sigma_scale: float = 0.125,
-    batch: int = 1,
-    device: torch.device | None = None,
-    autocast: torch.dtype | None = None,
-) -> torch.Tensor:
+def sliding_window_probabilities(net: Network, image: torch.Tensor, **window: Any) -> torch.Tensor:
     """Per-class softmax of the blended logits, ``(classes, X, Y, Z)`` float32 on the CPU.
 
-    The same windows and weights as :func:`sliding_window_labels` (its argmax is this
-    map's), normalised by the summed weights; it holds a float per class and voxel, so
+    Takes the keyword arguments of :func:`sliding_window_labels` (``classes`` and ``patch``
+    required) and runs the same windows and weights (its argmax is that function's
+    labels), normalised by the summed weights. It holds a float per class and voxel, so
     only callers that ask for probabilities pay for it.
     """
-    acc, total, spatial = _accumulate(
-        net, image, classes=classes, patch=patch, overlap=overlap, blend=blend,
-        sigma_scale=sigma_scale, batch=batch, device=device, autocast=autocast, weight_sum=True,
-    )  # fmt: skip
+    acc, total, spatial = _accumulate(net, image, weight_sum=True, **window)
     assert total is not None
-    acc = (
-        acc[: spatial[0], : spatial[1], : spatial[2]]
-        / total[: spatial[0], : spatial[1], : spatial[2]]
-    )
+    x, y, z = spatial
+    acc = acc[:x, :y, :z] / total[:x, :y, :z]
     return torch.softmax(acc, dim=-1).permute(3, 0, 1, 2).contiguous().cpu()
