@@ -121,7 +121,8 @@ class _Runner:
             engine: StageEngine[_Job] = StageEngine(
                 [
                     Stage("fetch", self._fetch, options.fetch_workers),
-                    Stage("infer", self._infer, 1),
+                    # one worker per warm replica (--device cuda:0,cuda:1), else one
+                    Stage("infer", self._infer, len(getattr(self.steps.model, "replicas", [0]))),
                     Stage("write", self._write, options.write_workers),
                 ],
                 on_error=lambda job, stage, exc: self._failed(job, stage, exc),

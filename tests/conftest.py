@@ -150,3 +150,13 @@ def blank_ct_items(
             f"{prefix}/{path.name}", path.read_bytes(), content_type=None, encoding=None
         )
     return [f"{prefix}/{path.name}" for path in files]
+
+
+@pytest.fixture(scope="session")
+def nnunet_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ``nnUNet_results`` folder: Dataset901_Tiny (liver, spleen), folds 0 and 1, built by
+    nnU-Net's own planner and trainer class (tests/framework_models.py); skips without nnunetv2."""
+    pytest.importorskip("nnunetv2")
+    from framework_models import build_nnunet_results
+
+    return build_nnunet_results(tmp_path_factory.mktemp("nnunet"))

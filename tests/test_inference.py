@@ -195,37 +195,6 @@ def test_missing_framework_names_the_extra(
         load_model(card, device="cpu")
 
 
-def test_monai_bundle_runs_its_network_through_our_pipeline(tmp_path: Path) -> None:
-    """A MONAI bundle (network_def + state dict) loads and predicts like the bare network."""
-    monai_networks = pytest.importorskip("monai.networks.nets")
-    bundle = tmp_path / "bundle"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
-    (bundle / "configs" / "inference.json").write_text(
-        '{"network_def": {"_target_": "BasicUNet", "spatial_dims": 3, "in_channels": 1,'
-        ' "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}}'
-    )
-    torch.manual_seed(0)
-    net = monai_networks.BasicUNet(
-        spatial_dims=3, in_channels=1, out_channels=3, features=(4, 4, 8, 8, 16, 4)
-    )
-    torch.save(net.state_dict(), bundle / "models" / "model.pt")
-    (tmp_path / "model.toml").write_text(
-        'name = "bundle-test"\nkind = "monai-bundle"\n[labels]\n1 = "a"\n2 = "b"\n'
-        '[preprocess]\nintensity = "window"\nwindow = [-1000.0, 1000.0]\n'
-        '[runtime]\nautocast = "off"\n[options]\nbundle = "bundle"\nclasses = 3\n'
-    )
-    model = load_model(tmp_path / "model.toml", device="cpu")
-    volume = _volume((32, 32, 32))
-    labels = model.predict(volume)
-    x = (np.clip(volume.array.astype(np.float32), -1000, 1000) + 1000) / 2000
-    with torch.inference_mode():
-        expected = net.eval()(torch.from_numpy(x)[None, None]).argmax(1)[0].numpy()
-    assert np.array_equal(labels, expected)
-    digest = hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
-    assert model.spec.weights_sha256 == digest
-
-
 # -- torchscript runner, sliding window, resampling -----------------------------------------
 
 
@@ -289,6 +258,38 @@ def test_torchscript_card_predicts_on_the_volume_grid(tmp_path: Path) -> None:
     assert model.events == []
     other = _volume((12, 30, 25))  # the same warm model serves the next volume of any shape
     assert model.predict(other).shape == other.shape
+
+
+def test_torchscript_probabilities_are_a_softmax_whose_argmax_is_predict(tmp_path: Path) -> None:
+    """Asked for, a TorchScript card gives per-class probabilities on the volume grid
+    (reoriented, windows blended): they sum to 1 and their argmax is ``predict``'s labels."""
+    torch.manual_seed(0)
+    torch.jit.script(_Pointwise().eval()).save(str(tmp_path / "net.pt"))
+    (tmp_path / "model.toml").write_text(
+        'name = "ts"\nkind = "torchscript"\nweights = "net.pt"\n'
+        '[labels]\n1 = "a"\n2 = "b"\n3 = "c"\n'
+        '[preprocess]\norientation = "RAS"\nintensity = "zscore"\n'
+        "[sliding_window]\npatch = [8, 8, 8]\noverlap = 0.5\nbatch = 4\n"
+    )
+    model = load_model(tmp_path / "model.toml", device="cpu", autocast="off")
+    volume = _volume((21, 17, 9))
+    labels, probabilities = model.predict_probabilities(volume)
+    assert probabilities.shape == (4, *volume.shape) and probabilities.dtype == np.float32
+    assert np.allclose(probabilities.sum(0), 1.0, atol=1e-5)
+    assert np.array_equal(labels, model.predict(volume))
+    assert np.array_equal(probabilities.argmax(0), labels)
+    assert len(np.unique(labels)) > 1
+
+
+def test_a_runner_without_probabilities_says_so(tmp_path: Path) -> None:
+    """A python plug-in gives no probabilities: a ModelError naming the model."""
+    card = _plugin_card(
+        tmp_path,
+        "import numpy as np\ndef predict(volume):\n    return np.zeros(volume.shape, np.uint8)\n",
+    )
+    model = load_model(card, device="cpu")
+    with pytest.raises(ModelError, match="does not give class probabilities"):
+        model.predict_probabilities(_volume())
 
 
 def test_reorientation_round_trip_is_exact() -> None:

@@ -343,3 +343,58 @@ def test_readme_walkthrough_runs_every_command(
     assert (tmp_path / "scan-labels.nii.gz").is_file() and (tmp_path / "bright.nii.gz").is_file()
     assert "Review_1" not in stages.values()  # `review --auto` decided every task
     assert stages[os.environ["TASK_ID"]] == "Label"  # `reannotate --task-id` sent it back
+
+
+def test_readme_framework_cards_run_on_weights_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nnunet_results: Path
+) -> None:
+    """The README's nnU-Net, TotalSegmentator and MONAI bundle cards, as written, predict
+    once their weights lie where the README says (models built by the frameworks' own code;
+    see tests/framework_models.py)."""
+    import shutil
+
+    pytest.importorskip("totalsegmentator")
+    pytest.importorskip("monai.bundle")
+    import nibabel as nib
+    from framework_models import (
+        CONFIGURATION,
+        PLANS,
+        TRAINER,
+        build_monai_bundle,
+        build_totalsegmentator_weights,
+    )
+
+    from autolabel.inference import read_card
+
+    nnunet_model = nnunet_results / "Dataset901_Tiny" / f"{TRAINER}__{PLANS}__{CONFIGURATION}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "totalseg-home"))
+    cards = []
+    for relative, text in file_blocks().items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        card = read_card(path) if path.name == "model.toml" else None
+        if card is None or card.kind not in ("nnunet", "totalsegmentator", "monai-bundle"):
+            continue
+        cards.append(card)
+        if card.kind == "nnunet":
+            shutil.copytree(nnunet_model, card.folder / card.options["folder"])
+        elif card.kind == "totalsegmentator":
+            weights = build_totalsegmentator_weights(
+                tmp_path / "totalseg-weights",
+                nnunet_model,
+                card.options["task"],
+                bool(card.options.get("fast")),
+            )
+            monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(weights))
+        else:
+            build_monai_bundle(card.folder / card.options["bundle"])
+    assert sorted(c.kind for c in cards) == ["monai-bundle", "nnunet", "totalsegmentator"]
+    _write_scan(tmp_path / "scan.nii.gz")
+    for card in cards:
+        out = tmp_path / f"{card.name}.nii.gz"
+        argv = ["predict", "scan.nii.gz", "--model", str(card.folder), "--out", str(out)]
+        assert main([*argv, "--device", "cpu", "--no-png"]) == 0, card.name
+        labels = np.asanyarray(nib.load(out).dataobj)
+        assert labels.shape == (64, 64, 32) and labels.any(), card.name

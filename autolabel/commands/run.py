@@ -108,7 +108,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     tasks.add_argument("--limit", type=int, help="at most N tasks")
     model = parser.add_argument_group("model")
     model.add_argument("--model", metavar="NAME|PATH", help="model card (default: ct-threshold)")
-    model.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    model.add_argument(
+        "--device",
+        help="auto (default), cpu, cuda, cuda:N, or a list (cuda:0,cuda:1): one warm model each",
+    )
     model.add_argument("--mapping", metavar="FILE", help="model label → category (TOML/JSON)")
     model.add_argument(
         "--allow-unmapped", action="store_true", help="drop model labels with no category"

@@ -45,7 +45,10 @@ def load_model(
 ) -> LoadedModel:
     """Load a model by card name (see :func:`models_dirs`) or card path, ready to predict.
 
-    ``device`` is ``auto`` (first CUDA device, else CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+    ``device`` is ``auto`` (first CUDA device, else CPU), ``cpu``, ``cuda`` or ``cuda:N``,
+    or a comma-separated list of them (``cuda:0,cuda:1``): then one warm replica per device
+    in a :class:`~autolabel.inference.replicas.ReplicaPool`, which the run's infer phase
+    gives one worker each;
     ``autocast`` overrides the card's ``[runtime] autocast`` (``auto``, ``bf16``, ``fp16``,
     ``off``). Raises :class:`ConfigError` for an unknown or malformed card and
     :class:`ModelError` when the model's framework or weights are missing.
@@ -53,6 +56,13 @@ def load_model(
     from autolabel.inference import external, runners
     from autolabel.inference.device import resolve_device
 
+    if "," in device:
+        from autolabel.inference.replicas import ReplicaPool, split_devices
+
+        replicas = [
+            load_model(name_or_path, device=d, autocast=autocast) for d in split_devices(device)
+        ]
+        return ReplicaPool(replicas)
     card = read_card(find_card(name_or_path))
     torch_device = resolve_device(device)
     ok, reason = card.availability()

@@ -2,7 +2,8 @@
 
 No torch here, so ``autolabel models`` and the pipeline's planning stay light.
 
-A card (all keys but ``name``, ``kind`` and ``[labels]`` are optional)::
+A card (all keys but ``name``, ``kind`` and ``[labels]`` are optional; a ``totalsegmentator``
+card may leave ``[labels]`` out to take its task's class map)::
 
     name = "phantom-unet"
     version = "1.0.0"
@@ -237,7 +238,8 @@ def read_card(path: Path) -> ModelCard:
         card = _build(path, raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"model card {path}: {exc}") from exc
-    card.spec(weights_sha256="")  # validates labels and categories
+    if card.labels or card.kind != "totalsegmentator":
+        card.spec(weights_sha256="")  # validates labels and categories
     return card
 
 
@@ -263,6 +265,9 @@ def _check_keys(raw: Mapping[str, Any]) -> None:
         hint = f"; did you mean {near[0]!r}?" if near else f" (known keys: {', '.join(_KEYS)})"
         problems.append(f"unknown key {key!r}{hint}")
     for key, example in _REQUIRED.items():
+        # A TotalSegmentator card may leave [labels] out: the runner takes its class map.
+        if key == "labels" and raw.get("kind") == "totalsegmentator":
+            continue
         if key not in raw:
             problems.append(f"missing required {key!r} ({example})")
     if problems:
@@ -300,12 +305,13 @@ def _triple(value: Any, cast: type[float] | type[int], what: str) -> Any:
 
 def _build(path: Path, raw: dict[str, Any]) -> ModelCard:
     _check_keys(raw)
-    if not isinstance(raw["labels"], dict):
-        raise TypeError(f"labels must be a table ([labels]), got {raw['labels']!r}")
+    table = raw.get("labels", {})
+    if not isinstance(table, dict):
+        raise TypeError(f"labels must be a table ([labels]), got {table!r}")
     kind = str(raw["kind"])
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    labels = _ids(raw["labels"], "labels")
+    labels = _ids(table, "labels")
     pre = raw.get("preprocess", {})
     win = raw.get("sliding_window", {})
     post = raw.get("postprocess", {})

@@ -83,6 +83,14 @@ class ModelGrid:
         # F order: the label writer stores F order, so DICOM-grid maps need no second copy.
         return np.asfortranarray(self.reorientation.invert(labels.numpy()))
 
+    def probabilities_to_volume_grid(self, probabilities: torch.Tensor) -> npt.NDArray[np.float32]:
+        """``(C, X, Y, Z)`` class probabilities on the model grid, resampled (trilinear)
+        and reoriented to the volume's grid: ``(C, *volume.shape)``."""
+        if tuple(probabilities.shape[1:]) != self.oriented_shape:
+            probabilities = resample_image(probabilities, self.oriented_shape)
+        moved = np.stack([self.reorientation.invert(c) for c in probabilities.numpy()])
+        return moved.astype(np.float32, copy=False)
+
 
 def resample_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """``(C, X, Y, Z)`` float image resampled to ``shape`` (trilinear, voxel centres aligned)."""

@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,11 +33,16 @@ from autolabel.inference.device import (
 )
 from autolabel.inference.postprocess import postprocess
 from autolabel.inference.preprocess import to_model_grid
-from autolabel.inference.sliding_window import sliding_window_labels
+from autolabel.inference.sliding_window import (
+    sliding_window_labels,
+    sliding_window_probabilities,
+)
 from autolabel.inference.spec import ModelSpec, validate_output
 from autolabel.records import Volume
 
 LabelMap = npt.NDArray[np.integer]
+Probabilities = npt.NDArray[np.float32]
+T = TypeVar("T")
 
 
 class LoadedModel:
@@ -70,8 +75,12 @@ class LoadedModel:
                 f"model {self._spec.name!r} expects {wanted} images, "
                 f"{volume.source or 'the volume'} is {volume.modality}"
             )
+        return validate_output(self._spec, volume, self._guarded(volume, self._predict))
+
+    def _guarded(self, volume: Volume, call: Callable[[Volume], T]) -> T:
+        """``call(volume)``, any failure but ours raised as :class:`ModelError` naming the model."""
         try:
-            output = self._predict(volume)
+            return call(volume)
         except (ModelError, ConfigError):
             raise
         except Exception as exc:
@@ -79,10 +88,29 @@ class LoadedModel:
                 f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        return validate_output(self._spec, volume, output)
 
     def _predict(self, volume: Volume) -> object:
         raise NotImplementedError
+
+    def predict_probabilities(self, volume: Volume) -> tuple[LabelMap, Probabilities]:
+        """The label map of :meth:`predict` and the per-class probabilities behind it,
+        ``(classes, *volume.shape)`` float32 (class ``c`` is label id ``c``; 0 is background).
+
+        Asked for explicitly, so that :meth:`predict` never holds a float per class and
+        voxel. Raises :class:`ModelError` for a runner that gives none.
+        """
+        labels, probabilities = self._guarded(volume, self._probabilities)
+        if probabilities.shape[1:] != volume.shape:
+            raise BadModelOutputError(
+                f"model {self._spec.name!r}: probabilities of shape {probabilities.shape} do "
+                f"not cover the volume's {volume.shape}"
+            )
+        return validate_output(self._spec, volume, labels), probabilities
+
+    def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
+        raise ModelError(
+            f"model {self._spec.name!r} ({self.card.kind}) does not give class probabilities"
+        )
 
 
 class TorchModel(LoadedModel):
@@ -119,20 +147,33 @@ class TorchModel(LoadedModel):
         postprocess(labels, self.card.postprocess, volume.spacing)
         return labels.astype(self._spec.label_dtype, copy=False)
 
-    def _windows(self, image: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
-        window = self.card.sliding_window
-        return sliding_window_labels(
-            self.net,
-            image,
-            classes=self.classes,
-            patch=window.patch,
-            overlap=window.overlap,
-            blend=window.blend,
-            sigma_scale=window.sigma_scale,
-            batch=batch,
-            device=device,
-            autocast=autocast_dtype(self.autocast, device),
+    def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
+        """Softmax of the blended logits (no CUDA OOM fallback on this path)."""
+        image, grid = to_model_grid(volume, self.card.preprocess)
+        probabilities = sliding_window_probabilities(
+            self.net, image, **self._window_settings(self.device, self.batch)
         )
+        on_volume = grid.probabilities_to_volume_grid(probabilities)
+        labels = np.asfortranarray(on_volume.argmax(0)).astype(self._spec.label_dtype)
+        postprocess(labels, self.card.postprocess, volume.spacing)
+        return labels, on_volume
+
+    def _window_settings(self, device: torch.device, batch: int) -> dict[str, Any]:
+        """The card's sliding-window keywords for ``device`` and ``batch``."""
+        window = self.card.sliding_window
+        return {
+            "classes": self.classes,
+            "patch": window.patch,
+            "overlap": window.overlap,
+            "blend": window.blend,
+            "sigma_scale": window.sigma_scale,
+            "batch": batch,
+            "device": device,
+            "autocast": autocast_dtype(self.autocast, device),
+        }
+
+    def _windows(self, image: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
+        return sliding_window_labels(self.net, image, **self._window_settings(device, batch))
 
     def _run(self, image: torch.Tensor, source: str) -> torch.Tensor:
         while True:
