@@ -443,6 +443,16 @@ def _send(pools: Pools, request: Request) -> wire.Answer:
     return wire.exchange(pools.port, data, timeout=TIMEOUT_S, method=method)
 
 
+def _refused_key(answer: Any) -> bool:
+    """The 500 RedBrick sends for an unknown API key (redbrick/common/client.py), as opposed
+    to the emulator's own failure, whose 500 names the error."""
+    return (
+        answer.status == 500
+        and b"Internal Server Error" in answer.body
+        and (b"emulator error" not in answer.body)
+    )
+
+
 def test_fuzzed_requests_get_answers_never_5xx_and_refusals_change_nothing(
     emulator: EmulatorHandle, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -468,7 +478,7 @@ def test_fuzzed_requests_get_answers_never_5xx_and_refusals_change_nothing(
             figures.failures.append(f"{where}: no answer ({exc!r})")
             continue
         figures.by_status[answer.status] += 1
-        if answer.status >= 500:
+        if answer.status >= 500 and not _refused_key(answer):
             figures.failures.append(f"{where}: {answer.status} {answer.body[:200]!r}")
         after = _state(emulator)
         if not _refused(answer):
@@ -478,11 +488,14 @@ def test_fuzzed_requests_get_answers_never_5xx_and_refusals_change_nothing(
         state = after
     elapsed = time.monotonic() - started
     refused = {s: n for s, n in sorted(figures.by_status.items()) if s >= 400}
-    fives = sum(n for s, n in figures.by_status.items() if s >= 500)
+    # RedBrick answers an unknown key with a fast 500 (the emulator models it); any other 5xx
+    # is the emulator failing, and fails the test above.
+    fives = sum(n for s, n in figures.by_status.items() if s > 500)
     with capsys.disabled():
         print(
             f"\nemulator fuzz (seed {SEED}): {figures.sent} requests in {elapsed:.1f} s;"
-            f" accepted {figures.accepted}; refused by status {refused}; 5xx {fives};"
+            f" accepted {figures.accepted}; refused by status {refused} (500: unknown key);"
+            f" other 5xx {fives};"
             f" unanswered {figures.unanswered}; by kind {dict(figures.by_family)}"
         )
     assert not figures.failures, "\n".join(figures.failures[:20])
