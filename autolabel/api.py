@@ -13,7 +13,7 @@ across calls.
 
 ``run(..., ray=True)`` spreads the tasks over Ray actors on a local instance;
 ``ray="auto"`` or ``ray="ray://host:port"`` joins a cluster; ``ray=RayOptions(...)`` sets
-actors, CPUs per actor and tasks in flight (see :mod:`autolabel.scale`).
+actors, CPUs per actor and tasks in flight (see :mod:`autolabel.pipeline.ray`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from autolabel.redbrick import Project, get_project
 from autolabel.settings import resolve_connection
 
 if TYPE_CHECKING:
-    from autolabel.scale import RayOptions
+    from autolabel.pipeline.ray import RayOptions
 
 #: The model a run uses when none is named: classical CT thresholds (body, lungs, bone).
 DEFAULT_MODEL = "ct-threshold"
@@ -85,7 +85,7 @@ def run(
     ``mode`` is ``"draft"`` (default), ``"final"`` or ``"dry-run"``. Returns the
     :class:`RunSummary`; per-task failures are in it, run-fatal errors raise.
 
-    With ``ray`` (``True``, an address, or :class:`~autolabel.scale.RayOptions`) the tasks
+    With ``ray`` (``True``, an address, or :class:`~autolabel.pipeline.ray.RayOptions`) the tasks
     run on Ray actors: ``model`` must then be a card name or path (each actor loads it),
     and the connection is given by the connection arguments, not an open ``project``.
     """
@@ -135,7 +135,7 @@ def _run_on_ray(
     options: RunOptions,
     **connection: Any,
 ) -> RunSummary:
-    from autolabel.scale import RayOptions, run_on_ray
+    from autolabel.pipeline.ray import RayOptions, run_on_ray
 
     if isinstance(ray, RayOptions):
         cluster = ray

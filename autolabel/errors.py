@@ -36,7 +36,7 @@ class ConfigError(AutolabelError):
 
 class WorkFolderBusy(ConfigError):
     """Another autolabel process holds the lock of the work folder (see
-    :mod:`autolabel.worklock`); the message names the holder and the way out."""
+    :mod:`autolabel.pipeline.lock`); the message names the holder and the way out."""
 
 
 class PlatformError(AutolabelError):

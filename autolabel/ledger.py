@@ -27,7 +27,7 @@ payload was kept locally instead of written). The write protocol:
 The ledger refuses a written state unless the latest event of that task and model is
 ``writing``. At the start of a run, *before* processing any task again, the pipeline calls
 :meth:`Ledger.in_doubt_writes`: the tasks a previous run left between steps 1 and 3. It
-re-reads each from RedBrick, patiently (:func:`autolabel.submit.settle`: until it shows the
+re-reads each from RedBrick, patiently (:func:`autolabel.pipeline.submit.settle`: until it shows the
 write or the settle window after the latest ``writing`` event has passed; a write whose
 reply was lost is recorded as ``writing`` again, with ``detail["in_doubt"]``, before it is
 settled); if the write landed it records ``draft_saved``/``submitted``
@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.errors import LedgerError
-from autolabel.redact import redact_argv, redact_value
+from autolabel.settings.secrets import redact_argv, redact_value
 
 #: File name of the ledger inside the work folder.
 LEDGER_FILENAME = "ledger.sqlite"
@@ -394,7 +394,7 @@ class Ledger:
         ``command`` (the argv) and ``options`` are stored without secrets: the value of
         ``--api-key`` (any spelling), of any option whose name contains ``key``, ``token``,
         ``secret`` or ``password``, and every secret registered with
-        :func:`autolabel.redact.keep_secret` wherever it appears, are replaced by ``***``.
+        :func:`autolabel.settings.secrets.keep_secret` wherever it appears, are replaced by ``***``.
         ``mode`` is one of :data:`MODES`.
         """
         if mode not in MODES:

@@ -38,13 +38,13 @@ import numpy as np
 import pydicom
 
 from autolabel.convert import build_segment_map, to_series
+from autolabel.emulator.phantom import PHANTOM_LABELS, make_phantom
 from autolabel.imaging import (
     load_dicom_series,
     read_label_nifti,
     write_dicom_series,
     write_label_nifti,
 )
-from autolabel.phantom import PHANTOM_LABELS, make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -109,8 +109,8 @@ def seeded(scratch: Path, studies: int, shape: tuple[int, int, int]) -> Path:
 
 def one_run(connection: Any, config: str, work: Path, model: str, device: str) -> dict[str, Any]:
     from autolabel.pipeline import RunOptions, run
+    from autolabel.pipeline.ray import RayOptions, run_on_ray
     from autolabel.redbrick import get_project
-    from autolabel.scale import RayOptions, run_on_ray
 
     options = RunOptions(work_dir=work, previews=False)
     began = time.perf_counter()
@@ -209,10 +209,10 @@ class Sampler:
 
 def memory_probe(variant: str, connection: Any, scratch: Path) -> dict[str, Any]:
     """One variant, in this (fresh) process; see the module docstring."""
-    from autolabel.fetch import select_tasks
     from autolabel.pipeline import RunOptions
+    from autolabel.pipeline.fetch import select_tasks
+    from autolabel.pipeline.ray import RayOptions, run_on_ray
     from autolabel.redbrick import get_project
-    from autolabel.scale import RayOptions, run_on_ray
 
     if variant.startswith("list"):
         with get_project(
@@ -313,7 +313,7 @@ def gpu(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     ray.init(include_dashboard=False, log_to_driver=False)
     results: dict[str, list[float]] = {"local-cuda": [], "ray-1-gpu-actor": []}
     try:
-        from autolabel.scale import RayOptions, run_on_ray
+        from autolabel.pipeline.ray import RayOptions, run_on_ray
 
         for repeat in range(args.repeats + 1):
             for config in ("local-cuda", "ray-1-gpu-actor"):

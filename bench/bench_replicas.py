@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.inference import load_model
 from autolabel.inference.replicas import ReplicaPool, split_devices
-from autolabel.phantom import make_phantom
 from autolabel.records import Volume
 
 ROOT = Path(__file__).resolve().parents[1]

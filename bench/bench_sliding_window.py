@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.inference.device import autocast_dtype, inference_context, resolve_device
 from autolabel.inference.sliding_window import sliding_window_labels
-from autolabel.phantom import make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.imaging import write_dicom_series
-from autolabel.phantom import make_phantom
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from autolabel.phantom import make_phantom
+from autolabel.emulator.phantom import make_phantom
 
 TRAINER = "nnUNetTrainer"
 PLANS = "nnUNetPlans"

@@ -17,7 +17,7 @@ import pytest
 from test_report import decode_images, needs_chromium, parse, screenshot
 
 from autolabel.cli import main
-from autolabel.demo import MARKER, DemoOptions, run_demo
+from autolabel.cli.demo import MARKER, DemoOptions, run_demo
 from autolabel.emulator import serve_in_thread
 from autolabel.ledger import Ledger, ledger_path
 

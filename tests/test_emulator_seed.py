@@ -15,8 +15,8 @@ import requests
 
 from autolabel.cli import main
 from autolabel.emulator import Connection, admin, seed, serve_in_thread
+from autolabel.emulator.phantom import make_phantom
 from autolabel.imaging import write_dicom_series
-from autolabel.phantom import make_phantom
 
 SMALL = (16, 16, 8)
 

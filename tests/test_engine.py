@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from autolabel.engine import Stage, StageEngine
+from autolabel.pipeline.engine import Stage, StageEngine
 
 
 def _sleeper(seconds: float, log: list[tuple[str, int]], name: str):  # type: ignore[no-untyped-def]

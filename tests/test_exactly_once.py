@@ -21,13 +21,13 @@ import pytest
 from autolabel import imaging
 from autolabel.cli import main
 from autolabel.emulator import EmulatorHandle
+from autolabel.files import task_dirname
 from autolabel.inference import load_model
 from autolabel.ledger import Ledger, TaskState, ledger_path
-from autolabel.paths import task_dirname
 from autolabel.pipeline import RunOptions, run
+from autolabel.pipeline.lock import lock_work_folder
+from autolabel.pipeline.steps import segment_map_for
 from autolabel.redbrick import get_project
-from autolabel.steps import segment_map_for
-from autolabel.worklock import lock_work_folder
 
 redbrick = pytest.importorskip("redbrick")
 

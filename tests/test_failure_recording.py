@@ -14,9 +14,9 @@ from pathlib import Path
 from autolabel.emulator import EmulatorHandle
 from autolabel.errors import ImageError
 from autolabel.ledger import Ledger, ModelKey, TaskState, ledger_path
+from autolabel.pipeline.book import RunBook, plain_json
+from autolabel.pipeline.summary import RunOptions, TaskOutcome
 from autolabel.redbrick import get_project
-from autolabel.runbook import RunBook, plain_json
-from autolabel.runs import RunOptions, TaskOutcome
 
 
 def test_a_failure_with_nan_measurements_is_recorded_and_the_run_goes_on(

@@ -20,8 +20,8 @@ pytest.importorskip("monai.bundle")
 
 from framework_models import build_monai_bundle
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.inference import load_model
-from autolabel.phantom import make_phantom
 
 BIN = Path(sys.executable).parent
 

@@ -21,8 +21,8 @@ pytest.importorskip("nnunetv2")
 
 from framework_models import CONFIGURATION, PLANS, TRAINER
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.imaging import write_dicom_series
-from autolabel.phantom import make_phantom
 
 pytestmark = pytest.mark.slow
 

@@ -25,9 +25,9 @@ from framework_models import (
     build_totalsegmentator_weights,
 )
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.errors import ModelError
 from autolabel.inference import load_model
-from autolabel.phantom import make_phantom
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from autolabel.convert import build_segment_map, to_series
+from autolabel.emulator.phantom import PHANTOM_LABELS, make_phantom
 from autolabel.imaging import load_dicom_series, load_volume, write_dicom_series
-from autolabel.phantom import PHANTOM_LABELS, make_phantom
 
 redbrick = pytest.importorskip("redbrick")
 

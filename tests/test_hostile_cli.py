@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autolabel.atomic import TEMP_SUFFIX
 from autolabel.cli import main
 from autolabel.emulator import EmulatorHandle
 from autolabel.errors import ConfigError
+from autolabel.files import TEMP_SUFFIX
 from autolabel.imaging import write_volume_nifti
 from autolabel.inference import read_card
 from autolabel.records import Volume
@@ -143,7 +143,7 @@ def test_seeding_a_huge_phantom_is_refused(
 
 _HALF_WRITE = """
 import sys, time
-from autolabel.atomic import atomic_file
+from autolabel.files import atomic_file
 with atomic_file(sys.argv[1]) as stream:
     stream.write(b"half a label file")
     stream.flush()

@@ -14,9 +14,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.errors import ImageError
 from autolabel.imaging import load_dicom_series, load_volume, write_dicom_series
-from autolabel.phantom import make_phantom
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

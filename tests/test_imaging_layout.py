@@ -10,8 +10,8 @@ import dicom2nifti.settings as d2n_settings
 import numpy as np
 import pytest
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.imaging import layout, load_dicom_series, write_dicom_series
-from autolabel.phantom import make_phantom
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.errors import ConversionError, ImageError
 from autolabel.imaging import (
     checksum_files,
@@ -21,7 +22,6 @@ from autolabel.imaging import (
     write_label_nifti,
     write_volume_nifti,
 )
-from autolabel.phantom import make_phantom
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 

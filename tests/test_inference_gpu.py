@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from autolabel.emulator.phantom import make_phantom
 from autolabel.inference import load_model
 from autolabel.inference.sliding_window import sliding_window_labels
-from autolabel.phantom import make_phantom
 from autolabel.records import Volume
 
 pytestmark = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autolabel.commands import status
+from autolabel.cli.commands import status
 from autolabel.errors import ConfigError, ImageError, LedgerError
 from autolabel.ledger import SCHEMA_VERSION, Ledger, ModelKey, TaskState, ledger_path
 

@@ -17,10 +17,10 @@ import numpy.typing as npt
 import pytest
 
 from autolabel.cli import main
+from autolabel.emulator.phantom import make_phantom
 from autolabel.errors import ModelError
 from autolabel.imaging import load_volume, read_label_nifti, write_dicom_series, write_volume_nifti
 from autolabel.inference import list_models, load_model
-from autolabel.phantom import make_phantom
 from autolabel.records import Volume
 
 COLIN = Path("/usr/share/mricron/templates")

@@ -18,8 +18,8 @@ import pytest
 
 from autolabel.cli import main
 from autolabel.emulator import EmulatorHandle
+from autolabel.emulator.phantom import make_phantom
 from autolabel.imaging import write_dicom_series
-from autolabel.phantom import make_phantom
 from autolabel.redbrick import get_project
 
 redbrick = pytest.importorskip("redbrick")

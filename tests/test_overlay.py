@@ -9,7 +9,8 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from autolabel.overlay import (
+from autolabel.emulator.phantom import PHANTOM_LABELS, make_phantom
+from autolabel.report.overlay import (
     SOFT_TISSUE_WINDOW,
     auto_window,
     label_color,
@@ -17,7 +18,6 @@ from autolabel.overlay import (
     render_planes,
     save_overlay,
 )
-from autolabel.phantom import PHANTOM_LABELS, make_phantom
 
 RIGHT, ANTERIOR, SUPERIOR = 1, 2, 3
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autolabel.phantom import PHANTOM_LABELS, make_phantom
+from autolabel.emulator.phantom import PHANTOM_LABELS, make_phantom
 
 
 def test_same_seed_same_phantom_other_seed_other_shapes() -> None:

@@ -83,7 +83,7 @@ def test_labels_lie_on_the_image_grid(
     emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
 ) -> None:
     summary = _run(emulator, ct_model, tmp_path)
-    from autolabel.fetch import load_task_series
+    from autolabel.pipeline.fetch import load_task_series
 
     with _project(emulator) as project:
         outcome = summary.outcomes[0]

@@ -30,8 +30,8 @@ from autolabel.settings import ConnectionSettings
 
 ray = pytest.importorskip("ray")
 
-from autolabel.scale import RayOptions, run_on_ray  # noqa: E402
-from autolabel.scale.cluster import preserved_environment  # noqa: E402
+from autolabel.pipeline.ray import RayOptions, run_on_ray  # noqa: E402
+from autolabel.pipeline.ray.cluster import preserved_environment  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_a_task_that_kills_two_actors_is_recorded_failed(
     local_ray: Any, emulator_factory: Callable[..., EmulatorHandle], tmp_path: Path
 ) -> None:
     """Died on two actors: failed with the reason; nothing written for it; the rest done."""
-    from autolabel.fetch import load_task_series
+    from autolabel.pipeline.fetch import load_task_series
 
     emulator = emulator_factory(studies=3)
     deadly = emulator.task_ids()[1]

@@ -298,8 +298,8 @@ def _finished_runs(path: Path) -> int:
 
 def _write_scan(path: Path) -> None:
     """A phantom trunk CT as NIfTI (RAS affine): the README's ``scan.nii.gz``."""
+    from autolabel.emulator.phantom import make_phantom
     from autolabel.imaging import write_volume_nifti
-    from autolabel.phantom import make_phantom
     from autolabel.records import Volume
 
     phantom = make_phantom((64, 64, 32), seed=11)

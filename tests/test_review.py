@@ -141,7 +141,7 @@ def test_reannotate_by_id_moves_ground_truth_only(
 
 
 def test_dice_is_computed_per_category_on_the_image_grid() -> None:
-    from autolabel.compare import CategoryMap, dice_by_category
+    from autolabel.reviews.compare import CategoryMap, dice_by_category
 
     a = np.zeros((4, 4, 4), np.uint8)
     b = np.zeros((4, 4, 4), np.uint8)

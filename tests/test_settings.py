@@ -316,7 +316,7 @@ def test_org_and_project_ids_must_be_uuids(tmp_path: Path) -> None:
 
 
 def test_the_resolved_key_is_masked_wherever_it_appears(tmp_path: Path) -> None:
-    from autolabel.redact import redact, redact_argv
+    from autolabel.settings.secrets import redact, redact_argv
 
     secret = "profile-key-" + "k" * 31
     env = _credentials(tmp_path, f"[default]\nprofile = team\n\n[team]\nkey = {secret}\norg = o\n")

@@ -3,7 +3,7 @@
 :func:`seed` creates (once) an org, a project ``Label -> Review_1 -> Ground Truth`` of type
 ``DICOM_SEGMENTATION`` with a CT taxonomy V2, an owner, an API-key user and a human
 labeler; then adds one task per study: synthetic CT phantoms written as real DICOM series
-(:func:`autolabel.phantom.make_phantom`, :func:`autolabel.imaging.write_dicom_series`),
+(:func:`autolabel.emulator.phantom.make_phantom`, :func:`autolabel.imaging.write_dicom_series`),
 and/or the DICOM folders and NIfTI files of ``from_paths`` (with ``multi_series``, each
 folder is one task whose sub-folders and files are its series). Every task waits in
 ``Label``, assigned to the API key.
@@ -316,8 +316,8 @@ def seed(
     source already seeded is skipped. A path with nothing to seed raises
     :class:`FileNotFoundError`.
     """
+    from autolabel.emulator.phantom import make_phantom
     from autolabel.imaging import write_dicom_series
-    from autolabel.phantom import make_phantom
 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from isal import igzip, isal_zlib
 
-from autolabel.atomic import atomic_file
 from autolabel.errors import ConversionError, ImageError
+from autolabel.files import atomic_file
 from autolabel.imaging.checks import ImageLimits, check_affine, check_dtype
 from autolabel.records import Volume
 
@@ -245,7 +245,7 @@ def write_label_nifti(
       (:attr:`Volume.qform`), so RedBrick maps each voxel onto the image voxel of the same
       index. F-ordered arrays are written without a copy.
     * ``.nii.gz`` (gzip through isal, level 1) or ``.nii`` by the suffix of ``path``.
-    * Atomic (:func:`autolabel.atomic.atomic_file`): a temporary file in the same folder,
+    * Atomic (:func:`autolabel.files.atomic_file`): a temporary file in the same folder,
       renamed over ``path``; a killed writer's leftover is removed by the next run.
     """
     target = Path(path)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autolabel.paths import task_folder
+from autolabel.files import task_folder
 from autolabel.redbrick.types import GROUND_TRUTH_STAGE, Task, TaskFilters, json_field
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ class Export:
         the DICOM headers, frame files; :func:`autolabel.imaging.from_altadb_instance` makes
         DICOM files of them), and its ``items`` are those folders.
 
-        Folders are named by task id (:func:`autolabel.paths.task_folder`), where SDK 2.35.4
+        Folders are named by task id (:func:`autolabel.files.task_folder`), where SDK 2.35.4
         uses the sanitised task name: two tasks never share a folder, and no name
         (absolute, climbing with ``..``, overlong) writes outside ``destination``.
         """

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.errors import ConfigError, ConversionError, NotFoundError
-from autolabel.paths import safe_component
+from autolabel.files import safe_component
 from autolabel.redbrick import altadb
 from autolabel.redbrick.altadb import AltaInstance
 from autolabel.redbrick.client import ListingErrorHandler, RedBrickClient

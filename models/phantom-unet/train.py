@@ -8,7 +8,7 @@ What it does, deterministically (fixed seeds for data, initialisation and crops)
 
 * training data: phantoms with seeds ``TRAIN_SEEDS``, validation: ``VAL_SEEDS`` (disjoint);
   every phantom is 72 x 72 x 60 voxels at 5 mm, in the LPS index order of
-  :mod:`autolabel.phantom`, which is the grid the card's preprocessing resamples to;
+  :mod:`autolabel.emulator.phantom`, which is the grid the card's preprocessing resamples to;
 * input: HU windowed to [-1000, 400] and scaled to [0, 1] (the card's ``window``);
 * classes: 0 background, 1 liver, 2 spleen, 3 kidney, 4 lung (phantom bone is background);
 * network: a 3-level 3-D U-Net (BatchNorm, so eval-mode output does not depend on the patch),
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autolabel.phantom import make_phantom
+from autolabel.emulator.phantom import make_phantom
 
 TRAIN_SEEDS = tuple(range(1000, 1048))
 VAL_SEEDS = tuple(range(9000, 9008))

@@ -1,0 +1,388 @@
+"""A run's bookkeeping: :class:`RunBook` settles writes left in doubt, streams the task
+selection, records every state change in the ledger, and collects outcomes for the
+summary and the listeners. The local run and the Ray driver both keep their books here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from autolabel.errors import (
+    AuthError,
+    AutolabelError,
+    ConfigError,
+    GraphQLError,
+    LedgerError,
+)
+from autolabel.ledger import Ledger, ModelKey, Run, TaskEvent, TaskState
+from autolabel.pipeline.engine import EngineStats
+from autolabel.pipeline.fetch import (
+    LabelsMarker,
+    TaskSkipped,
+    select_tasks,
+)
+from autolabel.pipeline.submit import default_settle_window, settle, write_landed
+from autolabel.pipeline.summary import (
+    OutcomeListener,
+    RunOptions,
+    RunSummary,
+    StageListener,
+    TaskOutcome,
+)
+from autolabel.redbrick import Project, Task
+from autolabel.redbrick.types import ListingError
+
+log = logging.getLogger(__name__)
+
+
+class RunBook:
+    """The bookkeeping of one run, whatever schedules its tasks.
+
+    It owns the ledger handle, the outcomes and the listeners: it settles writes left in
+    doubt, streams the tasks to do, and records each task's state changes exactly as the
+    local run does (the Ray driver of :mod:`autolabel.pipeline.ray` records through it too, so the
+    ledger reads the same). Thread-safe: stage workers record concurrently.
+    """
+
+    def __init__(
+        self,
+        project: Project,
+        key: ModelKey,
+        options: RunOptions,
+        ledger: Ledger,
+        stop: threading.Event | None,
+        on_stage: StageListener | None,
+        on_task: OutcomeListener | None,
+    ) -> None:
+        self.project = project
+        self.key = key
+        self.options = options
+        self.ledger = ledger
+        self.stop = stop or threading.Event()
+        self.on_stage = on_stage
+        self.on_task = on_task
+        self.outcomes: list[TaskOutcome] = []
+        self.already_done = 0
+        self.resolved = 0
+        self._fed = 0
+        self._unlisted = 0
+        self._lock = threading.Lock()
+        self._handle: Run | None = None
+        self._began = time.perf_counter()
+
+    @property
+    def handle(self) -> Run:
+        """The ledger handle of the run (after :meth:`begin`)."""
+        if self._handle is None:
+            raise RuntimeError("RunBook.begin() has not been called")
+        return self._handle
+
+    def begin(self, command: tuple[str, ...]) -> Run:
+        """Record the start of the run in the ledger."""
+        self._began = time.perf_counter()
+        self._handle = self.ledger.start_run(
+            mode=self.options.mode,
+            command=command,
+            options=_loggable(self.options),
+            model=self.key,
+        )
+        return self._handle
+
+    def summary(self, stats: EngineStats | None, **extra: Any) -> RunSummary:
+        """The run's :class:`RunSummary` so far."""
+        return RunSummary(
+            run_id=self.handle.run_id,
+            mode=self.options.mode,
+            stage=self.options.stage,
+            model=self.key,
+            outcomes=self.outcomes,
+            stages=stats,
+            wall_s=self.elapsed_s,
+            resolved=self.resolved,
+            already_done=self.already_done,
+            notes=self.notes(),
+            **extra,
+        )
+
+    def notes(self) -> list[str]:
+        """What the user should know about where this run's writes go."""
+        if self.options.mode != "final":
+            return []
+        sampled = self.project.sampled_review_after(self.options.stage)
+        if sampled is None:
+            return []
+        stage, share = sampled
+        return [
+            f"{stage} reviews only {share:.0%} of tasks (reviewPercent {share:g}): the other "
+            "submitted tasks skip review and can go straight to Ground Truth"
+        ]
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since :meth:`begin`."""
+        return time.perf_counter() - self._began
+
+    def emit(self, task_id: str, stage: str) -> None:
+        """Tell the stage listener that ``task_id`` was queued or finished ``stage``."""
+        if self.on_stage is not None:
+            self.on_stage(task_id, stage)
+
+    # -- which tasks ---------------------------------------------------------------------
+
+    def tasks(self) -> Iterator[Task]:
+        """The tasks to work on, streamed from the listing: those the ledger marks done for
+        this model and mode are counted in :attr:`already_done` and left out (unless
+        ``force``); at most ``limit`` are yielded; each is announced as ``queued``."""
+        options = self.options
+        done = set() if options.force else self.ledger.done_task_ids(self.key, options.mode)
+        for task in select_tasks(
+            self.project,
+            options.stage,
+            task_ids=options.task_ids,
+            name=options.name,
+            on_skip=self._skip_unselected,
+            on_listing_error=self._listing_error,
+        ):
+            if task.task_id in done:
+                self.already_done += 1
+                continue
+            if options.limit is not None and self._fed >= options.limit:
+                return
+            self._fed += 1
+            self.emit(task.task_id, "queued")
+            yield task
+
+    def _skip_unselected(self, task_id: str, name: str, reason: str) -> None:
+        self.emit(task_id, "queued")
+        self.finish(_stub(task_id, name), None, "skipped", reason)
+
+    def _listing_error(self, error: ListingError) -> None:
+        """A listing entry RedBrick could not answer: a task whose id survived is still
+        worked on (its own re-read decides); an entry answered null is recorded as failed
+        under a placeholder id, and the run goes on."""
+        if error.task_id is not None:
+            log.warning("listing %s: %s", error.task_id, error.message)
+            return
+        self._unlisted += 1
+        placeholder = f"unlisted-{self._unlisted}"
+        self.emit(placeholder, "queued")
+        reason = (
+            f"RedBrick could not list one task ({error.operation}: {error.message}); "
+            "run again to pick it up, or check the task in RedBrick"
+        )
+        failure = GraphQLError([error.message], operation=error.operation)
+        self.finish(_stub(placeholder, ""), None, "failed", reason, error=failure)
+
+    def settle_in_doubt(self) -> int:
+        """Record the writes a killed run sent but did not confirm, if RedBrick has them.
+
+        Each is settled patiently (:func:`autolabel.pipeline.submit.settle`): re-read with backoff
+        until RedBrick shows it or the settle window, counted from its last ``writing``
+        event, has passed. One that did not land is left to the run like any other task.
+        """
+        if self.options.mode == "dry-run":
+            return 0
+        window = self.options.settle_window_s
+        if window is None:
+            window = default_settle_window(self.project)
+        for event in self.ledger.in_doubt_writes(self.key):
+            if event.mode != self.options.mode:
+                continue
+            before = LabelsMarker(
+                event.detail.get("labels_before_by"), event.detail.get("labels_before_at")
+            )
+            landed, _ = settle(
+                self.project,
+                event.task_id,
+                stage_name=str(event.detail.get("stage") or self.options.stage),
+                finalize=event.mode == "final",
+                before=before,
+                deadline=event.at + window,
+            )
+            if landed:
+                self.handle.record(
+                    event.task_id,
+                    TaskState.SUBMITTED if event.mode == "final" else TaskState.DRAFT_SAVED,
+                    task_name=event.task_name,
+                    detail={"resolved": "the write of an interrupted run had landed"},
+                )
+                self.resolved += 1
+        return self.resolved
+
+    def write_landed(self, task_id: str, before: LabelsMarker, *, stage: str | None = None) -> bool:
+        """Re-read ``task_id``: did this key's write (made after ``before``) land?"""
+        task = self.project.get_task(task_id)
+        return write_landed(
+            task,
+            user_id=self.project.current_user_id,
+            stage_name=stage or self.options.stage,
+            finalize=self.options.mode == "final",
+            before=before,
+        )
+
+    # -- state changes -------------------------------------------------------------------
+
+    def fetched(
+        self, task: Task, fresh: Task, input_checksum: str, series: int, seconds: float
+    ) -> TaskOutcome:
+        """Record ``fetched`` (``fresh`` is the task as re-read); return the task's outcome,
+        started with the fetch time."""
+        self.handle.record(
+            task.task_id,
+            TaskState.FETCHED,
+            task_name=fresh.name,
+            input_checksum=input_checksum,
+            detail={"seconds": seconds, "series": series},
+        )
+        return TaskOutcome(task.task_id, fresh.name, "fetched", seconds={"fetch": seconds})
+
+    def predicted(self, task: Task, outcome: TaskOutcome, seconds: float) -> None:
+        """Record ``predicted`` with the inference time."""
+        outcome.seconds["infer"] = seconds
+        self.handle.record(
+            task.task_id, TaskState.PREDICTED, task_name=task.name, detail={"seconds": seconds}
+        )
+
+    def converted(self, task: Task, outcome: TaskOutcome, seconds: float) -> None:
+        """Record ``converted`` with the conversion time and predicted volumes."""
+        outcome.seconds["convert"] = seconds
+        self.handle.record(
+            task.task_id,
+            TaskState.CONVERTED,
+            task_name=task.name,
+            detail=plain_json({"seconds": seconds, "volumes_ml": outcome.volumes_ml}),
+        )
+
+    def intent(self, task: Task, before: LabelsMarker, in_doubt: str = "") -> TaskEvent:
+        """Record (and commit) ``writing``: the claim that must precede the write.
+
+        With ``in_doubt`` (the reason a sent write's reply was lost) it is recorded again,
+        before the write is settled: a run killed while settling leaves the write in doubt,
+        and the next start settles it counting from this time.
+        """
+        detail = {
+            "stage": self.options.stage,
+            "labels_before_by": before.created_by,
+            "labels_before_at": before.created_at,
+        }
+        if in_doubt:
+            detail["in_doubt"] = in_doubt
+        return self.handle.record(
+            task.task_id, TaskState.WRITING, task_name=task.name, detail=detail
+        )
+
+    def failed(
+        self, task: Task, outcome: TaskOutcome | None, stage: str, exc: BaseException
+    ) -> TaskOutcome:
+        """Per-task failures become data (the outcome is returned); run-fatal errors are
+        re-raised to stop the run."""
+        if isinstance(exc, TaskSkipped):
+            return self.finish(task, outcome, "skipped", exc.reason)
+        if isinstance(exc, AuthError | LedgerError | ConfigError):
+            raise exc
+        reason = str(exc) if isinstance(exc, AutolabelError) else f"{type(exc).__name__}: {exc}"
+        try:
+            return self.finish(task, outcome, "failed", f"{stage}: {reason}", error=exc)
+        except (TypeError, ValueError) as unrecordable:
+            # The failure must be recorded whatever the task left in its outcome: keep the
+            # reason and drop the rest (a LedgerError, the database failing, stays fatal).
+            bare = TaskOutcome(task.task_id, task.name, "failed", seconds=dict(outcome.seconds)
+                               if outcome else {})  # fmt: skip
+            return self.finish(
+                task,
+                bare,
+                "failed",
+                f"{stage}: {reason}",
+                error=exc,
+                detail={"unrecorded_detail": f"{type(unrecordable).__name__}: {unrecordable}"},
+            )
+
+    def finish(
+        self,
+        task: Task,
+        outcome: TaskOutcome | None,
+        status: str,
+        reason: str,
+        *,
+        error: BaseException | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> TaskOutcome:
+        """Record the task's final state and tell the outcome listener."""
+        outcome = outcome or TaskOutcome(task.task_id, task.name, status)
+        outcome.status = status
+        outcome.reason = reason
+        if error is not None:
+            outcome.error_type = type(error).__name__
+        record: dict[str, Any] = {"seconds": sum(outcome.seconds.values())}
+        if reason:
+            record["reason"] = reason
+        if outcome.volumes_ml:
+            record["volumes_ml"] = outcome.volumes_ml
+        if outcome.files:
+            record["files"] = outcome.files
+        if outcome.seconds:
+            record["stage_seconds"] = outcome.seconds
+        record.update(detail or {})
+        self.handle.record(
+            task.task_id,
+            TaskState(status),
+            task_name=task.name,
+            detail=plain_json(record),
+            error=error,
+        )
+        with self._lock:
+            self.outcomes.append(outcome)
+        if self.on_task is not None:
+            self.on_task(outcome)
+        return outcome
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as strict JSON: NaN and infinities become None, unknown objects their text.
+
+    What a task measured (volumes, seconds) must never make its own recording fail.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_json(v) for v in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
+def _stub(task_id: str, name: str) -> Task:
+    return Task(
+        task_id=task_id,
+        name=name,
+        stage_name="",
+        state=None,
+        assignee=None,
+        assignee_email=None,
+        storage_id=None,
+        series=(),
+        items=(),
+        items_loaded=False,
+        labels=None,
+        meta_data=None,
+        priority=None,
+        updated_at=None,
+        raw={},
+    )
+
+
+def _loggable(options: RunOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in vars(options).items():
+        out[key] = str(value) if isinstance(value, Path) else value
+    if options.mapping is not None:
+        out["mapping"] = dict(options.mapping)
+    return out

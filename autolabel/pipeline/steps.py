@@ -1,0 +1,264 @@
+"""What is done to one task, with no ledger and no scheduling: :class:`TaskSteps` fetches
+(re-read, guard, download, decode), predicts, converts (label files, payload, preview) and
+writes (guarded, exactly once). The local run and the Ray actors both call it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from autolabel import convert
+from autolabel.errors import ConversionError, PlatformError
+from autolabel.files import atomic_file, task_folder
+from autolabel.imaging import ImageLimits
+from autolabel.inference.guard import guard_model
+from autolabel.inference.spec import ModelSpec, SegmentationModel
+from autolabel.pipeline.fetch import (
+    FetchedTask,
+    LabelsMarker,
+    Stamp,
+    fetch_task,
+)
+from autolabel.pipeline.submit import default_settle_window, is_transient, write_task
+from autolabel.pipeline.summary import RunOptions, TaskOutcome, model_key
+from autolabel.records import Volume
+from autolabel.redbrick import Project, Task
+from autolabel.report.overlay import save_overlay
+
+#: Why a task whose prediction is empty is skipped (``empty="skip"``).
+EMPTY_REASON = (
+    "the model found nothing in this task (empty prediction; use --empty submit to write it anyway)"
+)
+
+
+def segment_map_for(
+    spec: ModelSpec,
+    taxonomy: Mapping[str, Any],
+    mapping: Mapping[str | int, convert.Target] | None = None,
+    *,
+    allow_unmapped: bool = False,
+) -> convert.SegmentMap:
+    """Model label → taxonomy category: the card's default mapping with ``mapping`` on top.
+
+    Raises :class:`~autolabel.errors.ConversionError` when a model class has no category
+    (unless ``allow_unmapped``).
+    """
+    merged: dict[str | int, convert.Target] = {
+        spec.labels[i]: spec.category_of(i) for i in spec.labels
+    }
+    merged.update(mapping or {})
+    return convert.build_segment_map(
+        dict(spec.labels), taxonomy, merged, allow_unmapped=allow_unmapped
+    )
+
+
+class TaskSteps:
+    """The work done on one task, with no ledger and no scheduling.
+
+    The local run (:func:`run`) and the Ray actors of :mod:`autolabel.pipeline.ray` call the same
+    steps, so a task is fetched, predicted, converted and written the same way on both:
+
+    * :meth:`fetch` -- re-read, guard, download and decode (retrying transient failures);
+    * :meth:`predict` -- one label map per series;
+    * :meth:`convert` -- label files, previews and the ``series`` payload in the task's
+      own folder ``options.results_dir/<task id>/`` (:func:`autolabel.files.task_folder`:
+      never the name, so tasks whose names collide keep apart); fills the outcome's files
+      and volumes;
+    * :meth:`write` -- the guarded, exactly-once write of :func:`autolabel.pipeline.submit.write_task`;
+      the caller's ``record_intent`` must commit the ``writing`` intent.
+
+    Errors are raised as they come (:class:`~autolabel.pipeline.fetch.TaskSkipped` for a task that
+    must be left alone); the caller records them.
+    """
+
+    def __init__(self, project: Project, model: SegmentationModel, options: RunOptions) -> None:
+        self.project = project
+        # A model's exit, interrupt or endless loop is its task's failure, never the run's.
+        self.model = guard_model(model, options.model_timeout_s)
+        self.options = options
+        self.limits = ImageLimits(options.max_voxels, options.max_image_bytes)
+        self.key = model_key(model)
+        self.segment_map = segment_map_for(
+            model.spec, project.taxonomy, options.mapping, allow_unmapped=options.allow_unmapped
+        )
+        self.provenance = {"Model": f"{self.key.name} {self.key.version}"}
+        self.stamp = Stamp(project.current_user_id, self._landing(self.provenance))
+        self.settle_window_s = (
+            options.settle_window_s
+            if options.settle_window_s is not None
+            else default_settle_window(project)
+        )
+
+    def _landing(self, provenance: Mapping[str, str]) -> dict[str, str]:
+        """The provenance attributes that land on this run's labels (those the taxonomy
+        defines for the categories written), by the rule of ``Project.with_provenance``."""
+        probe = {str(v): c.name for v, c in self.segment_map.categories.items()}
+        (entry,) = self.project.with_provenance([{"segmentMap": probe}], provenance)
+        landed: dict[str, str] = {}
+        for spec in entry["segmentMap"].values():
+            if isinstance(spec, dict):
+                landed.update(spec.get("attributes") or {})
+        return landed
+
+    def fetch(self, task: Task, folder: Path) -> FetchedTask:
+        """Re-read, check and decode ``task`` (downloading into ``folder``, removed after).
+
+        A draft run without ``force`` also skips a task whose labels bear the run's stamp
+        (:class:`~autolabel.pipeline.fetch.Stamp`): another run of this model, in another work folder
+        or on another machine, did it.
+        """
+        options = self.options
+        done = self.stamp if options.mode == "draft" and not options.force else None
+        return _with_retries(
+            lambda: fetch_task(
+                self.project, task, options.stage, folder, limits=self.limits, done=done
+            )
+        )
+
+    def predict(self, fetched: FetchedTask) -> list[npt.NDArray[np.integer]]:
+        """The model's label map of each series of ``fetched``."""
+        return [self.model.predict(series.volume) for series in fetched.series]
+
+    def convert(
+        self,
+        fetched: FetchedTask,
+        label_maps: Sequence[npt.NDArray[np.integer]],
+        outcome: TaskOutcome,
+    ) -> list[dict[str, Any]]:
+        """Write the task's label files, previews and payload; return the ``series`` entries.
+
+        The list has one entry per series, in the task's series order (a series with
+        nothing to write gets an entry without ``segmentations``, see
+        :func:`autolabel.convert.positional`); an empty list means nothing is left to write
+        (every series empty under the ``skip`` policy). ``outcome.files`` and
+        ``outcome.volumes_ml`` are filled in. A local file that cannot be written raises
+        :class:`~autolabel.errors.ConversionError` naming the task and the folder.
+        """
+        try:
+            return self._convert(fetched, label_maps, outcome)
+        except OSError as exc:
+            task = fetched.task
+            raise ConversionError(
+                f"task {task.task_id} ({task.name[:80]}): cannot write its results under "
+                f"{self.options.results_dir}: {exc.strerror or exc}. Check that folder "
+                "(free space, permissions) or choose another with --out."
+            ) from exc
+
+    def _convert(
+        self,
+        fetched: FetchedTask,
+        label_maps: Sequence[npt.NDArray[np.integer]],
+        outcome: TaskOutcome,
+    ) -> list[dict[str, Any]]:
+        options = self.options
+        task = fetched.task
+        folder = task_folder(options.results_dir, task.task_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        found: list[convert.SeriesEntry | None] = []
+        names: list[str] = []
+        volumes: dict[str, float] = {}
+        for series, label_map in zip(fetched.series, label_maps, strict=True):
+            path = folder / f"series-{series.index}-labels.nii.gz"
+            name = series.name or f"{task.name or task.task_id}-{series.index}"
+            entry = convert.to_series(
+                label_map,
+                series.volume,
+                self.segment_map,
+                name=name,
+                path=path,
+                empty=options.empty,
+                instances=options.instances,
+                min_component_voxels=options.min_component_voxels,
+            )
+            found.append(entry)
+            names.append(name)
+            if entry is None:
+                continue
+            outcome.files[f"labels-{series.index}"] = str(path)
+            for category, ml in _volumes_ml(label_map, series.volume, self.segment_map).items():
+                volumes[category] = volumes.get(category, 0.0) + ml
+            if options.previews:
+                preview = folder / f"series-{series.index}-preview.png"
+                save_overlay(
+                    preview,
+                    np.asarray(series.volume.array),
+                    label_map,
+                    series.volume.spacing,
+                    orientation=series.volume.orientation,
+                    names=dict(self.model.spec.labels),
+                    title=f"{task.name} · {series.name or series.index} · {self.key}",
+                )
+                outcome.files[f"preview-{series.index}"] = str(preview)
+        outcome.volumes_ml = volumes
+        # One entry per series in the task's order: RedBrick matches them by position.
+        entries = convert.positional(found, names) if any(found) else []
+        payload_path = folder / "series.json"
+        _write_json(payload_path, {"taskId": task.task_id, "series": entries})
+        outcome.files["payload"] = str(payload_path)
+        return entries
+
+    def write(
+        self,
+        task_id: str,
+        entries: Sequence[Mapping[str, Any]],
+        before: LabelsMarker,
+        *,
+        record_intent: Callable[[], object],
+        record_in_doubt: Callable[[str], object] | None = None,
+    ) -> str:
+        """Save or submit ``entries`` (see :func:`autolabel.pipeline.submit.write_task`); return the
+        ledger state it reached (``draft_saved`` or ``submitted``)."""
+        finalize = self.options.mode == "final"
+        write_task(
+            self.project,
+            task_id,
+            self.options.stage,
+            entries,
+            finalize=finalize,
+            before=before,
+            provenance=self.provenance,
+            stamp=self.stamp,
+            settle_window_s=self.settle_window_s,
+            record_intent=record_intent,
+            record_in_doubt=record_in_doubt,
+        )
+        return "submitted" if finalize else "draft_saved"
+
+
+def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> FetchedTask:
+    """Fetch again after a transient failure (the client already retried each request; a
+    fresh try also presigns the items again)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fetch()
+        except PlatformError as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+            time.sleep(0.5 * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _volumes_ml(
+    label_map: npt.NDArray[np.integer], volume: Volume, segment_map: convert.SegmentMap
+) -> dict[str, float]:
+    """Predicted millilitres per taxonomy category (model classes mapped as written)."""
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    counts = np.bincount(label_map.ravel(order="K"), minlength=max(segment_map.values) + 1)
+    out: dict[str, float] = {}
+    for label_id, value in segment_map.values.items():
+        if value and label_id < counts.size and counts[label_id]:
+            category = segment_map.categories[value].name
+            out[category] = out.get(category, 0.0) + float(counts[label_id]) * voxel_ml
+    return out
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    with atomic_file(path) as stream:
+        stream.write(json.dumps(payload, indent=2, sort_keys=True).encode("utf-8"))

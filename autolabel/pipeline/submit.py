@@ -1,0 +1,247 @@
+"""Submit: write one task's labels to RedBrick exactly once, never over a person's work.
+
+The write protocol (with the ledger's, see :mod:`autolabel.ledger`):
+
+1. upload the label files (:meth:`Project.upload_labels`): fresh storage keys, nothing is
+   saved on the task yet, so a failed upload is simply done again;
+2. record the intent (``writing``) -- the caller's ``record_intent`` commits it;
+3. re-read the task, the last read before the write: still queued in the stage, still
+   assigned to the key, and its latest labels are the ones seen at fetch time. Otherwise
+   the task is skipped (:class:`~autolabel.pipeline.fetch.TaskSkipped`) saying who wrote it: another
+   autolabel run (this key's labels bearing the run's :class:`~autolabel.pipeline.fetch.Stamp`), a
+   script using the key, or a person;
+4. send the one mutation that saves (:meth:`Project.commit_labels`);
+5. a lost reply (timeout, reset, 5xx after the request went out) leaves the write *in
+   doubt*. ``record_in_doubt`` commits that first; then :func:`settle` re-reads the task
+   with backoff until it shows the write, or until the settle window has passed
+   (:func:`settle_window`: longer than the client's read timeout plus a gateway's). Never
+   one immediate re-read: a commit can land well after the client gave up. Only a write
+   that did not land by then, on a task still ours and unchanged, is sent again (at most
+   ``attempts`` sends).
+
+What remains. RedBrick's saving mutation has no condition (no version or ``If-Match`` to
+compare against), so the re-read of step 3 and the commit of step 4 cannot be one atomic
+step: another writer whose write reaches the server within that one request's round trip
+is not seen, and both writes land (the later one wins). The uploads are done before step
+3 to keep this window to the mutation itself. Runs sharing a work folder never meet in it
+(:mod:`autolabel.pipeline.lock`); runs in different folders or on different machines meet in it
+only if they write the same task within that round trip. A write still in flight after
+the settle window (a server that commits later than any gateway waits) is not seen either.
+
+:func:`write_landed` is the same test the pipeline uses at start-up to settle writes a
+killed run left in doubt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from autolabel.errors import PlatformError, TransportError
+from autolabel.pipeline.fetch import LabelsMarker, Stamp, TaskSkipped, writable_problem
+from autolabel.redbrick import Project, Task
+from autolabel.redbrick.labels import UploadedLabels
+
+#: How long a gateway in front of RedBrick holds a request before it answers 5xx. The
+#: SDK reads a 5xx after 26 s as the server's timeout (redbrick/common/client.py,
+#: ``_check_status_msg``) and waits 30 s itself (redbrick/common/constants.py).
+GATEWAY_TIMEOUT_S = 30.0
+#: Added to the client's read timeout and the gateway's in :func:`settle_window`.
+SETTLE_MARGIN_S = 30.0
+
+
+def settle_window(read_timeout_s: float) -> float:
+    """Seconds after a write was sent during which it may still land on RedBrick: the
+    client's read timeout plus a gateway timeout plus a margin."""
+    return read_timeout_s + GATEWAY_TIMEOUT_S + SETTLE_MARGIN_S
+
+
+def default_settle_window(project: Project) -> float:
+    """:func:`settle_window` for the read timeout ``project``'s client uses."""
+    return settle_window(project.client.transport.timeout[1])
+
+
+def write_landed(
+    task: Task, *, user_id: str, stage_name: str, finalize: bool, before: LabelsMarker
+) -> bool:
+    """Whether ``task`` (read after a write) shows that this key's write went through.
+
+    A write landed when the latest labels are this key's and are not the ones seen before
+    the write; a submit also moved the task out of ``stage_name`` (or, in a consensus
+    task, completed the key's own sub-task).
+    """
+    labels = task.labels_of(user_id)
+    if labels is None or labels.created_by != user_id:
+        return False
+    if before.created_by == user_id and labels.created_at == before.created_at:
+        return False
+    if not finalize:
+        return True
+    part = task.part_of(user_id)  # a consensus submit completes the key's own sub-task
+    return task.stage_name != stage_name or (part is not None and part.state == "COMPLETED")
+
+
+def check_unchanged(
+    project: Project,
+    task_id: str,
+    stage_name: str,
+    before: LabelsMarker,
+    stamp: Stamp | None = None,
+) -> Task:
+    """Re-read the task and raise :class:`TaskSkipped` unless it is still ours and untouched."""
+    fresh = project.get_task(task_id)
+    ensure_unchanged(fresh, stage_name, project.current_user_id, before, stamp)
+    return fresh
+
+
+def ensure_unchanged(
+    task: Task,
+    stage_name: str,
+    user_id: str,
+    before: LabelsMarker,
+    stamp: Stamp | None = None,
+) -> None:
+    """Raise :class:`TaskSkipped` unless ``task`` (just read) is still queued in
+    ``stage_name`` for ``user_id`` with the labels seen at fetch time (``before``).
+
+    The reason says who changed it: another autolabel run (labels of ``user_id`` bearing
+    ``stamp``, saved since the fetch), the key used otherwise, the workflow, or a person.
+    """
+    now = LabelsMarker.of(task, user_id)
+    if now != before and now.created_by == user_id:
+        if stamp is not None and stamp.on(task):
+            raise TaskSkipped(
+                f"done by another autolabel run: this API key saved labels of "
+                f"{stamp.describe()} at {now.created_at}, after this run fetched the task; "
+                "it is written once"
+            )
+        raise TaskSkipped(
+            f"this API key saved other labels at {now.created_at}, after autolabel fetched "
+            "the task (another autolabel run with another model, or a script using the "
+            "key); they are not overwritten"
+        )
+    problem = writable_problem(task, stage_name, user_id)
+    if problem is not None:
+        raise TaskSkipped(f"{problem} (changed after autolabel fetched it)")
+    if now != before:
+        raise TaskSkipped(
+            f"a person saved labels after autolabel fetched the task ({now.created_by} at "
+            f"{now.created_at}); autolabel never overwrites a person's work"
+        )
+
+
+def settle(
+    project: Project,
+    task_id: str,
+    *,
+    stage_name: str,
+    finalize: bool,
+    before: LabelsMarker,
+    deadline: float,
+    first_wait_s: float = 0.5,
+    max_wait_s: float = 10.0,
+) -> tuple[bool, Task | None]:
+    """Settle a write in doubt: re-read ``task_id`` with backoff until it shows this key's
+    write (:func:`write_landed`) or the wall-clock ``deadline`` (``time.time()``) has
+    passed; the last read is made at or after the deadline. Returns ``(landed, last
+    task read)``; the task is None when every re-read failed on the network (the write
+    stays in doubt). Run-fatal errors propagate.
+    """
+    user = project.current_user_id
+    wait = first_wait_s
+    task: Task | None = None
+    while True:
+        try:
+            task = project.get_task(task_id)
+        except TransportError:
+            task = None
+        if task is not None and write_landed(
+            task, user_id=user, stage_name=stage_name, finalize=finalize, before=before
+        ):
+            return True, task
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            return False, task
+        time.sleep(min(wait, remaining))
+        wait = min(wait * 2, max_wait_s)
+
+
+def write_task(
+    project: Project,
+    task_id: str,
+    stage_name: str,
+    series: Sequence[Mapping[str, Any]],
+    *,
+    finalize: bool,
+    before: LabelsMarker,
+    record_intent: Callable[[], object],
+    record_in_doubt: Callable[[str], object] | None = None,
+    provenance: Mapping[str, str] | None = None,
+    stamp: Stamp | None = None,
+    settle_window_s: float | None = None,
+    attempts: int = 3,
+    backoff_s: float = 1.0,
+) -> None:
+    """Save (``finalize=False``) or submit one task's ``series`` following the module's protocol.
+
+    ``record_intent`` commits the ``writing`` intent (step 2); ``record_in_doubt(reason)``
+    commits that a sent write's reply was lost, before it is settled (step 5).
+    ``settle_window_s`` defaults to :func:`default_settle_window`.
+
+    Raises :class:`TaskSkipped` when the task changed hands, another run or a person
+    labelled it; :class:`~autolabel.errors.TransportError` when no send could be confirmed
+    (the last one settled as not landed, or could not be settled: the ledger keeps it in
+    doubt), and other :class:`~autolabel.errors.PlatformError` as the server answers.
+    """
+    window = default_settle_window(project) if settle_window_s is None else settle_window_s
+    uploaded = _upload(project, task_id, series, provenance, attempts, backoff_s)
+    record_intent()
+    check_unchanged(project, task_id, stage_name, before, stamp)
+    for attempt in range(1, attempts + 1):
+        try:
+            project.commit_labels(uploaded, stage_name, finalize=finalize)
+            return
+        except TransportError as exc:
+            sent_at = time.time()
+            if record_in_doubt is not None:
+                record_in_doubt(f"send {attempt}: {exc}")
+            landed, after = settle(
+                project,
+                task_id,
+                stage_name=stage_name,
+                finalize=finalize,
+                before=before,
+                deadline=sent_at + window,
+            )
+            if landed:
+                return
+            if after is None or attempt == attempts:
+                raise
+            ensure_unchanged(after, stage_name, project.current_user_id, before, stamp)
+
+
+def _upload(
+    project: Project,
+    task_id: str,
+    series: Sequence[Mapping[str, Any]],
+    provenance: Mapping[str, str] | None,
+    attempts: int,
+    backoff_s: float,
+) -> UploadedLabels:
+    """Convert and upload the label files, trying again after a transient failure (nothing
+    is saved on the task by these calls, so they are safe to repeat)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return project.upload_labels(task_id, series, provenance=provenance)
+        except PlatformError as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def is_transient(exc: PlatformError) -> bool:
+    """A failure worth another try: transport trouble, or a refused storage transfer (an
+    expired presigned URL is replaced by a fresh one on the next try)."""
+    return isinstance(exc, TransportError) or exc.operation.startswith("storage")
