@@ -16,7 +16,15 @@ Every error the package raises on purpose derives from :class:`AutolabelError`::
     │   ├── BadModelOutputError    a model broke its contract (spec or output)
     │   └── ModelTimeoutError      a predict call ran past its time limit (per task)
     ├── ConversionError            label map / affine / taxonomy mismatch (per task)
-    └── LedgerError                the ledger cannot be read or written     -> run-fatal
+    ├── LedgerError                the ledger cannot be read or written     -> run-fatal
+    ├── TaskSkipped                the task must be left alone (not a failure; per task)
+    └── WorkerLostError            a Ray actor holding the task died twice (per task)
+
+:func:`classify` is the one rule that turns an exception met while working on a task into
+that task's outcome: ``skipped`` (:class:`TaskSkipped`, and a server's
+:class:`TaskStateError`: the task moved on, as the run's own guard would say), ``failed``
+(anything else), or raised again when it is run-fatal (:data:`RUN_FATAL`). The run and
+review both use it.
 
 Rules: caller mistakes on public functions raise ``ValueError``/``TypeError``; errors of
 third-party libraries are translated at the module that imports them (``raise ... from exc``);
@@ -103,7 +111,44 @@ class LedgerError(AutolabelError):
     """The ledger cannot be read or written."""
 
 
+class TaskSkipped(AutolabelError):
+    """The task must not be written by this run; ``reason`` says why (it is not a failure)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WorkerLostError(AutolabelError):
+    """The Ray actor working on a task died (killed, out of memory, node lost), twice."""
+
+
+#: Errors that stop a whole run (or review) at once: the key, the settings, the ledger.
+RUN_FATAL: tuple[type[AutolabelError], ...] = (AuthError, ConfigError, LedgerError)
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """The outcome of a task that raised ``exc``: ``(status, reason)``.
+
+    ``status`` is ``"skipped"`` for :class:`TaskSkipped` and :class:`TaskStateError` (the
+    server refused the write because the task moved on: the same verdict the run's guard
+    gives when it sees it first), else ``"failed"``. The reason is the error's message;
+    an error from outside autolabel's tree is prefixed with its type name. Run-fatal
+    errors (:data:`RUN_FATAL`) are raised again.
+    """
+    if isinstance(exc, RUN_FATAL):
+        raise exc
+    if isinstance(exc, TaskSkipped):
+        return "skipped", exc.reason
+    if isinstance(exc, TaskStateError):
+        return "skipped", str(exc)
+    if isinstance(exc, AutolabelError):
+        return "failed", str(exc)
+    return "failed", f"{type(exc).__name__}: {exc}"
+
+
 __all__ = [
+    "RUN_FATAL",
     "AuthError",
     "AutolabelError",
     "BadModelOutputError",
@@ -116,7 +161,9 @@ __all__ = [
     "ModelTimeoutError",
     "NotFoundError",
     "PlatformError",
+    "TaskSkipped",
     "TaskStateError",
     "TransportError",
     "WorkFolderBusy",
+    "WorkerLostError",
 ]

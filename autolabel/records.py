@@ -16,7 +16,10 @@ Geometry convention, used everywhere in autolabel:
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -81,3 +84,148 @@ class Volume:
         inverse = np.linalg.inv(self.affine)
         homogeneous = np.append(np.asarray(point, dtype=np.float64), 1.0)
         return np.asarray(inverse @ homogeneous, dtype=np.float64)[:3]
+
+
+# -- what the ledger records (:mod:`autolabel.ledger`) ----------------------------------------
+
+
+class TaskState(str, enum.Enum):
+    """State of a task under one model; see the module docstring for the protocol."""
+
+    QUEUED = "queued"
+    FETCHED = "fetched"
+    PREDICTED = "predicted"
+    CONVERTED = "converted"
+    WRITING = "writing"
+    DRAFT_SAVED = "draft_saved"
+    SUBMITTED = "submitted"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+
+
+class Mode(str, enum.Enum):
+    """What a run does with a task's labels: save a draft, submit them, or write nothing to
+    RedBrick (``dry-run``: keep the payload locally). Compares and prints as its value."""
+
+    DRAFT = "draft"
+    FINAL = "final"
+    DRY_RUN = "dry-run"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return self.value.__format__(spec)
+
+    def __hash__(self) -> int:  # as its text, so it finds the entries keyed by it
+        return hash(self.value)
+
+    @property
+    def written(self) -> TaskState:
+        """The state a task reaches when this mode's write is done (the one such rule)."""
+        return _WRITTEN_BY_MODE[self]
+
+
+_WRITTEN_BY_MODE = {
+    Mode.DRAFT: TaskState.DRAFT_SAVED,
+    Mode.FINAL: TaskState.SUBMITTED,
+    Mode.DRY_RUN: TaskState.DRY_RUN,
+}
+#: The run modes, as text.
+MODES: tuple[str, ...] = tuple(m.value for m in Mode)
+
+#: States that mean "this mode's work is done" for :meth:`Ledger.is_done`.
+DONE_STATES: dict[str, frozenset[TaskState]] = {
+    "draft": frozenset({TaskState.DRAFT_SAVED, TaskState.SUBMITTED}),
+    "final": frozenset({TaskState.SUBMITTED}),
+    "dry-run": frozenset({TaskState.DRY_RUN}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelKey:
+    """Identity of a model: name, version and the hash of its weights (may be empty)."""
+
+    name: str
+    version: str
+    weights_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.version:
+            raise ValueError(
+                f"a model needs a name and a version, got {self.name!r}, {self.version!r}"
+            )
+
+    def __str__(self) -> str:
+        suffix = f" ({self.weights_hash[:12]})" if self.weights_hash else ""
+        return f"{self.name} {self.version}{suffix}"
+
+    def _params(self) -> tuple[str, str, str]:
+        return (self.name, self.version, self.weights_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One state change of a task under a model, as stored (``at`` in Unix seconds)."""
+
+    seq: int
+    run_id: str
+    task_id: str
+    task_name: str
+    model: ModelKey
+    mode: str
+    state: TaskState
+    at: float
+    input_checksum: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One invocation of autolabel as recorded in the ledger."""
+
+    run_id: str
+    started_at: float
+    finished_at: float | None
+    status: str
+    mode: str
+    command: tuple[str, ...]
+    options: Mapping[str, Any]
+    model: ModelKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepTiming:
+    """Durations (``detail["seconds"]``) of the steps that ended in one state."""
+
+    count: int
+    total_seconds: float
+    max_seconds: float
+
+    @property
+    def mean_seconds(self) -> float:
+        """Average duration, 0 when nothing was timed."""
+        return self.total_seconds / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSummary:
+    """Latest state of each (task, model) pair, over one run or the whole ledger.
+
+    ``counts`` maps a state value to the number of pairs whose latest event has it;
+    ``failures`` are the latest events of the pairs that ended ``failed``; ``timings`` holds
+    the recorded step durations per state over all events considered.
+    """
+
+    counts: Mapping[str, int]
+    failures: tuple[TaskEvent, ...]
+    timings: Mapping[str, StepTiming]
+    runs: tuple[RunInfo, ...]
+
+    @property
+    def total(self) -> int:
+        """Number of (task, model) pairs."""
+        return sum(self.counts.values())

@@ -231,18 +231,19 @@ def memory_probe(variant: str, connection: Any, scratch: Path) -> dict[str, Any]
     sampler = Sampler()
     baseline: list[int] = []
 
-    def on_stage(task_id: str, stage: str) -> None:
-        if stage == "queued" and not baseline:
-            baseline.append(_rss_kib())
+    class Listener:
+        def on_stage(self, task_id: str, phase: str) -> None:
+            if phase == "queued" and not baseline:
+                baseline.append(_rss_kib())
 
-    def on_task(outcome: Any) -> None:
-        sampler.done += 1
+        def on_task(self, outcome: Any) -> None:
+            sampler.done += 1
 
     options = RunOptions(mode="dry-run", work_dir=scratch / "work-mem", previews=False)
     with sampler:
         summary = run_on_ray(
             connection, "ct-threshold", options, RayOptions(actors=2), device="cpu",
-            on_stage=on_stage, on_task=on_task,
+            listener=Listener(),
         )  # fmt: skip
     total = len(summary.outcomes)
     base = baseline[0]

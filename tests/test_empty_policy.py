@@ -16,7 +16,7 @@ from conftest import add_series_task, blank_ct_items
 from autolabel.cli import main
 from autolabel.emulator import EmulatorHandle
 from autolabel.errors import ConfigError
-from autolabel.pipeline.summary import RunOptions
+from autolabel.pipeline.options import RunOptions
 
 redbrick = pytest.importorskip("redbrick")
 

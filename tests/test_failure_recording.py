@@ -14,8 +14,11 @@ from pathlib import Path
 from autolabel.emulator import EmulatorHandle
 from autolabel.errors import ImageError
 from autolabel.ledger import Ledger, ModelKey, TaskState, ledger_path
-from autolabel.pipeline.book import RunBook, plain_json
-from autolabel.pipeline.summary import RunOptions, TaskOutcome
+from autolabel.pipeline.book import RunBook
+from autolabel.pipeline.fetch import FetchReport, LabelsMarker
+from autolabel.pipeline.flow import plain_json
+from autolabel.pipeline.options import RunOptions
+from autolabel.pipeline.steps import Converted
 from autolabel.redbrick import get_project
 
 
@@ -30,13 +33,14 @@ def test_a_failure_with_nan_measurements_is_recorded_and_the_run_goes_on(
         ) as project,
         Ledger(ledger_path(tmp_path)) as ledger,
     ):
-        book = RunBook(project, key, options, ledger, None, None, None)
+        book = RunBook(project, key, options, ledger, None)
         book.begin(("autolabel", "run"))
         task = next(iter(project.list_assigned_tasks("Label")))
-        outcome = TaskOutcome(task.task_id, task.name, "fetched", seconds={"fetch": 0.1})
-        outcome.volumes_ml = {"Body": math.nan, "Lung": math.inf}
-        book.converted(task, outcome, seconds=math.nan)
-        ended = book.failed(task, outcome, "write", ImageError("series 0: broken"))
+        flow = book.start(task)
+        flow.fetched(FetchReport(task, "", 1, LabelsMarker.of(task), 0.1))
+        volumes = {"Body": math.nan, "Lung": math.inf}
+        flow.converted(Converted([{"name": "s"}], {}, volumes, seconds=math.nan))
+        ended = flow.failed("write", ImageError("series 0: broken"))
         assert ended.status == "failed" and ended.reason == "write: series 0: broken"
         last = ledger.history(task.task_id)[-1]
         assert last.state is TaskState.FAILED

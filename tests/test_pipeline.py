@@ -254,3 +254,54 @@ def test_an_unknown_category_mapping_stops_the_run_before_any_write(
     with pytest.raises(ConversionError, match="Pancreas"):
         _run(emulator, ct_model, tmp_path, mapping={"bone": "Pancreas"})
     assert emulator.events() == []
+
+
+def test_a_models_device_events_are_kept_in_the_ledger(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    """What the model did to fit its device (out of memory: a smaller batch, the CPU) is
+    recorded with the task's ``predicted`` state, as ``LoadedModel.events`` promises."""
+    from autolabel.inference.device import DeviceEvent
+
+    class SqueezedModel:
+        """The CT model, telling that each volume needed a smaller batch."""
+
+        spec = ct_model.spec
+
+        def __init__(self) -> None:
+            self.events: list[DeviceEvent] = []
+
+        def predict(self, volume: Volume) -> Any:
+            self.events.append(
+                DeviceEvent.now("oom-smaller-batch", "cuda", 2, volume.source, "out of memory")
+            )
+            return ct_model.predict(volume)
+
+    summary = _run(emulator, SqueezedModel(), tmp_path, limit=1)
+    (outcome,) = summary.outcomes
+    with Ledger(ledger_path(tmp_path / "work")) as ledger:
+        predicted = [e for e in ledger.history(outcome.task_id) if e.state is TaskState.PREDICTED]
+    (event,) = predicted[-1].detail["device_events"]
+    assert (event["kind"], event["device"], event["batch"]) == ("oom-smaller-batch", "cuda", 2)
+
+
+def test_the_front_door_resolves_run_options_like_the_command_line(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``autolabel.run`` reads ``[run]`` in autolabel.toml as ``autolabel run`` does, and its
+    own arguments win over the file."""
+    import autolabel
+
+    (tmp_path / "autolabel.toml").write_text('[run]\nmode = "dry-run"\nlimit = 2\n')
+    monkeypatch.chdir(tmp_path)
+    connection = dict(
+        url=emulator.url,
+        org_id=emulator.org_id,
+        project_id=emulator.project_id,
+        api_key=emulator.api_key,
+    )
+    summary = autolabel.run(model=ct_model, previews=False, **connection)
+    assert [o.status for o in summary.outcomes] == ["dry_run", "dry_run"]
+    assert summary.mode == "dry-run" and emulator.write_counts() == {}
+    summary = autolabel.run(model=ct_model, limit=1, previews=False, **connection)
+    assert [o.status for o in summary.outcomes] == ["dry_run"]

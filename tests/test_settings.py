@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from autolabel.errors import ConfigError
-from autolabel.settings import DEFAULT_URL, resolve_connection, resolve_run
+from autolabel.pipeline.options import resolve_options
+from autolabel.settings import DEFAULT_URL, resolve_connection
 
 KEY = "rb-key-0123456789abcdef"
 SOURCES = ("flag", "env", "toml", "profile")
@@ -245,11 +246,11 @@ def test_run_settings_flags_over_file_over_defaults(tmp_path: Path) -> None:
     (folder / "autolabel.toml").write_text(
         '[run]\nmodel = "phantom-unet"\nmode = "final"\nwork_dir = "work"\nqueue_depth = 4\n'
     )
-    run = resolve_run({"mode": "dry-run", "limit": None}, cwd=folder)
+    run = resolve_options({"mode": "dry-run", "limit": None}, cwd=folder)
     assert (run.model, run.mode, run.queue_depth, run.limit) == ("phantom-unet", "dry-run", 4, None)
     assert run.work_dir == folder / "work"
     assert run.stage == "Label" and not run.force
-    assert resolve_run({}, cwd=tmp_path).work_dir == Path("autolabel-work")
+    assert resolve_options({}, cwd=tmp_path).work_dir == Path("autolabel-work")
 
 
 def test_run_settings_reject_bad_values(tmp_path: Path) -> None:
@@ -263,7 +264,7 @@ def test_run_settings_reject_bad_values(tmp_path: Path) -> None:
     ):
         path.write_text(f"[run]\n{body}\n")
         with pytest.raises(ConfigError, match=needle):
-            resolve_run(cwd=tmp_path)
+            resolve_options(cwd=tmp_path)
 
 
 def test_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
@@ -271,7 +272,7 @@ def test_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b'[redbrick]\norg_id = "caf\xe9"\n')
     for resolve in (
         lambda: resolve_connection(env={"HOME": str(tmp_path)}, cwd=tmp_path),
-        lambda: resolve_run(cwd=tmp_path),
+        lambda: resolve_options(cwd=tmp_path),
     ):
         with pytest.raises(ConfigError, match=f"{bad} is not UTF-8 text .*save it as UTF-8"):
             resolve()

@@ -1,7 +1,8 @@
 """What a person sees during and after a run: rich progress bars per stage, and a summary.
 
 Nothing here changes what a run does; the pipeline reports through two callbacks
-(``on_stage(task_id, stage)`` and ``on_task(outcome)``) that :class:`RunProgress` provides.
+(``on_stage(task_id, phase)`` and ``on_task(outcome)``, the
+:class:`~autolabel.pipeline.summary.RunListener` protocol) that :class:`RunProgress` provides.
 
 Every console of autolabel comes from :func:`make_console`, which turns off Rich markup and
 emoji codes: task names, reasons and server messages are printed as they are (a task named

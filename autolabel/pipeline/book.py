@@ -1,44 +1,41 @@
 """A run's bookkeeping: :class:`RunBook` settles writes left in doubt, streams the task
-selection, records every state change in the ledger, and collects outcomes for the
-summary and the listeners. The local run and the Ray driver both keep their books here.
+selection, records what each task's :class:`~autolabel.pipeline.flow.TaskFlow` decides in
+the ledger, and collects outcomes for the summary and the listener. The local run and the
+Ray driver both keep their books here; neither decides an outcome itself.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from autolabel.errors import (
-    AuthError,
-    AutolabelError,
-    ConfigError,
-    GraphQLError,
-    LedgerError,
-)
-from autolabel.ledger import Ledger, ModelKey, Run, TaskEvent, TaskState
+from autolabel.errors import GraphQLError
+from autolabel.ledger import Ledger, Mode, ModelKey, Run, TaskEvent, TaskState
 from autolabel.pipeline.engine import EngineStats
-from autolabel.pipeline.fetch import (
-    LabelsMarker,
-    TaskSkipped,
-    select_tasks,
-)
+from autolabel.pipeline.fetch import LabelsMarker, select_tasks
+from autolabel.pipeline.flow import TaskFlow, plain_json
+from autolabel.pipeline.options import RunOptions
 from autolabel.pipeline.submit import default_settle_window, settle, write_landed
-from autolabel.pipeline.summary import (
-    OutcomeListener,
-    RunOptions,
-    RunSummary,
-    StageListener,
-    TaskOutcome,
-)
+from autolabel.pipeline.summary import RunListener, RunSummary, TaskOutcome, WorkerStats
 from autolabel.redbrick import Project, Task
 from autolabel.redbrick.types import ListingError
 
 log = logging.getLogger(__name__)
+
+
+class Schedule(Protocol):
+    """How a run's tasks are worked on: the local threads or the Ray actors."""
+
+    @property
+    def workers(self) -> list[WorkerStats]:
+        """Per-worker statistics (Ray actors; empty for a local run)."""
+
+    def run(self, tasks: Iterator[Task]) -> EngineStats:
+        """Work on ``tasks`` (streamed) until done or the book's ``stop`` is set."""
 
 
 class RunBook:
@@ -57,16 +54,14 @@ class RunBook:
         options: RunOptions,
         ledger: Ledger,
         stop: threading.Event | None,
-        on_stage: StageListener | None,
-        on_task: OutcomeListener | None,
+        listener: RunListener | None = None,
     ) -> None:
         self.project = project
         self.key = key
         self.options = options
         self.ledger = ledger
         self.stop = stop or threading.Event()
-        self.on_stage = on_stage
-        self.on_task = on_task
+        self.listener = listener
         self.outcomes: list[TaskOutcome] = []
         self.already_done = 0
         self.resolved = 0
@@ -130,8 +125,8 @@ class RunBook:
 
     def emit(self, task_id: str, stage: str) -> None:
         """Tell the stage listener that ``task_id`` was queued or finished ``stage``."""
-        if self.on_stage is not None:
-            self.on_stage(task_id, stage)
+        if self.listener is not None:
+            self.listener.on_stage(task_id, stage)
 
     # -- which tasks ---------------------------------------------------------------------
 
@@ -159,8 +154,7 @@ class RunBook:
             yield task
 
     def _skip_unselected(self, task_id: str, name: str, reason: str) -> None:
-        self.emit(task_id, "queued")
-        self.finish(_stub(task_id, name), None, "skipped", reason)
+        self.start(_stub(task_id, name)).skipped(reason)
 
     def _listing_error(self, error: ListingError) -> None:
         """A listing entry RedBrick could not answer: a task whose id survived is still
@@ -171,13 +165,12 @@ class RunBook:
             return
         self._unlisted += 1
         placeholder = f"unlisted-{self._unlisted}"
-        self.emit(placeholder, "queued")
         reason = (
             f"RedBrick could not list one task ({error.operation}: {error.message}); "
             "run again to pick it up, or check the task in RedBrick"
         )
         failure = GraphQLError([error.message], operation=error.operation)
-        self.finish(_stub(placeholder, ""), None, "failed", reason, error=failure)
+        self.start(_stub(placeholder, "")).unlisted(reason, failure)
 
     def settle_in_doubt(self) -> int:
         """Record the writes a killed run sent but did not confirm, if RedBrick has them.
@@ -208,7 +201,7 @@ class RunBook:
             if landed:
                 self.handle.record(
                     event.task_id,
-                    TaskState.SUBMITTED if event.mode == "final" else TaskState.DRAFT_SAVED,
+                    Mode(event.mode).written,
                     task_name=event.task_name,
                     detail={"resolved": "the write of an interrupted run had landed"},
                 )
@@ -226,38 +219,16 @@ class RunBook:
             before=before,
         )
 
-    # -- state changes -------------------------------------------------------------------
+    # -- what the flows record -----------------------------------------------------------
 
-    def fetched(
-        self, task: Task, fresh: Task, input_checksum: str, series: int, seconds: float
-    ) -> TaskOutcome:
-        """Record ``fetched`` (``fresh`` is the task as re-read); return the task's outcome,
-        started with the fetch time."""
-        self.handle.record(
-            task.task_id,
-            TaskState.FETCHED,
-            task_name=fresh.name,
-            input_checksum=input_checksum,
-            detail={"seconds": seconds, "series": series},
-        )
-        return TaskOutcome(task.task_id, fresh.name, "fetched", seconds={"fetch": seconds})
+    def start(self, task: Task) -> TaskFlow:
+        """The flow of ``task`` through this run (:class:`~autolabel.pipeline.flow.TaskFlow`)."""
+        return TaskFlow(self, task)
 
-    def predicted(self, task: Task, outcome: TaskOutcome, seconds: float) -> None:
-        """Record ``predicted`` with the inference time."""
-        outcome.seconds["infer"] = seconds
-        self.handle.record(
-            task.task_id, TaskState.PREDICTED, task_name=task.name, detail={"seconds": seconds}
-        )
-
-    def converted(self, task: Task, outcome: TaskOutcome, seconds: float) -> None:
-        """Record ``converted`` with the conversion time and predicted volumes."""
-        outcome.seconds["convert"] = seconds
-        self.handle.record(
-            task.task_id,
-            TaskState.CONVERTED,
-            task_name=task.name,
-            detail=plain_json({"seconds": seconds, "volumes_ml": outcome.volumes_ml}),
-        )
+    @property
+    def mode(self) -> Mode:
+        """The run's mode."""
+        return Mode(self.options.mode)
 
     def intent(self, task: Task, before: LabelsMarker, in_doubt: str = "") -> TaskEvent:
         """Record (and commit) ``writing``: the claim that must precede the write.
@@ -277,51 +248,18 @@ class RunBook:
             task.task_id, TaskState.WRITING, task_name=task.name, detail=detail
         )
 
-    def failed(
-        self, task: Task, outcome: TaskOutcome | None, stage: str, exc: BaseException
-    ) -> TaskOutcome:
-        """Per-task failures become data (the outcome is returned); run-fatal errors are
-        re-raised to stop the run."""
-        if isinstance(exc, TaskSkipped):
-            return self.finish(task, outcome, "skipped", exc.reason)
-        if isinstance(exc, AuthError | LedgerError | ConfigError):
-            raise exc
-        reason = str(exc) if isinstance(exc, AutolabelError) else f"{type(exc).__name__}: {exc}"
-        try:
-            return self.finish(task, outcome, "failed", f"{stage}: {reason}", error=exc)
-        except (TypeError, ValueError) as unrecordable:
-            # The failure must be recorded whatever the task left in its outcome: keep the
-            # reason and drop the rest (a LedgerError, the database failing, stays fatal).
-            bare = TaskOutcome(task.task_id, task.name, "failed", seconds=dict(outcome.seconds)
-                               if outcome else {})  # fmt: skip
-            return self.finish(
-                task,
-                bare,
-                "failed",
-                f"{stage}: {reason}",
-                error=exc,
-                detail={"unrecorded_detail": f"{type(unrecordable).__name__}: {unrecordable}"},
-            )
-
-    def finish(
+    def record_end(
         self,
         task: Task,
-        outcome: TaskOutcome | None,
-        status: str,
-        reason: str,
+        outcome: TaskOutcome,
         *,
         error: BaseException | None = None,
         detail: Mapping[str, Any] | None = None,
-    ) -> TaskOutcome:
-        """Record the task's final state and tell the outcome listener."""
-        outcome = outcome or TaskOutcome(task.task_id, task.name, status)
-        outcome.status = status
-        outcome.reason = reason
-        if error is not None:
-            outcome.error_type = type(error).__name__
+    ) -> None:
+        """Record the final state a flow decided, and tell the outcome listener."""
         record: dict[str, Any] = {"seconds": sum(outcome.seconds.values())}
-        if reason:
-            record["reason"] = reason
+        if outcome.reason:
+            record["reason"] = outcome.reason
         if outcome.volumes_ml:
             record["volumes_ml"] = outcome.volumes_ml
         if outcome.files:
@@ -331,32 +269,15 @@ class RunBook:
         record.update(detail or {})
         self.handle.record(
             task.task_id,
-            TaskState(status),
+            TaskState(outcome.status),
             task_name=task.name,
             detail=plain_json(record),
             error=error,
         )
         with self._lock:
             self.outcomes.append(outcome)
-        if self.on_task is not None:
-            self.on_task(outcome)
-        return outcome
-
-
-def plain_json(value: Any) -> Any:
-    """``value`` as strict JSON: NaN and infinities become None, unknown objects their text.
-
-    What a task measured (volumes, seconds) must never make its own recording fail.
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): plain_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain_json(v) for v in value]
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    return str(value)
+        if self.listener is not None:
+            self.listener.on_task(outcome)
 
 
 def _stub(task_id: str, name: str) -> Task:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autolabel import imaging
-from autolabel.errors import ImageError, NotFoundError
+from autolabel.errors import ImageError, NotFoundError, TaskSkipped
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
 from autolabel.redbrick.client import ListingErrorHandler
@@ -28,14 +28,6 @@ from autolabel.redbrick.types import Labels, is_uuid
 
 #: Told about a task a run leaves out: ``(task_id, task_name, reason)``.
 SkipHandler = Callable[[str, str, str], None]
-
-
-class TaskSkipped(Exception):
-    """The task must not be written by this run; ``reason`` says why (it is not an error)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -119,6 +111,25 @@ class FetchedTask:
     series: tuple[FetchedSeries, ...]
     input_checksum: str
     marker: LabelsMarker
+    seconds: float = 0.0
+
+    def report(self) -> FetchReport:
+        """What the run records of this fetch (no image data: it crosses to the Ray driver)."""
+        return FetchReport(
+            self.task, self.input_checksum, len(self.series), self.marker, self.seconds
+        )
+
+
+@dataclass(frozen=True)
+class FetchReport:
+    """A fetch as the run records it: the task as re-read, the checksum of its input files,
+    how many series it has, its labels marker and the seconds the fetch took."""
+
+    task: Task
+    input_checksum: str
+    series: int
+    marker: LabelsMarker
+    seconds: float
 
 
 def select_tasks(
@@ -183,8 +194,9 @@ def writable_problem(task: Task, stage_name: str, user_id: str) -> str | None:
     """Why ``task`` cannot be written in ``stage_name`` by ``user_id``, or None if it can."""
     if task.stage_name != stage_name:
         return (
-            f"task is in stage {task.stage_name or 'unknown'!r}, not {stage_name!r}; "
-            "only tasks queued in the run's stage can be written"
+            f"task is not queued in {stage_name} (it is in stage "
+            f"{task.stage_name or 'unknown'!r}); only tasks queued in the run's stage can be "
+            "written"
         )
     if task.is_consensus:
         part = task.part_of(user_id)

@@ -5,11 +5,13 @@ writes (guarded, exactly once). The local run and the Ray actors both call it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,20 +24,40 @@ from autolabel.inference.guard import guard_model
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.pipeline.fetch import (
     FetchedTask,
-    LabelsMarker,
     Stamp,
     fetch_task,
 )
+from autolabel.pipeline.options import RunOptions
 from autolabel.pipeline.submit import default_settle_window, is_transient, write_task
-from autolabel.pipeline.summary import RunOptions, TaskOutcome, model_key
+from autolabel.pipeline.summary import model_key
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
 from autolabel.report.overlay import save_overlay
 
-#: Why a task whose prediction is empty is skipped (``empty="skip"``).
-EMPTY_REASON = (
-    "the model found nothing in this task (empty prediction; use --empty submit to write it anyway)"
-)
+if TYPE_CHECKING:
+    from autolabel.pipeline.flow import WriteClaim
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's label map of each series of a task, the seconds inference took, and the
+    model's device events meanwhile (out of memory: smaller batch, CPU; for the ledger)."""
+
+    label_maps: list[npt.NDArray[np.integer]]
+    seconds: float
+    device_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A task's conversion: the ``series`` entries to write (empty: nothing to write), its
+    local results (label files, previews, payload), the predicted millilitres per taxonomy
+    category and the seconds it took. Plain and picklable (it crosses to the Ray driver)."""
+
+    entries: list[dict[str, Any]]
+    files: dict[str, str]
+    volumes_ml: dict[str, float]
+    seconds: float
 
 
 def segment_map_for(
@@ -66,16 +88,17 @@ class TaskSteps:
     steps, so a task is fetched, predicted, converted and written the same way on both:
 
     * :meth:`fetch` -- re-read, guard, download and decode (retrying transient failures);
-    * :meth:`predict` -- one label map per series;
+    * :meth:`predict` -- one label map per series (:class:`Prediction`);
     * :meth:`convert` -- label files, previews and the ``series`` payload in the task's
       own folder ``options.results_dir/<task id>/`` (:func:`autolabel.files.task_folder`:
-      never the name, so tasks whose names collide keep apart); fills the outcome's files
-      and volumes;
-    * :meth:`write` -- the guarded, exactly-once write of :func:`autolabel.pipeline.submit.write_task`;
-      the caller's ``record_intent`` must commit the ``writing`` intent.
+      never the name, so tasks whose names collide keep apart) (:class:`Converted`);
+    * :meth:`write` -- the guarded, exactly-once write of
+      :func:`autolabel.pipeline.submit.write_task`, under a committed
+      :class:`~autolabel.pipeline.flow.WriteClaim`.
 
-    Errors are raised as they come (:class:`~autolabel.pipeline.fetch.TaskSkipped` for a task that
-    must be left alone); the caller records them.
+    Each step times itself. Errors are raised as they come
+    (:class:`~autolabel.errors.TaskSkipped` for a task that must be left alone); the
+    caller's :class:`~autolabel.pipeline.flow.TaskFlow` records them.
     """
 
     def __init__(self, project: Project, model: SegmentationModel, options: RunOptions) -> None:
@@ -116,33 +139,42 @@ class TaskSteps:
         """
         options = self.options
         done = self.stamp if options.mode == "draft" and not options.force else None
-        return _with_retries(
+        began = time.perf_counter()
+        fetched = _with_retries(
             lambda: fetch_task(
                 self.project, task, options.stage, folder, limits=self.limits, done=done
             )
         )
+        return dataclasses.replace(fetched, seconds=time.perf_counter() - began)
 
-    def predict(self, fetched: FetchedTask) -> list[npt.NDArray[np.integer]]:
+    def predict(self, fetched: FetchedTask) -> Prediction:
         """The model's label map of each series of ``fetched``."""
-        return [self.model.predict(series.volume) for series in fetched.series]
+        began = time.perf_counter()
+        before: list[Any] = getattr(self.model, "events", [])
+        seen = len(before)
+        label_maps = [self.model.predict(series.volume) for series in fetched.series]
+        after: list[Any] = getattr(self.model, "events", [])
+        new = after[seen:] if after is before else after  # a reloaded model: all its events
+        events = [_plain(e) for e in new]
+        return Prediction(label_maps, time.perf_counter() - began, events)
 
     def convert(
-        self,
-        fetched: FetchedTask,
-        label_maps: Sequence[npt.NDArray[np.integer]],
-        outcome: TaskOutcome,
-    ) -> list[dict[str, Any]]:
+        self, fetched: FetchedTask, label_maps: Sequence[npt.NDArray[np.integer]]
+    ) -> Converted:
         """Write the task's label files, previews and payload; return the ``series`` entries.
 
-        The list has one entry per series, in the task's series order (a series with
+        The entries are one per series, in the task's series order (a series with
         nothing to write gets an entry without ``segmentations``, see
-        :func:`autolabel.convert.positional`); an empty list means nothing is left to write
-        (every series empty under the ``skip`` policy). ``outcome.files`` and
-        ``outcome.volumes_ml`` are filled in. A local file that cannot be written raises
+        :func:`autolabel.convert.positional`); no entries means nothing is left to write
+        (every series empty under the ``skip`` policy). A local file that cannot be written
+        raises
         :class:`~autolabel.errors.ConversionError` naming the task and the folder.
         """
+        began = time.perf_counter()
+        files: dict[str, str] = {}
+        volumes: dict[str, float] = {}
         try:
-            return self._convert(fetched, label_maps, outcome)
+            entries = self._convert(fetched, label_maps, files, volumes)
         except OSError as exc:
             task = fetched.task
             raise ConversionError(
@@ -150,12 +182,14 @@ class TaskSteps:
                 f"{self.options.results_dir}: {exc.strerror or exc}. Check that folder "
                 "(free space, permissions) or choose another with --out."
             ) from exc
+        return Converted(entries, files, volumes, time.perf_counter() - began)
 
     def _convert(
         self,
         fetched: FetchedTask,
         label_maps: Sequence[npt.NDArray[np.integer]],
-        outcome: TaskOutcome,
+        files: dict[str, str],
+        volumes: dict[str, float],
     ) -> list[dict[str, Any]]:
         options = self.options
         task = fetched.task
@@ -163,7 +197,6 @@ class TaskSteps:
         folder.mkdir(parents=True, exist_ok=True)
         found: list[convert.SeriesEntry | None] = []
         names: list[str] = []
-        volumes: dict[str, float] = {}
         for series, label_map in zip(fetched.series, label_maps, strict=True):
             path = folder / f"series-{series.index}-labels.nii.gz"
             name = series.name or f"{task.name or task.task_id}-{series.index}"
@@ -181,7 +214,7 @@ class TaskSteps:
             names.append(name)
             if entry is None:
                 continue
-            outcome.files[f"labels-{series.index}"] = str(path)
+            files[f"labels-{series.index}"] = str(path)
             for category, ml in _volumes_ml(label_map, series.volume, self.segment_map).items():
                 volumes[category] = volumes.get(category, 0.0) + ml
             if options.previews:
@@ -195,41 +228,39 @@ class TaskSteps:
                     names=dict(self.model.spec.labels),
                     title=f"{task.name} · {series.name or series.index} · {self.key}",
                 )
-                outcome.files[f"preview-{series.index}"] = str(preview)
-        outcome.volumes_ml = volumes
+                files[f"preview-{series.index}"] = str(preview)
         # One entry per series in the task's order: RedBrick matches them by position.
         entries = convert.positional(found, names) if any(found) else []
         payload_path = folder / "series.json"
         _write_json(payload_path, {"taskId": task.task_id, "series": entries})
-        outcome.files["payload"] = str(payload_path)
+        files["payload"] = str(payload_path)
         return entries
 
     def write(
         self,
-        task_id: str,
+        claim: WriteClaim,
         entries: Sequence[Mapping[str, Any]],
-        before: LabelsMarker,
         *,
-        record_intent: Callable[[], object],
-        record_in_doubt: Callable[[str], object] | None = None,
-    ) -> str:
-        """Save or submit ``entries`` (see :func:`autolabel.pipeline.submit.write_task`); return the
-        ledger state it reached (``draft_saved`` or ``submitted``)."""
-        finalize = self.options.mode == "final"
+        on_in_doubt: Callable[[str], object] | None = None,
+    ) -> float:
+        """Save or submit ``entries`` under ``claim`` (see
+        :func:`autolabel.pipeline.submit.write_task`); ``on_in_doubt(reason)`` records that a
+        sent write's reply was lost. Returns the seconds the write took."""
+        began = time.perf_counter()
         write_task(
             self.project,
-            task_id,
+            claim.task_id,
             self.options.stage,
             entries,
-            finalize=finalize,
-            before=before,
+            finalize=self.options.mode == "final",
+            before=claim.before,
             provenance=self.provenance,
             stamp=self.stamp,
             settle_window_s=self.settle_window_s,
-            record_intent=record_intent,
-            record_in_doubt=record_in_doubt,
+            record_intent=claim.check,
+            record_in_doubt=on_in_doubt,
         )
-        return "submitted" if finalize else "draft_saved"
+        return time.perf_counter() - began
 
 
 def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> FetchedTask:
@@ -257,6 +288,13 @@ def _volumes_ml(
             category = segment_map.categories[value].name
             out[category] = out.get(category, 0.0) + float(counts[label_id]) * voxel_ml
     return out
+
+
+def _plain(event: object) -> dict[str, Any]:
+    """A device event (:class:`autolabel.inference.device.DeviceEvent`) as a dict."""
+    if dataclasses.is_dataclass(event) and not isinstance(event, type):
+        return dataclasses.asdict(event)
+    return {"event": str(event)}
 
 
 def _write_json(path: Path, payload: Any) -> None:

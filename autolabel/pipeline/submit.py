@@ -2,12 +2,15 @@
 
 The write protocol (with the ledger's, see :mod:`autolabel.ledger`):
 
+0. the intent (``writing``) is committed before any of this: the run's
+   :class:`~autolabel.pipeline.flow.WriteClaim` is issued only then;
 1. upload the label files (:meth:`Project.upload_labels`): fresh storage keys, nothing is
    saved on the task yet, so a failed upload is simply done again;
-2. record the intent (``writing``) -- the caller's ``record_intent`` commits it;
+2. check the claim -- the caller's ``record_intent`` (``WriteClaim.check``) refuses a
+   write with no committed intent;
 3. re-read the task, the last read before the write: still queued in the stage, still
    assigned to the key, and its latest labels are the ones seen at fetch time. Otherwise
-   the task is skipped (:class:`~autolabel.pipeline.fetch.TaskSkipped`) saying who wrote it: another
+   the task is skipped (:class:`~autolabel.errors.TaskSkipped`) saying who wrote it: another
    autolabel run (this key's labels bearing the run's :class:`~autolabel.pipeline.fetch.Stamp`), a
    script using the key, or a person;
 4. send the one mutation that saves (:meth:`Project.commit_labels`);
@@ -38,8 +41,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from autolabel.errors import PlatformError, TransportError
-from autolabel.pipeline.fetch import LabelsMarker, Stamp, TaskSkipped, writable_problem
+from autolabel.errors import PlatformError, TaskSkipped, TransportError
+from autolabel.pipeline.fetch import LabelsMarker, Stamp, writable_problem
 from autolabel.redbrick import Project, Task
 from autolabel.redbrick.labels import UploadedLabels
 
@@ -185,7 +188,7 @@ def write_task(
 ) -> None:
     """Save (``finalize=False``) or submit one task's ``series`` following the module's protocol.
 
-    ``record_intent`` commits the ``writing`` intent (step 2); ``record_in_doubt(reason)``
+    ``record_intent`` checks (or commits) the ``writing`` intent (step 2); ``record_in_doubt(reason)``
     commits that a sent write's reply was lost, before it is settled (step 5).
     ``settle_window_s`` defaults to :func:`default_settle_window`.
 

@@ -1,110 +1,16 @@
-"""What a run is asked to do and what it did: :class:`RunOptions`, :class:`TaskOutcome`,
-:class:`RunSummary` (and :class:`WorkerStats` for scaled-out runs), plus the ledger identity
-of a model. Plain values, shared by the local run, the Ray run, the CLI and the report.
+"""What a run did: :class:`TaskOutcome`, :class:`RunSummary` (and :class:`WorkerStats`
+for scaled-out runs), the :class:`RunListener` told as it goes, and the ledger identity of a
+model. Plain values, shared by the local run, the Ray run, the CLI and the report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from autolabel import convert
-from autolabel.errors import ConfigError
-from autolabel.imaging.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.ledger import ModelKey
 from autolabel.pipeline.engine import EngineStats
-
-#: Modes of a run: save drafts, submit, or write nothing to RedBrick.
-MODES = ("draft", "final", "dry-run")
-
-
-#: Why ``empty = "flag"`` is refused: it only wrote series ``metaData``, which no RedBrick
-#: user sees (the viewer shows labels, comments and classifications).
-EMPTY_FLAG_REMOVED = (
-    'empty = "flag" was removed: RedBrick shows that note to nobody. Use "submit" to save '
-    'empty labels a person reviews, or "skip" (the default) and find the tasks with '
-    "`autolabel status` (skipped: the model found nothing)"
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    """What a run does (see :func:`autolabel.pipeline.run`).
-
-    ``mode`` is ``draft`` (the default: save drafts), ``final`` (submit) or ``dry-run``
-    (write nothing to RedBrick; keep label files, payloads and previews in ``out_dir``).
-    ``task_ids`` / ``name`` pick tasks instead of all assigned ones; ``limit`` caps them.
-    ``mapping`` maps model label names to taxonomy categories (``None`` drops a class) on
-    top of the model card's default mapping. ``empty`` is the policy for a task whose
-    prediction is empty: ``skip`` it or ``submit`` it empty (see :data:`EMPTY_FLAG_REMOVED`).
-    ``work_dir`` holds the ledger and temporary downloads; ``out_dir`` (default
-    ``work_dir/results``) the per-task results, one folder per task id. ``model_timeout_s`` bounds each predict
-    call (None: the card's ``[runtime] timeout_s``, else 900 s; see
-    :mod:`autolabel.inference.guard`); ``max_voxels`` / ``max_image_bytes`` bound each
-    series before it is decoded (:class:`autolabel.imaging.ImageLimits`).
-
-    ``lock_wait_s`` is how long to wait for another run holding the work folder's lock
-    (:mod:`autolabel.pipeline.lock`): 0 (default) not at all, ``None`` as long as it takes.
-    ``settle_window_s`` is how long a write whose reply was lost may still land on
-    RedBrick (:func:`autolabel.pipeline.submit.settle_window`); ``None`` derives it from the
-    client's read timeout.
-    """
-
-    stage: str = "Label"
-    mode: str = "draft"
-    task_ids: tuple[str, ...] = ()
-    name: str | None = None
-    limit: int | None = None
-    force: bool = False
-    work_dir: Path = Path("autolabel-work")
-    out_dir: Path | None = None
-    mapping: Mapping[str | int, convert.Target] | None = None
-    allow_unmapped: bool = False
-    empty: convert.EmptyPolicy = "skip"
-    instances: bool = False
-    min_component_voxels: int = 0
-    previews: bool = True
-    fetch_workers: int = 2
-    write_workers: int = 2
-    queue_depth: int = 2
-    model_timeout_s: float | None = None
-    max_voxels: int = DEFAULT_MAX_VOXELS
-    max_image_bytes: int = DEFAULT_MAX_BYTES
-    lock_wait_s: float | None = 0.0
-    settle_window_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if str(self.empty) == "flag":  # an old settings file or script
-            raise ConfigError(EMPTY_FLAG_REMOVED)
-        if self.empty not in ("skip", "submit"):
-            raise ConfigError(f"empty must be skip or submit, got {self.empty!r}")
-        for name in ("fetch_workers", "write_workers", "queue_depth", "max_voxels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_image_bytes < 1:
-            raise ConfigError(f"max_image_bytes must be positive, got {self.max_image_bytes}")
-        if self.min_component_voxels < 0:
-            raise ConfigError(
-                f"min_component_voxels must be 0 or more, got {self.min_component_voxels}"
-            )
-        if self.model_timeout_s is not None and not self.model_timeout_s > 0:
-            raise ConfigError(
-                f"model_timeout_s must be a positive number of seconds, got {self.model_timeout_s}"
-            )
-        for name in ("lock_wait_s", "settle_window_s"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{name} must not be negative, got {value}")
-
-    @property
-    def results_dir(self) -> Path:
-        """Where per-task results go."""
-        return self.out_dir if self.out_dir is not None else self.work_dir / "results"
 
 
 @dataclass
@@ -115,7 +21,8 @@ class TaskOutcome:
     ``skipped`` or ``failed``. ``reason`` explains a skip or failure; ``seconds`` holds the
     duration of each stage; ``volumes_ml`` the predicted volume per taxonomy category;
     ``files`` the local results (label files, payload, preview); ``worker`` the Ray actor
-    that did the task (empty in a local run).
+    that did the task (empty in a local run); ``phase`` the phase a failed task failed in
+    (``fetch``, ``infer``, ``write``, or the Ray call; empty otherwise).
     """
 
     task_id: str
@@ -127,6 +34,7 @@ class TaskOutcome:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     worker: str = ""
+    phase: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -270,10 +178,14 @@ class RunSummary:
         return out
 
 
-#: Called after each stage of each task: ``(task_id, stage name)``.
-StageListener = Callable[[str, str], None]
-#: Called when a task ends: its outcome.
-OutcomeListener = Callable[[TaskOutcome], None]
+class RunListener(Protocol):
+    """Told what a run does as it goes (the progress bars of the command line are one)."""
+
+    def on_stage(self, task_id: str, phase: str) -> None:
+        """``task_id`` was ``queued`` or finished ``phase`` (``fetch``, ``infer``, ``write``)."""
+
+    def on_task(self, outcome: TaskOutcome) -> None:
+        """A task ended with ``outcome``."""
 
 
 def model_key(model: SegmentationModel) -> ModelKey:

@@ -57,14 +57,15 @@ class StorageMethod:
     REDBRICK = REDBRICK_STORAGE_ID
 
 
-# The SDK's exception names (redbrick.common.exceptions), mapped onto our one error tree.
+# The SDK's exception names (redbrick/common/exceptions.py), mapped onto our one error tree;
+# the two that shadow builtins under the names the SDK exports them by (redbrick/__init__.py).
 RedbrickError = PlatformError
 AuthenticationError = AuthError
 InvalidApiKeyError = AuthError
-PermissionError = AuthError
+RBPermissionError = AuthError
 NetworkError = TransportError
 RateLimitError = TransportError
-TimeoutError = TransportError
+RBTimeoutError = TransportError
 ValidationError = ConversionError
 
 __all__ = [
@@ -80,9 +81,10 @@ __all__ = [
     "Labels",
     "NetworkError",
     "NotFoundError",
-    "PermissionError",
     "PlatformError",
     "Project",
+    "RBPermissionError",
+    "RBTimeoutError",
     "RateLimitError",
     "RedBrickClient",
     "RedbrickError",
@@ -94,7 +96,6 @@ __all__ = [
     "TaskFilters",
     "TaskStateError",
     "TaskStates",
-    "TimeoutError",
     "Transport",
     "TransportError",
     "ValidationError",

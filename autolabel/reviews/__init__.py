@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from autolabel import convert, imaging
-from autolabel.errors import AuthError, AutolabelError, ConfigError, NotFoundError
+from autolabel.errors import ConfigError, NotFoundError, classify
 from autolabel.inference.spec import SegmentationModel
-from autolabel.pipeline.fetch import load_task_series
+from autolabel.pipeline.fetch import load_task_series, select_tasks, writable_problem
 from autolabel.pipeline.steps import segment_map_for
 from autolabel.redbrick import Project, Task
 from autolabel.reviews import compare
@@ -174,19 +174,17 @@ def review_tasks(
     scorer = _Scorer(project, model, work_dir) if model is not None else None
     user = project.current_user_id
     decisions: list[TaskDecision] = []
-    for listed in _tasks(project, stage_name, task_ids, decisions):
+
+    def left_out(task_id: str, name: str, reason: str) -> None:
+        decisions.append(TaskDecision(task_id, name, "skipped", reason))
+
+    # The run's own selection and guard: queued in the stage for the key, or as asked.
+    for listed in select_tasks(project, stage_name, task_ids=task_ids, on_skip=left_out):
         # A listing carries no labels: read the task whole before judging it.
         task = listed if listed.items_loaded else project.get_task(listed.task_id)
-        if task.stage_name != stage_name or task.assignee != user:
-            decisions.append(
-                TaskDecision(
-                    task.task_id,
-                    task.name,
-                    "skipped",
-                    f"not queued in {stage_name} for this API key (stage {task.stage_name}, "
-                    f"assigned to {task.assignee_email or task.assignee or 'nobody'})",
-                )
-            )
+        problem = writable_problem(task, stage_name, user)
+        if problem is not None:
+            left_out(task.task_id, task.name, problem)
             continue
         decisions.append(
             _guard(task, lambda t: _review_one(project, scorer, t, decision, min_dice, comment))
@@ -325,11 +323,13 @@ def _tasks(
 
 
 def _guard(task: Task, work: Any) -> TaskDecision:
-    """Run ``work(task)``; a per-task error becomes a ``failed`` decision with its reason."""
+    """Run ``work(task)``; a per-task error becomes the decision
+    :func:`autolabel.errors.classify` says (``skipped`` or ``failed``, with its reason)."""
     try:
         result: TaskDecision = work(task)
         return result
-    except (AuthError, ConfigError):
-        raise
-    except AutolabelError as exc:
-        return TaskDecision(task.task_id, task.name, "failed", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        status, reason = classify(exc)  # the run's rule; run-fatal errors are raised again
+        if status == "failed":
+            reason = f"{type(exc).__name__}: {exc}"
+        return TaskDecision(task.task_id, task.name, status, reason)

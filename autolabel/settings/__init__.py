@@ -32,16 +32,13 @@ and ``http://`` to a loopback address (``127.0.0.1``, ``::1``), which the SDK wo
 printed: the ``repr`` and ``str`` of :class:`ConnectionSettings` mask it, no error message
 contains it, and the resolved key is registered with :func:`autolabel.settings.secrets.keep_secret`.
 
-Run settings
-------------
-:class:`RunSettings` holds the options of ``autolabel run``: command-line flags override the
-``[run]`` table of the same ``autolabel.toml``, which overrides the defaults.
+Run options (the ``[run]`` table of the same file) are resolved by
+:func:`autolabel.pipeline.options.resolve_options`.
 """
 
 from __future__ import annotations
 
 import configparser
-import dataclasses
 import ipaddress
 import os
 import sys
@@ -109,38 +106,6 @@ class ConnectionSettings:
         )
 
     __str__ = __repr__
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunSettings:
-    """Options of a run; see :func:`resolve_run` for where they come from.
-
-    ``mode`` is ``draft`` (save drafts, the default), ``final`` (submit) or ``dry-run``
-    (write nothing to RedBrick). ``limit`` caps the number of tasks (``None``: all).
-    ``fetch_workers``/``write_workers`` size the download and upload pools and
-    ``queue_depth`` bounds each queue between stages.
-    """
-
-    stage: str = "Label"
-    model: str = ""
-    device: str = "auto"
-    mode: str = "draft"
-    work_dir: Path = Path(DEFAULT_WORK_DIR)
-    out_dir: Path | None = None
-    limit: int | None = None
-    force: bool = False
-    fetch_workers: int = 4
-    write_workers: int = 2
-    queue_depth: int = 2
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("draft", "final", "dry-run"):
-            raise ConfigError(f"mode must be draft, final or dry-run, got {self.mode!r}")
-        for name in ("fetch_workers", "write_workers", "queue_depth"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 0:
-            raise ConfigError(f"limit must not be negative, got {self.limit}")
 
 
 def load_config(
@@ -241,37 +206,6 @@ def check_ids(settings: ConnectionSettings) -> None:
                 "UUID: copy it from the project's address, "
                 "app.redbrickai.com/<organization id>/projects/<project id>"
             )
-
-
-def resolve_run(
-    overrides: Mapping[str, Any] | None = None,
-    *,
-    config_path: str | os.PathLike[str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-) -> RunSettings:
-    """Run settings: ``overrides`` (command-line flags; ``None`` values are ignored) over the
-    ``[run]`` table of ``autolabel.toml`` over the defaults of :class:`RunSettings`.
-    Relative ``work_dir``/``out_dir`` from the file are taken relative to the file's folder.
-    """
-    data, config_file = load_config(config_path, cwd=cwd)
-    table = data.get("run", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{config_file}: [run] must be a table")
-    names = {f.name: f for f in dataclasses.fields(RunSettings)}
-    unknown = sorted(set(table) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{config_file}: unknown [run] setting(s) {unknown}; known: {sorted(names)}"
-        )
-    merged: dict[str, Any] = {}
-    for name, value in table.items():
-        merged[name] = _coerce(name, value, f"{config_file} [run]", base=config_file)
-    for name, value in (overrides or {}).items():
-        if name not in names:
-            raise ValueError(f"unknown run setting {name!r}")
-        if value is not None:
-            merged[name] = _coerce(name, value, "command line", base=None)
-    return RunSettings(**merged)
 
 
 def ensure_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
@@ -444,36 +378,15 @@ def _missing_message(missing: list[str], notes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _coerce(name: str, value: Any, source: str, *, base: Path | None) -> Any:
-    if name in ("work_dir", "out_dir"):
-        if not isinstance(value, (str, os.PathLike)):
-            raise ConfigError(f"{source}: {name} must be a path")
-        path = Path(value).expanduser()
-        return base.parent / path if base is not None and not path.is_absolute() else path
-    if name in ("limit", "fetch_workers", "write_workers", "queue_depth"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
-        return value
-    if name == "force":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: force must be true or false, got {value!r}")
-        return value
-    if not isinstance(value, str):
-        raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
-    return value
-
-
 __all__ = [
     "CONFIG_FILENAME",
     "DEFAULT_URL",
     "DEFAULT_WORK_DIR",
     "ENV_VARS",
     "ConnectionSettings",
-    "RunSettings",
     "check_ids",
     "credentials_file",
     "ensure_writable_folder",
     "load_config",
     "resolve_connection",
-    "resolve_run",
 ]

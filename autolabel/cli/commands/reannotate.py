@@ -46,8 +46,8 @@ def reannotate_command(args: argparse.Namespace) -> int:
     project = connect(args)
     with project:
         if args.audit:
-            from autolabel.api import DEFAULT_MODEL
             from autolabel.inference import load_model
+            from autolabel.pipeline.options import DEFAULT_MODEL
 
             model = load_model(args.model or DEFAULT_MODEL, device=args.device)
             summary = audit_ground_truth(

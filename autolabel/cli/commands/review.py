@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from autolabel.cli.commands._args import task_id
 from autolabel.cli.commands._connect import add_connection_arguments, connect, require_stage
@@ -49,18 +48,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--min-dice", type=float, default=0.8, help="--auto threshold (0.8)")
     parser.add_argument("--comment", help="review comment")
     parser.add_argument("--model", help="model card for --auto / --correct (ct-threshold)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--work", default="autolabel-work", help="scratch folder")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--work", help="scratch folder (default: ./autolabel-work)")
     parser.add_argument("--json", action="store_true", help="print the decisions as JSON")
     parser.set_defaults(handler=review_command)
 
 
 def review_command(args: argparse.Namespace) -> int:
     """Review, print one line per task (or JSON); exit 1 if a task failed."""
-    from autolabel.api import DEFAULT_MODEL
+    from autolabel.pipeline.options import resolve_options
     from autolabel.reviews import review_tasks
 
     check_decision(args)
+    # Model, device and work folder resolve as for a run (flags over [run] over defaults).
+    options = resolve_options(
+        {"model": args.model, "device": args.device, "work_dir": args.work},
+        config_path=args.config,
+    )
     project = connect(args)
     with project:
         require_stage(project, args.stage, review=True)
@@ -68,7 +72,7 @@ def review_command(args: argparse.Namespace) -> int:
         if args.decision in ("auto", "correct"):
             from autolabel.inference import load_model
 
-            model = load_model(args.model or DEFAULT_MODEL, device=args.device)
+            model = load_model(options.model, device=options.device)
         summary = review_tasks(
             project,
             model,
@@ -77,7 +81,7 @@ def review_command(args: argparse.Namespace) -> int:
             min_dice=args.min_dice,
             comment=args.comment,
             task_ids=tuple(args.task_id),
-            work_dir=Path(args.work),
+            work_dir=options.work_dir,
         )
     print_decisions(summary, as_json=args.json)
     return summary.exit_code

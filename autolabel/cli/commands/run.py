@@ -21,8 +21,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from autolabel.cli.commands._args import task_id
 from autolabel.cli.commands._connect import (
@@ -32,6 +31,14 @@ from autolabel.cli.commands._connect import (
     require_stage,
 )
 from autolabel.settings import ensure_writable_folder
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from autolabel.imaging.checks import ImageLimits
+    from autolabel.pipeline.options import RunOptions
+    from autolabel.pipeline.ray import RayOptions
+    from autolabel.pipeline.summary import RunSummary
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,7 +85,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def ray_options(args: argparse.Namespace) -> Any:
+def ray_options(args: argparse.Namespace) -> RayOptions | None:
     """The :class:`~autolabel.pipeline.ray.RayOptions` the flags ask for, or None without --ray."""
     if getattr(args, "ray", None) is None:
         return None
@@ -221,7 +228,7 @@ def add_guard_arguments(parser: argparse._ActionsContainer) -> None:
     )
 
 
-def image_limits(args: argparse.Namespace) -> Any:
+def image_limits(args: argparse.Namespace) -> ImageLimits:
     """The :class:`~autolabel.imaging.ImageLimits` of ``--max-voxels`` / ``--max-image-mb``."""
     from autolabel.imaging.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS, ImageLimits
 
@@ -231,20 +238,18 @@ def image_limits(args: argparse.Namespace) -> Any:
     )
 
 
-def run_options(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The :class:`RunOptions` and :class:`RunSettings` the flags (and autolabel.toml) ask for."""
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The :class:`RunOptions` the flags (over ``[run]`` in autolabel.toml) ask for."""
     from autolabel.convert import load_mapping
-    from autolabel.pipeline import RunOptions
-    from autolabel.settings import resolve_run
+    from autolabel.pipeline.options import resolve_options
 
     limits = image_limits(args)
-    mode = "final" if args.finalize else "dry-run" if args.dry_run else None
-    settings = resolve_run(
+    return resolve_options(
         {
             "stage": args.stage,
             "model": args.model,
             "device": args.device,
-            "mode": mode,
+            "mode": "final" if args.finalize else "dry-run" if args.dry_run else None,
             "work_dir": args.work,
             "out_dir": args.out,
             "limit": args.limit,
@@ -252,34 +257,22 @@ def run_options(args: argparse.Namespace) -> tuple[Any, Any]:
             "fetch_workers": args.fetch_workers,
             "write_workers": args.write_workers,
             "queue_depth": args.queue_depth,
+            "task_ids": tuple(args.task_id),
+            "name": args.name,
+            "mapping": load_mapping(args.mapping) if args.mapping else None,
+            "allow_unmapped": args.allow_unmapped,
+            "empty": args.empty,
+            "instances": args.instances,
+            "min_component_voxels": args.min_component_voxels,
+            "previews": not args.no_previews,
+            "model_timeout_s": args.model_timeout,
+            "max_voxels": limits.max_voxels,
+            "max_image_bytes": limits.max_bytes,
+            "lock_wait_s": None if args.wait_lock < 0 else args.wait_lock,
+            "settle_window_s": args.settle_window,
         },
         config_path=args.config,
     )
-    options = RunOptions(
-        stage=settings.stage,
-        mode=settings.mode,
-        task_ids=tuple(args.task_id),
-        name=args.name,
-        limit=settings.limit,
-        force=settings.force,
-        work_dir=Path(settings.work_dir),
-        out_dir=Path(settings.out_dir) if settings.out_dir else None,
-        mapping=load_mapping(args.mapping) if args.mapping else None,
-        allow_unmapped=args.allow_unmapped,
-        empty=args.empty,
-        instances=args.instances,
-        min_component_voxels=args.min_component_voxels,
-        previews=not args.no_previews,
-        fetch_workers=settings.fetch_workers,
-        write_workers=settings.write_workers,
-        queue_depth=settings.queue_depth,
-        model_timeout_s=args.model_timeout,
-        max_voxels=limits.max_voxels,
-        max_image_bytes=limits.max_bytes,
-        lock_wait_s=None if args.wait_lock < 0 else args.wait_lock,
-        settle_window_s=args.settle_window,
-    )
-    return options, settings
 
 
 @contextmanager
@@ -313,43 +306,35 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def run_command(args: argparse.Namespace) -> int:
     """Open the project, load the model once, run, print the summary; return the exit code."""
-    from autolabel.api import DEFAULT_MODEL
     from autolabel.cli.progress import RunProgress, make_console
     from autolabel.inference import load_model
     from autolabel.pipeline import run
 
-    options, settings = run_options(args)
+    options = run_options(args)
     console = make_console(stderr=True)
     cluster = ray_options(args)
     if cluster is not None:
-        summary = _run_on_ray(args, options, settings, cluster, console)
+        summary = _run_on_ray(args, options, cluster, console)
         return _report(args, console, summary, options)
     ensure_writable_folder(options.results_dir, "--out")
     project = connect(args)
     with project:
         require_stage(project, options.stage)
-        model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
+        model = load_model(options.model, device=options.device)
         with (
             stop_on_signals() as stop,
             RunProgress(console, enabled=not (args.quiet or args.json)) as progress,
         ):
             summary = run(
-                project,
-                model,
-                options,
-                stop=stop,
-                on_stage=progress.on_stage,
-                on_task=progress.on_task,
-                command=tuple(sys.argv),
+                project, model, options, stop=stop, listener=progress, command=tuple(sys.argv)
             )
     return _report(args, console, summary, options)
 
 
 def _run_on_ray(
-    args: argparse.Namespace, options: Any, settings: Any, cluster: Any, console: Any
-) -> Any:
+    args: argparse.Namespace, options: RunOptions, cluster: RayOptions, console: Console
+) -> RunSummary:
     """The run on Ray actors: connection settings (key included) go to the actors once."""
-    from autolabel.api import DEFAULT_MODEL
     from autolabel.cli.progress import RunProgress
     from autolabel.pipeline.ray import run_on_ray
 
@@ -360,18 +345,19 @@ def _run_on_ray(
     ):
         return run_on_ray(
             connection,
-            settings.model or DEFAULT_MODEL,
+            options.model,
             options,
             cluster,
-            device=settings.device,
+            device=options.device,
             stop=stop,
-            on_stage=progress.on_stage,
-            on_task=progress.on_task,
+            listener=progress,
             command=tuple(sys.argv),
         )
 
 
-def _report(args: argparse.Namespace, console: Any, summary: Any, options: Any) -> int:
+def _report(
+    args: argparse.Namespace, console: Console, summary: RunSummary, options: RunOptions
+) -> int:
     """Print the summary (JSON or tables) and return the exit code."""
     from rich.table import Table
 
@@ -379,7 +365,7 @@ def _report(args: argparse.Namespace, console: Any, summary: Any, options: Any) 
 
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
-        return int(summary.exit_code)
+        return summary.exit_code
     print_summary(console, summary)
     if summary.workers:
         table = Table(title="Ray actors")
@@ -393,4 +379,4 @@ def _report(args: argparse.Namespace, console: Any, summary: Any, options: Any) 
             )  # fmt: skip
         console.print(table)
     console.print(f"results: {options.results_dir}")
-    return int(summary.exit_code)
+    return summary.exit_code

@@ -22,7 +22,7 @@ from autolabel.settings import ensure_writable_folder
 if TYPE_CHECKING:  # heavy imports stay inside the handler at run time
     from autolabel.inference.spec import SegmentationModel
     from autolabel.ledger import Ledger
-    from autolabel.pipeline.summary import RunOptions
+    from autolabel.pipeline.options import RunOptions
     from autolabel.redbrick import Project
 
 
@@ -43,12 +43,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def watch_command(args: argparse.Namespace) -> int:
     """Poll and run until stopped; exit 1 if any task failed along the way."""
-    from autolabel.api import DEFAULT_MODEL
     from autolabel.inference import load_model
     from autolabel.ledger import Ledger, ledger_path
     from autolabel.pipeline.lock import lock_work_folder
 
-    options, settings = run_options(args)
+    options = run_options(args)
     ensure_writable_folder(options.results_dir, "--out")
     # The work folder's lock is held for the whole watch (a run on the folder waits or
     # exits 2), with one ledger connection for every poll.
@@ -57,7 +56,7 @@ def watch_command(args: argparse.Namespace) -> int:
         ledger = Ledger(ledger_path(options.work_dir))
         with project, ledger, stop_on_signals() as stop:
             require_stage(project, options.stage)
-            model = load_model(settings.model or DEFAULT_MODEL, device=settings.device)
+            model = load_model(options.model, device=options.device)
             print(
                 f"autolabel: watching stage {options.stage!r} every {args.interval:g} s "
                 "(Ctrl-C to stop)",

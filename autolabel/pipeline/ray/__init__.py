@@ -13,7 +13,7 @@ the ledger. For each task:
 1. an actor fetches (re-read, guard: stage, assignee, no human labels), decodes, predicts
    and writes the label files on its own node, and returns a small report;
 2. the driver records ``fetched``, ``predicted``, ``converted`` from it, then commits the
-   ``writing`` intent and hands the actor a claim (:class:`~autolabel.pipeline.ray.messages.Claim`);
+   ``writing`` intent and hands the actor a claim (:class:`~autolabel.pipeline.flow.WriteClaim`);
 3. the actor -- the one holding the label files -- performs the guarded write of
    :func:`autolabel.pipeline.submit.write_task` (re-read, the labels marker unchanged, one send, a
    re-read after a transport error) and reports; the driver records the result.
@@ -52,14 +52,15 @@ import threading
 import uuid
 from pathlib import Path
 
-from autolabel.errors import ConfigError
+from autolabel.errors import ConfigError, WorkerLostError
 from autolabel.ledger import Ledger, ledger_path
+from autolabel.pipeline import conduct
 from autolabel.pipeline.book import RunBook
 from autolabel.pipeline.lock import lock_work_folder
+from autolabel.pipeline.options import RunOptions
 from autolabel.pipeline.ray.cluster import RayOptions, plan_actors, ray_session
 from autolabel.pipeline.ray.driver import RayDriver
-from autolabel.pipeline.ray.messages import WorkerLostError
-from autolabel.pipeline.summary import OutcomeListener, RunOptions, RunSummary, StageListener
+from autolabel.pipeline.summary import RunListener, RunSummary
 from autolabel.redbrick import get_project
 from autolabel.settings import ConnectionSettings
 
@@ -73,8 +74,7 @@ def run_on_ray(
     device: str = "auto",
     ledger: Ledger | None = None,
     stop: threading.Event | None = None,
-    on_stage: StageListener | None = None,
-    on_task: OutcomeListener | None = None,
+    listener: RunListener | None = None,
     command: tuple[str, ...] = (),
 ) -> RunSummary:
     """Pre-label the run's tasks on Ray actors (see the module docstring).
@@ -107,8 +107,8 @@ def run_on_ray(
         try:
             key = driver.start()
             book = ledger if ledger is not None else Ledger(ledger_path(options.work_dir))
-            runbook = RunBook(project, key, options, book, stop, on_stage, on_task)
-            return driver.go(runbook, command)
+            driver.book = RunBook(project, key, options, book, stop, listener)
+            return conduct(driver.book, driver, command)
         finally:
             driver.close()
             if own_ledger and book is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autolabel.errors import ConfigError
-from autolabel.pipeline.summary import RunOptions
+from autolabel.pipeline.options import RunOptions
 
 
 @dataclass(frozen=True, kw_only=True)

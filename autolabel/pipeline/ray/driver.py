@@ -2,8 +2,9 @@
 
 The driver is the one writer of record. It alone holds the ledger (through the same
 :class:`~autolabel.pipeline.book.RunBook` as the local run), and an actor writes a task to
-RedBrick only when handed a :class:`~autolabel.pipeline.ray.messages.Claim`, which the driver
-issues *after* committing that task's ``writing`` intent. So a ``kill -9`` of the driver
+RedBrick only when handed a :class:`~autolabel.pipeline.flow.WriteClaim`, which the task's
+flow issues *after* committing its ``writing`` intent. Every outcome is the flow's decision
+(:class:`~autolabel.pipeline.flow.TaskFlow`); the driver only schedules. So a ``kill -9`` of the driver
 or of any actor at any moment leaves each write either recorded, not sent, or in doubt --
 and in-doubt writes are settled by re-reading the task, at the start of the next run or,
 for a lost actor, at once.
@@ -19,7 +20,7 @@ Scheduling:
   written; otherwise it is handed on with the labels marker of its first fetch, so that
   the guard before the next write still recognises a late landing and never repeats it.
   A task whose actor dies twice is recorded as failed
-  (:class:`~autolabel.pipeline.ray.messages.WorkerLostError`);
+  (:class:`~autolabel.errors.WorkerLostError`);
 * ``stop`` (Ctrl-C) stops handing out tasks; the tasks in hand finish; tasks waiting to
   be handed again are recorded ``queued`` (not started).
 """
@@ -33,22 +34,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from autolabel.errors import AutolabelError, ConfigError
-from autolabel.ledger import ModelKey, TaskState
+from autolabel.errors import AutolabelError, ConfigError, WorkerLostError
+from autolabel.ledger import ModelKey
 from autolabel.pipeline.book import RunBook
 from autolabel.pipeline.engine import EngineStats, StageStats
-from autolabel.pipeline.fetch import LabelsMarker, TaskSkipped
+from autolabel.pipeline.flow import TaskFlow
+from autolabel.pipeline.options import RunOptions
 from autolabel.pipeline.ray.cluster import ActorPlan, RayOptions, spawn_worker
 from autolabel.pipeline.ray.messages import (
-    Claim,
     Prepared,
     Sent,
     TaskError,
     WorkerInfo,
-    WorkerLostError,
 )
-from autolabel.pipeline.steps import EMPTY_REASON
-from autolabel.pipeline.summary import RunOptions, RunSummary, TaskOutcome, WorkerStats
+from autolabel.pipeline.summary import TaskOutcome, WorkerStats
 from autolabel.redbrick import Task
 from autolabel.settings import ConnectionSettings
 
@@ -60,10 +59,8 @@ _POLL_S = 0.25
 class _Job:
     """One task on its way through the actors."""
 
-    task: Task
+    flow: TaskFlow
     deaths: list[str] = field(default_factory=list)
-    before: LabelsMarker | None = None  # marker of a write a lost actor left in doubt
-    prepared: Prepared | None = None
     lost_on: _Slot | None = None
     lost_reason: str = ""
     settle_at: float = 0.0
@@ -114,6 +111,7 @@ class RayDriver:
         )
         self._source: Iterator[Task] | None = None
         self._exhausted = False
+        self._book: RunBook | None = None
 
     # -- actors -------------------------------------------------------------------------
 
@@ -213,46 +211,57 @@ class RayDriver:
 
     # -- the run ------------------------------------------------------------------------
 
-    def go(self, book: RunBook, command: tuple[str, ...]) -> RunSummary:
-        """Run every task of ``book`` through the actors; return the summary."""
-        handle = book.begin(command)
-        status = "failed"
-        try:
-            book.settle_in_doubt()
-            self._source = book.tasks()
-            while True:
-                if not book.stop.is_set():
-                    self._settle_doubtful(book)
-                self._feed(book)
-                if not any(kind != "open" for s in self.slots for kind, _ in s.calls.values()):
-                    idle = self._exhausted and not self.pending and not self.doubtful
-                    if book.stop.is_set() or idle:
-                        break
-                    if not self._owner and not self.doubtful:
-                        raise WorkerLostError(
-                            f"no Ray actor left ({self._restarts} replaced); "
-                            f"{len(self.pending)} task(s) not done -- see the ledger"
-                        )
-                if not self._owner:
-                    time.sleep(_POLL_S)
-                    continue
-                ready, _ = self.ray.wait(list(self._owner), num_returns=1, timeout=_POLL_S)
-                for ref in ready:
-                    self._collect(book, ref)
-            self._not_started(book)
-            status = "interrupted" if book.stop.is_set() else "finished"
-        finally:
-            handle.finish(status)
-        return book.summary(_stage_stats(book, len(self.slots)), workers=self.worker_stats())
+    @property
+    def book(self) -> RunBook:
+        """The run's books (bound once the actors have started)."""
+        if self._book is None:
+            raise RuntimeError("RayDriver.book is bound after start()")
+        return self._book
 
-    def _feed(self, book: RunBook) -> None:
+    @book.setter
+    def book(self, book: RunBook) -> None:
+        self._book = book
+
+    @property
+    def workers(self) -> list[WorkerStats]:
+        """Per-actor statistics, in the order the actors were started."""
+        return self.worker_stats()
+
+    def run(self, tasks: Iterator[Task]) -> EngineStats:
+        """Run ``tasks`` (streamed) through the actors until done or ``stop`` is set."""
+        book = self.book
+        self._source = tasks
+        while True:
+            if not book.stop.is_set():
+                self._settle_doubtful()
+            self._feed()
+            if not any(kind != "open" for s in self.slots for kind, _ in s.calls.values()):
+                idle = self._exhausted and not self.pending and not self.doubtful
+                if book.stop.is_set() or idle:
+                    break
+                if not self._owner and not self.doubtful:
+                    raise WorkerLostError(
+                        f"no Ray actor left ({self._restarts} replaced); "
+                        f"{len(self.pending)} task(s) not done -- see the ledger"
+                    )
+            if not self._owner:
+                time.sleep(_POLL_S)
+                continue
+            ready, _ = self.ray.wait(list(self._owner), num_returns=1, timeout=_POLL_S)
+            for ref in ready:
+                self._collect(ref)
+        while self.pending:  # taken or handed back, not started: the run was stopped
+            self.pending.popleft().flow.not_started()
+        return _stage_stats(book, len(self.slots))
+
+    def _feed(self) -> None:
         """Hand tasks to actors with a free slot (streams the listing: pull on demand).
 
         A task that was on a lost actor is a suspect (it may be what killed it): it is
         handed only to an idle actor, which gets nothing else while it holds it, so that a
         second loss is that task's own doing and an innocent neighbour is never blamed.
         """
-        while not book.stop.is_set():
+        while not self.book.stop.is_set():
             free = [
                 s
                 for s in self.slots
@@ -269,7 +278,7 @@ class RayDriver:
                     return
             self.pending.popleft()
             slot = min(free, key=lambda s: len(s.calls))
-            ref = slot.actor.prepare.remote(job.task)
+            ref = slot.actor.prepare.remote(job.flow.task)
             slot.calls[ref] = ("prepare", job)
             self._owner[ref] = slot
 
@@ -280,10 +289,10 @@ class RayDriver:
             if task is None:
                 self._exhausted = True
             else:
-                self.pending.append(_Job(task))
+                self.pending.append(_Job(self.book.start(task)))
         return self.pending[0] if self.pending else None
 
-    def _collect(self, book: RunBook, ref: Any) -> None:
+    def _collect(self, ref: Any) -> None:
         slot = self._owner.pop(ref)
         kind, job = slot.calls.pop(ref)
         if kind == "open":
@@ -293,74 +302,40 @@ class RayDriver:
         try:
             value = self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as exc:  # the call itself broke (not the task)
-            self._end(slot, book.failed(job.task, None, kind, exc))
+            self._end(slot, job.flow.failed(kind, exc))
             return
         except self.ray.exceptions.RayError as exc:  # the actor is gone
-            self._lost(book, slot, _why(exc), [(kind, job)])
+            self._lost(slot, _why(exc), [(kind, job)])
             return
         if kind == "prepare":
-            self._prepared(book, slot, job, value)
+            self._prepared(slot, job, value)
         else:
-            self._sent(book, slot, job, value)
+            self._sent(slot, job, value)
 
-    def _prepared(self, book: RunBook, slot: _Slot, job: _Job, p: Prepared) -> None:
-        job.prepared = p
-        task, outcome = p.task, p.outcome
-        if outcome is not None:
-            book.fetched(job.task, task, p.input_checksum, p.series, outcome.seconds["fetch"])
-            book.emit(task.task_id, "fetch")
-            if p.predicted:
-                book.predicted(task, outcome, outcome.seconds["infer"])
-                book.emit(task.task_id, "infer")
-            if p.converted:
-                book.converted(task, outcome, outcome.seconds["convert"])
-        if p.error is not None:
-            error = p.error.rebuild()
-            if self._lost_write_landed(book, job, error):
-                self._end(slot, self._landed(book, task, job))
-                return
-            self._end(slot, book.failed(task, outcome, p.error.stage, error))
-        elif not p.entries:
-            book.emit(task.task_id, "write")
-            self._end(slot, book.finish(task, outcome, "skipped", EMPTY_REASON))
-        elif book.options.mode == "dry-run":
-            book.emit(task.task_id, "write")
-            self._end(slot, book.finish(task, outcome, "dry_run", ""))
-        else:
-            before = job.before or p.marker
-            event = book.intent(task, before)  # committed before the actor may send
-            claim = Claim(
-                run_id=book.handle.run_id, task_id=task.task_id, intent_seq=event.seq, before=before
-            )
-            ref = slot.actor.send.remote(claim, p.entries)
-            slot.calls[ref] = ("send", job)
-            self._owner[ref] = slot
+    def _prepared(self, slot: _Slot, job: _Job, p: Prepared) -> None:
+        flow = job.flow
+        if p.fetch is not None:
+            flow.fetched(p.fetch)
+        if p.infer_s is not None:
+            flow.predicted(p.infer_s, p.device_events)
+        if p.error is not None or p.converted is None:
+            error = p.error.rebuild() if p.error else RuntimeError("no conversion returned")
+            self._end(slot, flow.failed(p.error.phase if p.error else "ray", error))
+            return
+        claim = flow.converted(p.converted)  # the intent is committed before the actor sends
+        if claim is None:
+            assert flow.outcome is not None
+            self._end(slot, flow.outcome)
+            return
+        ref = slot.actor.send.remote(claim, p.converted.entries)
+        slot.calls[ref] = ("send", job)
+        self._owner[ref] = slot
 
-    def _sent(self, book: RunBook, slot: _Slot, job: _Job, value: Sent | TaskError) -> None:
-        assert job.prepared is not None
-        task, outcome = job.prepared.task, job.prepared.outcome
+    def _sent(self, slot: _Slot, job: _Job, value: Sent | TaskError) -> None:
         if isinstance(value, Sent):
-            assert outcome is not None
-            outcome.seconds["write"] = value.seconds
-            book.emit(task.task_id, "write")
-            self._end(slot, book.finish(task, outcome, value.status, ""))
-            return
-        error = value.rebuild()
-        if self._lost_write_landed(book, job, error):
-            self._end(slot, self._landed(book, task, job))
-            return
-        self._end(slot, book.failed(task, outcome, "write", error))
-
-    @staticmethod
-    def _lost_write_landed(book: RunBook, job: _Job, error: BaseException) -> bool:
-        """Whether a skip of a task handed on from a lost actor (at the next fetch, which
-        sees the run's own stamp, or at the guard before the next write) is that actor's
-        write, which landed after all."""
-        return (
-            job.before is not None
-            and isinstance(error, TaskSkipped)
-            and book.write_landed(job.task.task_id, job.before)
-        )
+            self._end(slot, job.flow.written(value.seconds))
+        else:
+            self._end(slot, job.flow.failed("write", value.rebuild()))
 
     @staticmethod
     def _end(slot: _Slot, outcome: TaskOutcome) -> None:
@@ -370,54 +345,44 @@ class RayDriver:
         slot.stats.busy_s += sum(outcome.seconds.values())
         slot.stats.failed += outcome.status == "failed"
 
-    @staticmethod
-    def _landed(book: RunBook, task: Task, job: _Job) -> TaskOutcome:
-        outcome = job.prepared.outcome if job.prepared is not None else None
-        status = "submitted" if book.options.mode == "final" else "draft_saved"
-        return book.finish(
-            task, outcome, status, "", detail={"resolved": "the write of a lost actor had landed"}
-        )
-
-    def _lost(
-        self, book: RunBook, slot: _Slot, reason: str, first: list[tuple[str, _Job | None]]
-    ) -> None:
+    def _lost(self, slot: _Slot, reason: str, first: list[tuple[str, _Job | None]]) -> None:
         """An actor died: settle or re-queue every task it held, then replace it."""
         held = first + list(slot.calls.values())
         self._retire(slot, reason)
         slot.calls.clear()
         for kind, job in held:
             if kind != "open" and job is not None:
-                self._rescue(book, slot, kind, job, reason)
+                self._rescue(slot, kind, job, reason)
         self._replace()
 
-    def _rescue(self, book: RunBook, slot: _Slot, kind: str, job: _Job, reason: str) -> None:
+    def _rescue(self, slot: _Slot, kind: str, job: _Job, reason: str) -> None:
         job.deaths.append(slot.name)
         job.lost_on, job.lost_reason = slot, reason
-        if kind == "send" and job.prepared is not None:
+        if kind == "send" and job.flow.claim is not None:
             # The write may still land: settle it after the grace period, by re-reading.
-            job.before = job.before or job.prepared.marker
+            job.flow.lost_write()
             job.settle_at = time.monotonic() + self.options.in_doubt_grace_s
             self.doubtful.append(job)
             return
-        self._requeue(book, job)
+        self._requeue(job)
 
-    def _settle_doubtful(self, book: RunBook) -> None:
+    def _settle_doubtful(self) -> None:
         """Writes a lost actor left in doubt, once their grace period is over: landed ones
         are recorded, the others handed on (with the marker the next write must find)."""
         now = time.monotonic()
         for job in [j for j in self.doubtful if j.settle_at <= now]:
             self.doubtful.remove(job)
-            assert job.before is not None and job.lost_on is not None
-            if job.prepared is not None and book.write_landed(job.task.task_id, job.before):
-                self._end(job.lost_on, self._landed(book, job.prepared.task, job))
+            assert job.lost_on is not None
+            landed = job.flow.settle_lost_write()
+            if landed is not None:
+                self._end(job.lost_on, landed)
                 continue
-            self._requeue(book, job)
+            self._requeue(job)
 
-    def _requeue(self, book: RunBook, job: _Job) -> None:
+    def _requeue(self, job: _Job) -> None:
         """Hand the task of a lost actor to another one, or fail it after two losses."""
         assert job.lost_on is not None
-        job.prepared = None
-        job.lost_on.stats.requeued.append(job.task.task_id)
+        job.lost_on.stats.requeued.append(job.flow.task.task_id)
         if len(job.deaths) < 2:
             self.pending.appendleft(job)
             return
@@ -425,21 +390,7 @@ class RayDriver:
             f"the actors running this task died {len(job.deaths)} times "
             f"({', '.join(job.deaths)}); last: {job.lost_reason}"
         )
-        self._end(job.lost_on, book.failed(job.task, None, "ray", error))
-
-    def _not_started(self, book: RunBook) -> None:
-        """Tasks taken from the listing or re-queued but not handed out when the run
-        stopped: recorded ``queued`` (not started)."""
-        while self.pending:
-            job = self.pending.popleft()
-            if job.before is not None:
-                continue  # its write stays in doubt: the next run settles it
-            book.handle.record(
-                job.task.task_id,
-                TaskState.QUEUED,
-                task_name=job.task.name,
-                detail={"reason": "not started: the run was stopped"},
-            )
+        self._end(job.lost_on, job.flow.failed("ray", error))
 
 
 def _holds_suspect(slot: _Slot) -> bool:
@@ -465,7 +416,7 @@ def _stage_stats(book: RunBook, actors: int) -> EngineStats:
             if seconds:
                 stats.started += 1
                 stats.busy_s += sum(seconds)
-            if outcome.status == "failed" and outcome.reason.startswith(f"{name}:"):
+            if outcome.status == "failed" and outcome.phase == name:
                 stats.failed += 1
         stages.append(stats)
     return EngineStats(stages, wall_s=book.elapsed_s, fed=len(book.outcomes))

@@ -18,15 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autolabel import errors
-from autolabel.errors import AutolabelError
+from autolabel.errors import AutolabelError, TaskSkipped
 from autolabel.ledger import ModelKey
-from autolabel.pipeline.fetch import LabelsMarker, TaskSkipped
-from autolabel.pipeline.summary import TaskOutcome
-from autolabel.redbrick import Task
-
-
-class WorkerLostError(AutolabelError):
-    """The Ray actor working on a task died (killed, out of memory, node lost), twice."""
+from autolabel.pipeline.fetch import FetchReport
+from autolabel.pipeline.steps import Converted
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -42,18 +37,18 @@ class WorkerInfo:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskError:
-    """An exception raised in an actor, as data; ``stage`` is fetch, infer or write."""
+    """An exception raised in an actor, as data; ``phase`` is fetch, infer or write."""
 
-    stage: str
+    phase: str
     type_name: str
     message: str
     skipped: bool = False
 
     @classmethod
-    def of(cls, stage: str, exc: BaseException) -> TaskError:
-        """The error ``exc`` raised during ``stage``."""
+    def of(cls, phase: str, exc: BaseException) -> TaskError:
+        """The error ``exc`` raised during ``phase``."""
         return cls(
-            stage=stage,
+            phase=phase,
             type_name=type(exc).__name__,
             message=exc.reason if isinstance(exc, TaskSkipped) else str(exc),
             skipped=isinstance(exc, TaskSkipped),
@@ -82,47 +77,22 @@ class TaskError:
 class Prepared:
     """How far an actor got with one task before the write, and what to write.
 
-    ``outcome`` is ``None`` when the fetch failed; ``predicted``/``converted`` say which
-    later steps finished (their seconds are in ``outcome.seconds``); ``entries`` are the
-    ``series`` entries to write (empty: nothing to write); ``error`` is set when a step
-    failed or the task must be skipped.
+    ``fetch`` is ``None`` when the fetch failed, ``infer_s`` when inference did not finish,
+    ``converted`` when the conversion did not (its ``entries`` are the ``series`` entries to
+    write, empty: nothing to write); ``error`` is set when a step failed or the task must
+    be skipped.
     """
 
-    task: Task
     worker: str
-    outcome: TaskOutcome | None = None
-    input_checksum: str = ""
-    series: int = 0
-    marker: LabelsMarker = field(default_factory=lambda: LabelsMarker(None, None))
-    predicted: bool = False
-    converted: bool = False
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    fetch: FetchReport | None = None
+    infer_s: float | None = None
+    device_events: list[dict[str, Any]] = field(default_factory=list)
+    converted: Converted | None = None
     error: TaskError | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Claim:
-    """The driver's permission to write one task: the ``writing`` event it committed.
-
-    ``before`` is the labels marker the write must still find on the task (the one seen
-    when the task was first fetched, so that a write left in doubt by a lost actor is
-    recognised if it lands later).
-    """
-
-    run_id: str
-    task_id: str
-    intent_seq: int
-    before: LabelsMarker
-
-    def check(self) -> None:
-        """Refuse a write with no committed intent (the one-writer rule)."""
-        if self.intent_seq <= 0 or not self.run_id:
-            raise RuntimeError(f"task {self.task_id}: no committed 'writing' intent to write")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class Sent:
-    """A write that went through: the ledger state it reached and how long it took."""
+    """A write that went through, and how long it took."""
 
-    status: str
     seconds: float

@@ -9,7 +9,7 @@ it imports no Ray. Its contract:
 * :meth:`TaskWorker.prepare` runs fetch → infer → convert for one task with
   :class:`~autolabel.pipeline.steps.TaskSteps` (the local run's code) and returns
   :class:`Prepared`; it writes nothing to RedBrick and no ledger;
-* :meth:`TaskWorker.send` writes one task, only with a :class:`Claim` (the driver's
+* :meth:`TaskWorker.send` writes one task, only with a :class:`~autolabel.pipeline.flow.WriteClaim` (the driver's
   committed ``writing`` intent), through ``TaskSteps.write`` -- the local run's guarded
   write: re-read, compare the labels marker, send once, re-read after a transport error.
 
@@ -24,15 +24,15 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from autolabel.files import task_folder
-from autolabel.pipeline.ray.messages import Claim, Prepared, Sent, TaskError, WorkerInfo
+from autolabel.pipeline.flow import WriteClaim
+from autolabel.pipeline.options import RunOptions
+from autolabel.pipeline.ray.messages import Prepared, Sent, TaskError, WorkerInfo
 from autolabel.pipeline.steps import TaskSteps
-from autolabel.pipeline.summary import RunOptions, TaskOutcome
 from autolabel.redbrick import Task, get_project
 from autolabel.settings import ConnectionSettings
 
@@ -84,46 +84,27 @@ class TaskWorker:
 
     def prepare(self, task: Task) -> Prepared:
         """Fetch, predict and convert ``task``; a failure is returned, never raised."""
-        steps, result = self.steps, Prepared(task=task, worker=self.name)
-        stage = "fetch"
+        steps, result = self.steps, Prepared(worker=self.name)
+        phase = "fetch"
         try:
-            began = time.perf_counter()
             fetched = steps.fetch(task, task_folder(self._scratch, task.task_id))
-            outcome = TaskOutcome(
-                task.task_id,
-                fetched.task.name,
-                "fetched",
-                seconds={"fetch": time.perf_counter() - began},
-                worker=self.name,
-            )
-            result.task, result.outcome = fetched.task, outcome
-            result.input_checksum, result.series = fetched.input_checksum, len(fetched.series)
-            result.marker = fetched.marker
-            stage = "infer"
-            began = time.perf_counter()
+            result.fetch = fetched.report()
+            phase = "infer"
             with self._infer_lock:
-                label_maps = steps.predict(fetched)
-            outcome.seconds["infer"] = time.perf_counter() - began
-            result.predicted = True
-            stage = "write"
-            began = time.perf_counter()
-            result.entries = steps.convert(fetched, label_maps, outcome)
-            outcome.seconds["convert"] = time.perf_counter() - began
-            result.converted = True
+                prediction = steps.predict(fetched)
+            result.infer_s, result.device_events = prediction.seconds, prediction.device_events
+            phase = "write"
+            result.converted = steps.convert(fetched, prediction.label_maps)
         except Exception as exc:  # per-task: the driver records it
-            result.error = TaskError.of(stage, exc)
+            result.error = TaskError.of(phase, exc)
         return result
 
-    def send(self, claim: Claim, entries: Sequence[Mapping[str, Any]]) -> Sent | TaskError:
+    def send(self, claim: WriteClaim, entries: Sequence[Mapping[str, Any]]) -> Sent | TaskError:
         """Write one task's ``entries`` under the driver's ``claim``; errors are returned."""
-        began = time.perf_counter()
         try:
-            status = self.steps.write(
-                claim.task_id, entries, claim.before, record_intent=claim.check
-            )
+            return Sent(seconds=self.steps.write(claim, entries))
         except Exception as exc:
             return TaskError.of("write", exc)
-        return Sent(status=status, seconds=time.perf_counter() - began)
 
     def close(self) -> None:
         """Close the connection and remove the scratch folder."""

@@ -49,7 +49,6 @@ lock, waiting up to ``timeout`` seconds for it).
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import sqlite3
@@ -58,11 +57,22 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autolabel.errors import LedgerError
+from autolabel.ledger.queries import MODEL_MATCH, LedgerQueries
+from autolabel.records import (
+    DONE_STATES,
+    MODES,
+    LedgerSummary,
+    Mode,
+    ModelKey,
+    RunInfo,
+    StepTiming,
+    TaskEvent,
+    TaskState,
+)
 from autolabel.settings.secrets import redact_argv, redact_value
 
 #: File name of the ledger inside the work folder.
@@ -71,31 +81,8 @@ LEDGER_FILENAME = "ledger.sqlite"
 SCHEMA_VERSION = 1
 #: Marks the file as an autolabel ledger (``PRAGMA application_id``; "AlLg").
 APPLICATION_ID = 0x416C4C67
-#: The run modes.
-MODES: tuple[str, ...] = ("draft", "final", "dry-run")
 
 
-class TaskState(str, enum.Enum):
-    """State of a task under one model; see the module docstring for the protocol."""
-
-    QUEUED = "queued"
-    FETCHED = "fetched"
-    PREDICTED = "predicted"
-    CONVERTED = "converted"
-    WRITING = "writing"
-    DRAFT_SAVED = "draft_saved"
-    SUBMITTED = "submitted"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-    DRY_RUN = "dry_run"
-
-
-#: States that mean "this mode's work is done" for :meth:`Ledger.is_done`.
-DONE_STATES: dict[str, frozenset[TaskState]] = {
-    "draft": frozenset({TaskState.DRAFT_SAVED, TaskState.SUBMITTED}),
-    "final": frozenset({TaskState.SUBMITTED}),
-    "dry-run": frozenset({TaskState.DRY_RUN}),
-}
 _WRITTEN = (TaskState.DRAFT_SAVED, TaskState.SUBMITTED)
 
 _SCHEMA = f"""
@@ -132,100 +119,6 @@ BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
 """
-
-_EVENT_COLUMNS = (
-    "seq, run_id, task_id, task_name, model_name, model_version, weights_hash, mode, state, "
-    "at, input_checksum, detail, error_type, error_message"
-)
-_MODEL_MATCH = "model_name = ? AND model_version = ? AND weights_hash = ?"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelKey:
-    """Identity of a model: name, version and the hash of its weights (may be empty)."""
-
-    name: str
-    version: str
-    weights_hash: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.version:
-            raise ValueError(
-                f"a model needs a name and a version, got {self.name!r}, {self.version!r}"
-            )
-
-    def __str__(self) -> str:
-        suffix = f" ({self.weights_hash[:12]})" if self.weights_hash else ""
-        return f"{self.name} {self.version}{suffix}"
-
-    def _params(self) -> tuple[str, str, str]:
-        return (self.name, self.version, self.weights_hash)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
-    """One state change of a task under a model, as stored (``at`` in Unix seconds)."""
-
-    seq: int
-    run_id: str
-    task_id: str
-    task_name: str
-    model: ModelKey
-    mode: str
-    state: TaskState
-    at: float
-    input_checksum: str | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    error_type: str | None = None
-    error_message: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """One invocation of autolabel as recorded in the ledger."""
-
-    run_id: str
-    started_at: float
-    finished_at: float | None
-    status: str
-    mode: str
-    command: tuple[str, ...]
-    options: Mapping[str, Any]
-    model: ModelKey | None
-
-
-@dataclass(frozen=True, slots=True)
-class StepTiming:
-    """Durations (``detail["seconds"]``) of the steps that ended in one state."""
-
-    count: int
-    total_seconds: float
-    max_seconds: float
-
-    @property
-    def mean_seconds(self) -> float:
-        """Average duration, 0 when nothing was timed."""
-        return self.total_seconds / self.count if self.count else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerSummary:
-    """Latest state of each (task, model) pair, over one run or the whole ledger.
-
-    ``counts`` maps a state value to the number of pairs whose latest event has it;
-    ``failures`` are the latest events of the pairs that ended ``failed``; ``timings`` holds
-    the recorded step durations per state over all events considered.
-    """
-
-    counts: Mapping[str, int]
-    failures: tuple[TaskEvent, ...]
-    timings: Mapping[str, StepTiming]
-    runs: tuple[RunInfo, ...]
-
-    @property
-    def total(self) -> int:
-        """Number of (task, model) pairs."""
-        return sum(self.counts.values())
 
 
 class Run:
@@ -265,7 +158,7 @@ class Run:
         self.ledger.finish_run(self.run_id, status=status)
 
 
-class Ledger:
+class Ledger(LedgerQueries):
     """The ledger file at ``path`` (see the module docstring for its contract).
 
     ``create=False`` refuses to make a new file (for read-only users such as
@@ -399,6 +292,7 @@ class Ledger:
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        mode = str(mode)
         run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
         params = model._params() if model else (None, None, None)
         with self._transaction() as db:
@@ -469,90 +363,6 @@ class Ledger:
 
     # -- queries ------------------------------------------------------------------------
 
-    def latest(self, task_id: str, model: ModelKey) -> TaskEvent | None:
-        """The latest event of ``task_id`` under ``model`` in any mode, or ``None``."""
-        rows = self._query(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE task_id = ? AND {_MODEL_MATCH} "
-            "ORDER BY seq DESC LIMIT 1",
-            (task_id, *model._params()),
-        )
-        return _event(rows[0]) if rows else None
-
-    def history(self, task_id: str, model: ModelKey | None = None) -> list[TaskEvent]:
-        """Every event of ``task_id`` (under ``model`` when given), oldest first."""
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE task_id = ?"
-        params: tuple[str, ...] = (task_id,)
-        if model is not None:
-            sql, params = sql + f" AND {_MODEL_MATCH}", params + model._params()
-        return [_event(row) for row in self._query(sql + " ORDER BY seq", params)]
-
-    def is_done(self, task_id: str, model: ModelKey, mode: str) -> bool:
-        """Whether this exact model (name, version, weights) already did ``mode`` for the task.
-
-        Done means some event of the task under the model reached a state of
-        :data:`DONE_STATES` for ``mode`` (a submitted task is also done for drafts). A later
-        failure of a forced redo does not undo it: the earlier write is on RedBrick.
-        """
-        return task_id in self.done_task_ids(model, mode, task_ids=(task_id,))
-
-    def done_task_ids(
-        self, model: ModelKey, mode: str, *, task_ids: Sequence[str] | None = None
-    ) -> set[str]:
-        """The task ids (among ``task_ids`` when given) for which :meth:`is_done` is true."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        states = sorted(s.value for s in DONE_STATES[mode])
-        sql = (
-            f"SELECT DISTINCT task_id FROM events WHERE {_MODEL_MATCH} "
-            f"AND state IN ({', '.join('?' * len(states))})"
-        )
-        found = {str(row[0]) for row in self._query(sql, (*model._params(), *states))}
-        return found if task_ids is None else found & set(task_ids)
-
-    def in_doubt_writes(self, model: ModelKey | None = None) -> list[TaskEvent]:
-        """The ``writing`` events not followed by an outcome: writes that may or may not have
-        landed. Dry-run events are ignored. The pipeline must re-read these tasks from
-        RedBrick before deciding anything about them."""
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN (SELECT max(seq) FROM events "
-            "WHERE mode != 'dry-run' GROUP BY task_id, model_name, model_version, weights_hash)"
-            " AND state = 'writing'"
-        )
-        events = [_event(row) for row in self._query(sql + " ORDER BY seq")]
-        return [e for e in events if model is None or e.model == model]
-
-    def runs(self, limit: int | None = None) -> list[RunInfo]:
-        """Recorded runs, newest first."""
-        sql = "SELECT * FROM runs ORDER BY started_at DESC, rowid DESC"
-        rows = self._query(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
-        return [_run(row) for row in rows]
-
-    def summary(self, run_id: str | None = None) -> LedgerSummary:
-        """Counts of latest states, failures and step timings, for one run or all of them."""
-        where, params = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
-        latest = [
-            _event(row)
-            for row in self._query(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN (SELECT max(seq) FROM events "
-                f"{where} GROUP BY task_id, model_name, model_version, weights_hash) ORDER BY seq",
-                params,
-            )
-        ]
-        counts: dict[str, int] = {}
-        for event in latest:
-            counts[event.state.value] = counts.get(event.state.value, 0) + 1
-        timings: dict[str, StepTiming] = {}
-        timing_sql = (
-            "SELECT state, count(*), total(s), max(s) FROM (SELECT state, "
-            f"json_extract(detail, '$.seconds') AS s FROM events {where}) "
-            "WHERE s IS NOT NULL GROUP BY state"
-        )
-        for state, count, total, longest in self._query(timing_sql, params):
-            timings[str(state)] = StepTiming(int(count), float(total), float(longest))
-        runs = [r for r in self.runs() if run_id is None or r.run_id == run_id]
-        failures = tuple(e for e in latest if e.state is TaskState.FAILED)
-        return LedgerSummary(counts, failures, timings, tuple(runs))
-
 
 def ledger_path(work_dir: str | os.PathLike[str]) -> Path:
     """Where the ledger of a work folder lives."""
@@ -576,7 +386,7 @@ def _check_transition(
         raise ValueError(f"'dry_run' can only be recorded in a dry run, not in {mode!r}")
     if state in _WRITTEN:
         row = db.execute(
-            f"SELECT state FROM events WHERE task_id = ? AND {_MODEL_MATCH} "
+            f"SELECT state FROM events WHERE task_id = ? AND {MODEL_MATCH} "
             "AND mode != 'dry-run' ORDER BY seq DESC LIMIT 1",
             (task_id, *model._params()),
         ).fetchone()
@@ -594,24 +404,6 @@ def _to_json(value: Mapping[str, Any]) -> str:
         raise ValueError(f"ledger detail must be plain JSON: {exc}") from exc
 
 
-def _event(row: tuple[Any, ...]) -> TaskEvent:
-    (seq, run_id, task_id, task_name, name, version, weights, mode, state, at, checksum,
-     detail, error_type, message) = row  # fmt: skip
-    return TaskEvent(
-        int(seq), str(run_id), str(task_id), str(task_name), ModelKey(name, version, weights),
-        str(mode), TaskState(state), float(at), checksum, json.loads(detail), error_type, message,
-    )  # fmt: skip
-
-
-def _run(row: tuple[Any, ...]) -> RunInfo:
-    run_id, started, finished, status, mode, command, options, name, version, weights = row
-    model = ModelKey(name, version, weights or "") if name else None
-    return RunInfo(
-        str(run_id), float(started), None if finished is None else float(finished), str(status),
-        str(mode), tuple(json.loads(command)), json.loads(options), model,
-    )  # fmt: skip
-
-
 __all__ = [
     "DONE_STATES",
     "LEDGER_FILENAME",
@@ -619,6 +411,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Ledger",
     "LedgerSummary",
+    "Mode",
     "ModelKey",
     "Run",
     "RunInfo",
