@@ -8,7 +8,7 @@ from pathlib import Path
 import graphql
 import pytest
 
-from autolabel.emulator.resolvers import build_executable_schema
+from autolabel.emulator.schema import build_executable_schema
 
 #: The documents redbrick-sdk 2.28.7 and 2.35.4 send, captured on the wire (shared spec).
 DOCUMENTS = Path(__file__).parent / "data" / "graphql-documents.json"

@@ -294,7 +294,7 @@ def test_http_to_a_loopback_address_is_refused_with_the_url_to_use(
 
 
 def test_urls_the_sdk_rewrites_say_so_and_real_hosts_stay_on_tls(tmp_path: Path) -> None:
-    from autolabel.redbrick.transport import graphql_endpoint
+    from autolabel.redbrick.endpoint import graphql_endpoint
 
     plain = _connect_to(tmp_path, "http://team.example.com/app")
     assert any(

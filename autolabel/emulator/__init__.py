@@ -18,7 +18,7 @@ from autolabel.emulator.faults import FaultRule, load_faults
 from autolabel.emulator.handle import Actor, EmulatorHandle, serve_forever, serve_in_thread
 from autolabel.emulator.seed import Connection, seed
 from autolabel.emulator.service import Emulator, MintedUser
-from autolabel.emulator.workflow import RuleViolation
+from autolabel.emulator.stages import RuleViolation
 
 __all__ = [
     "Actor",

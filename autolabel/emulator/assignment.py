@@ -8,18 +8,16 @@ key through ``emails``). The removed ``assignLabelingTasks`` (SDK < 2.13) is ser
 from __future__ import annotations
 
 from autolabel.emulator.entities import ProjectRecord, TaskRecord, UserRecord, utc_now
-from autolabel.emulator.store import Store
-from autolabel.emulator.workflow import (
+from autolabel.emulator.stages import (
     ARCHIVED,
     GROUND_TRUTH,
     LABEL_BRICK,
     REVIEW_BRICK,
     RuleViolation,
-    attempt,
-    check_stage_kind,
     is_consensus_stage,
-    task_in,
 )
+from autolabel.emulator.store import Store
+from autolabel.emulator.workflow import attempt, check_stage_kind, task_in
 
 
 def assign(

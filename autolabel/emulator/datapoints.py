@@ -14,13 +14,9 @@ import uuid
 from typing import Any
 
 from autolabel.emulator.entities import LabelRecord, ProjectRecord, TaskRecord, utc_now
+from autolabel.emulator.stages import GROUND_TRUTH, RuleViolation, first_label_stage
 from autolabel.emulator.store import Store
-from autolabel.emulator.workflow import (
-    GROUND_TRUTH,
-    RuleViolation,
-    attempt,
-    first_label_stage,
-)
+from autolabel.emulator.workflow import attempt
 
 #: RedBrick's well-known storage ids (protocol §2.0).
 REDBRICK_STORAGE = "22222222-2222-2222-2222-222222222222"

@@ -41,7 +41,7 @@ LOOPBACK = "127.0.0.1"
 class Actor:
     """Acts as one user on the emulator, with the same rules as the API (no HTTP).
 
-    Methods raise :class:`~autolabel.emulator.workflow.RuleViolation` when the server
+    Methods raise :class:`~autolabel.emulator.stages.RuleViolation` when the server
     would refuse the write.
     """
 

@@ -3,25 +3,24 @@
 :func:`build_executable_schema` loads the SDL and attaches one resolver per root field plus
 the argument-dependent fields (``items(presigned:)``, ``labelsMap(presigned:)``,
 ``labelsDataPath(presigned:)``). Resolvers get a :class:`RequestContext` (who calls, where
-the server is) and raise :class:`~autolabel.emulator.workflow.RuleViolation` to answer a
+the server is) and raise :class:`~autolabel.emulator.stages.RuleViolation` to answer a
 GraphQL error (graphql-core then returns ``data: {<field>: null}`` with ``errors``).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import graphql
 
 from autolabel.emulator import altadb, assignment, datapoints, tasklist, workflow
 from autolabel.emulator.entities import ProjectRecord, UserRecord
 from autolabel.emulator.importformat import InvalidImport, validate_and_convert
+from autolabel.emulator.stages import RuleViolation
 from autolabel.emulator.storage import BlobStore, StorageRefused, check_key
 from autolabel.emulator.store import Store
 from autolabel.emulator.views import (
@@ -32,7 +31,6 @@ from autolabel.emulator.views import (
     taxonomy_view,
     user_view,
 )
-from autolabel.emulator.workflow import RuleViolation
 
 
 @dataclass(frozen=True)
@@ -371,6 +369,13 @@ def _labels_data_path(parent: dict[str, Any], info: Info, presigned: bool = Fals
     return _ctx(info).presign_get(path) if presigned and path else path
 
 
+#: Resolvers of fields of the schema's object types, by ``(type, field)``.
+FIELD_RESOLVERS: dict[tuple[str, str], Resolver] = {
+    ("Datapoint", "items"): _items,
+    ("TaskData", "labelsMap"): _labels_map,
+    ("TaskData", "labelsDataPath"): _labels_data_path,
+}
+
 QUERY_RESOLVERS: dict[str, Resolver] = {
     "project": _project,
     "stages": _stages,
@@ -396,71 +401,3 @@ MUTATION_RESOLVERS: dict[str, Resolver] = {
     "createDatapoint": _create_datapoint,
     "assignLabelingTasks": _assign_queue,
 }
-
-
-def schema_sdl() -> str:
-    """The SDL text of the emulated API."""
-    return resources.files("autolabel.emulator").joinpath("schema.graphql").read_text("utf-8")
-
-
-def _parse_uuid(value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise graphql.GraphQLError(f"{value!r} is not a UUID") from None
-
-
-def _parse_datetime(value: Any) -> str:
-    try:
-        datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise graphql.GraphQLError(f"{value!r} is not an ISO-8601 date-time") from None
-    return str(value)
-
-
-def _serialize_json(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _bind_scalar(
-    schema: graphql.GraphQLSchema,
-    name: str,
-    *,
-    parse: Callable[[Any], Any] | None = None,
-    serialize: Callable[[Any], Any] | None = None,
-) -> None:
-    # graphql-core 3.2 calls parse_value/serialize, 3.3 coerce_input_value/coerce_output_value.
-    scalar = cast(graphql.GraphQLScalarType, schema.type_map[name])
-    if parse is not None:
-        for attribute in ("parse_value", "coerce_input_value"):
-            if hasattr(scalar, attribute):
-                setattr(scalar, attribute, parse)
-    if serialize is not None:
-        for attribute in ("serialize", "coerce_output_value"):
-            if hasattr(scalar, attribute):
-                setattr(scalar, attribute, serialize)
-
-
-def _bind_scalars(schema: graphql.GraphQLSchema) -> None:
-    _bind_scalar(schema, "UUID", parse=_parse_uuid)
-    _bind_scalar(schema, "DateTime", parse=_parse_datetime)
-    _bind_scalar(schema, "JSONString", serialize=_serialize_json)
-
-
-def _set(schema: graphql.GraphQLSchema, type_name: str, field: str, resolver: Resolver) -> None:
-    owner = cast(graphql.GraphQLObjectType, schema.type_map[type_name])
-    owner.fields[field].resolve = resolver
-
-
-def build_executable_schema() -> graphql.GraphQLSchema:
-    """The schema with every resolver attached (build once per server)."""
-    schema = graphql.build_schema(schema_sdl())
-    _bind_scalars(schema)
-    for name, resolver in QUERY_RESOLVERS.items():
-        _set(schema, "Query", name, resolver)
-    for name, resolver in MUTATION_RESOLVERS.items():
-        _set(schema, "Mutation", name, resolver)
-    _set(schema, "Datapoint", "items", _items)
-    _set(schema, "TaskData", "labelsMap", _labels_map)
-    _set(schema, "TaskData", "labelsDataPath", _labels_data_path)
-    return schema

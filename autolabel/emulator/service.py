@@ -22,10 +22,11 @@ import graphql
 from autolabel.emulator import assignment
 from autolabel.emulator.entities import UserRecord
 from autolabel.emulator.faults import FaultBook, FaultRule
-from autolabel.emulator.resolvers import RequestContext, build_executable_schema
+from autolabel.emulator.resolvers import RequestContext
+from autolabel.emulator.schema import build_executable_schema
+from autolabel.emulator.stages import RuleViolation
 from autolabel.emulator.storage import BlobStore
 from autolabel.emulator.store import Store
-from autolabel.emulator.workflow import RuleViolation
 
 #: The most tokens a GraphQL document may have (the SDK's largest has under 300).
 MAX_DOCUMENT_TOKENS = 10_000

@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from autolabel.emulator.entities import ProjectRecord, TaskRecord
+from autolabel.emulator.stages import GROUND_TRUTH, is_ground_truth
 from autolabel.emulator.store import Store
-from autolabel.emulator.workflow import GROUND_TRUTH, is_ground_truth
 
 DEFAULT_PAGE = 10
 MAX_PAGE = 500

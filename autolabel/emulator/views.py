@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 from autolabel.emulator.entities import LabelRecord, ProjectRecord, TaskRecord, UserRecord
+from autolabel.emulator.stages import consensus_enabled
 from autolabel.emulator.store import Store
-from autolabel.emulator.workflow import consensus_enabled
 
 
 def user_view(user: UserRecord | None, *, caller_id: str | None = None) -> dict[str, Any] | None:

@@ -22,8 +22,8 @@ from autolabel import imaging
 from autolabel.errors import ImageError, NotFoundError, TaskSkipped
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
-from autolabel.redbrick.client import ListingErrorHandler
-from autolabel.redbrick.project import DownloadedSeries
+from autolabel.redbrick.pages import ListingErrorHandler
+from autolabel.redbrick.session import DownloadedSeries
 from autolabel.redbrick.types import Labels, is_uuid
 
 #: Told about a task a run leaves out: ``(task_id, task_name, reason)``.

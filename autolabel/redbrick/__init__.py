@@ -33,10 +33,13 @@ from autolabel.errors import (
     TaskStateError,
     TransportError,
 )
-from autolabel.redbrick.client import RedBrickClient, paginate
-from autolabel.redbrick.project import Context, DownloadedSeries, Project, get_project
+from autolabel.redbrick.client import RedBrickClient
+from autolabel.redbrick.endpoint import DEFAULT_URL, graphql_endpoint
+from autolabel.redbrick.pages import paginate
+from autolabel.redbrick.project import Project, get_project
 from autolabel.redbrick.retry import RetryPolicy
-from autolabel.redbrick.transport import DEFAULT_URL, Transport, graphql_endpoint
+from autolabel.redbrick.session import Context, DownloadedSeries
+from autolabel.redbrick.transport import Transport
 from autolabel.redbrick.types import (
     GROUND_TRUTH_STAGE,
     PUBLIC_STORAGE_ID,

@@ -9,13 +9,17 @@ the user-facing API on top of it.
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from autolabel.errors import GraphQLError, NotFoundError
 from autolabel.redbrick import documents
+from autolabel.redbrick.pages import (
+    ListingErrorHandler,
+    listing_errors,
+    paginate,
+)
 from autolabel.redbrick.retry import RetryPolicy
 from autolabel.redbrick.transport import Transport
 from autolabel.redbrick.types import (
@@ -23,66 +27,8 @@ from autolabel.redbrick.types import (
     ConvertResult,
     LabelMapEntry,
     LabelStorage,
-    ListingError,
     PresignedUpload,
 )
-
-T = TypeVar("T")
-log = logging.getLogger(__name__)
-#: Told about each field error of a task listing (the listing goes on).
-ListingErrorHandler = Callable[[ListingError], None]
-
-
-def _listing_errors(
-    operation: str,
-    problems: list[dict[str, Any]],
-    entries: list[Any],
-    on_error: ListingErrorHandler | None,
-) -> None:
-    """Turn a listing page's field errors into :class:`ListingError` records.
-
-    An error's ``path`` (``[root, "entries", n, ...]``) names the entry it hit; the task id
-    is that entry's, when the entry itself survived."""
-    for problem in problems:
-        path = problem.get("path") or []
-        at = path[2] if len(path) > 2 and path[1] == "entries" else None
-        entry = entries[at] if isinstance(at, int) and 0 <= at < len(entries) else None
-        task_id = str(entry["taskId"]) if isinstance(entry, dict) and entry.get("taskId") else None
-        where = ".".join(str(p) for p in path) or "the answer"
-        error = ListingError(operation, f"{problem.get('message')} (at {where})", task_id)
-        if on_error is None:
-            log.warning("%s: %s", operation, error.message)
-        else:
-            on_error(error)
-
-
-def paginate(
-    fetch_page: Callable[[str | None, int], tuple[list[T], str | None]],
-    *,
-    page_size: int = 50,
-    limit: int | None = None,
-) -> Iterator[T]:
-    """Yield entries across cursor pages (§1.7) until the cursor is null or ``limit`` is hit.
-
-    ``fetch_page(after, first)`` returns ``(entries, next_cursor)``. An empty page with a
-    non-null cursor is followed (the server may filter a page empty), unless the cursor did
-    not move, which would loop forever.
-    """
-    if page_size < 1:
-        raise ValueError(f"page_size must be >= 1, got {page_size}")
-    seen = 0
-    cursor: str | None = None
-    while limit is None or seen < limit:
-        first = page_size if limit is None else min(page_size, limit - seen)
-        previous = cursor
-        entries, cursor = fetch_page(cursor, first)
-        for entry in entries:
-            yield entry
-            seen += 1
-            if limit is not None and seen >= limit:
-                return
-        if not cursor or (not entries and cursor == previous):
-            return
 
 
 class RedBrickClient:
@@ -90,7 +36,7 @@ class RedBrickClient:
 
     Safe to share between threads. ``url`` is the base URL users pass to the SDK
     (``https://api.redbrickai.com`` by default, or ``http://localhost:PORT`` for the
-    emulator); see :func:`autolabel.redbrick.transport.graphql_endpoint`.
+    emulator); see :func:`autolabel.redbrick.endpoint.graphql_endpoint`.
     """
 
     def __init__(
@@ -133,7 +79,7 @@ class RedBrickClient:
         if problems:
             root = next(iter(data.values()), None)
             entries = list(root.get("entries") or []) if isinstance(root, dict) else []
-            _listing_errors(operation, problems, entries, on_error)
+            listing_errors(operation, problems, entries, on_error)
         return data
 
     def _mutate(self, operation: str, variables: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,24 +15,26 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
-import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autolabel.errors import ConfigError, ConversionError, NotFoundError
 from autolabel.files import safe_component
 from autolabel.redbrick import altadb
-from autolabel.redbrick.altadb import AltaInstance
-from autolabel.redbrick.client import ListingErrorHandler, RedBrickClient
+from autolabel.redbrick.client import RedBrickClient
+from autolabel.redbrick.endpoint import DEFAULT_URL
 from autolabel.redbrick.export import Export
 from autolabel.redbrick.labeling import Labeling
 from autolabel.redbrick.labels import LabelWriter, UploadedLabels
+from autolabel.redbrick.pages import ListingErrorHandler
 from autolabel.redbrick.retry import RetryPolicy
-from autolabel.redbrick.transport import DEFAULT_URL
+from autolabel.redbrick.session import (
+    Context,
+    DownloadedSeries,
+)
 from autolabel.redbrick.types import (
     REDBRICK_STORAGE_ID,
     Labels,
@@ -40,41 +42,6 @@ from autolabel.redbrick.types import (
     Stage,
     Task,
 )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DownloadedSeries:
-    """The local files of one series, in the series' item order.
-
-    A series of a Datasets (AltaDB) project comes as ``instances`` (DICOM headers and frame
-    files, see :mod:`autolabel.redbrick.altadb`) with no ``paths``: the caller writes the
-    DICOM files (:func:`autolabel.imaging.altadb.from_altadb_instance`).
-    """
-
-    index: int
-    name: str | None
-    paths: tuple[Path, ...]
-    instances: tuple[AltaInstance, ...] = ()
-
-
-class Context:
-    """``project.context``: who the key is. ``key_id`` is fetched once, on first use."""
-
-    def __init__(self, client: RedBrickClient) -> None:
-        self.client = client
-        self._key_id: str | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return "Context()"
-
-    @property
-    def key_id(self) -> str:
-        """The API key's user id (``API:<uuid>``), from the ``me`` query."""
-        with self._lock:
-            if self._key_id is None:
-                self._key_id = self.client.current_user_id()
-            return self._key_id
 
 
 def get_project(

@@ -24,7 +24,6 @@ import os
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,13 +39,16 @@ from autolabel.errors import (
     PlatformError,
     TransportError,
 )
+from autolabel.redbrick.endpoint import (
+    graphql_endpoint,
+    without_query,
+)
 from autolabel.redbrick.messages import error_from_messages
 from autolabel.redbrick.retry import RETRYABLE_STATUSES, RetryPolicy, retry_after_seconds
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-DEFAULT_URL = "https://api.redbrickai.com"
 #: The SDK version whose protocol we speak; the server may gate features on this header.
 PROTOCOL_VERSION = "2.35.4"
 API_KEY_LENGTH = 43
@@ -54,37 +56,6 @@ _CHUNK = 1 << 20
 #: A 5xx answered faster than this is how RedBrick refuses a key (redbrick/common/client.py
 #: ``_check_status_msg``: ``>= 500`` under 26 s is "may indicate an invalid API key").
 _FAST_SERVER_ERROR_S = 26.0
-
-
-def graphql_endpoint(url: str | None = None) -> str:
-    """The GraphQL endpoint for a base URL, normalised exactly as ``redbrick-sdk`` does.
-
-    * default or ``https://api.redbrickai.com…`` → ``https://api.redbrickai.com/graphql/``;
-    * a URL containing ``localhost`` or ``amazonaws.com`` keeps its scheme and path;
-    * any other URL keeps only its host (and port), is forced to https and gets ``/api``.
-
-    The whole URL is lower-cased, as the SDK does.
-
-    >>> graphql_endpoint("https://mycompany.redbrickai.com/")
-    'https://mycompany.redbrickai.com/api/graphql/'
-    >>> graphql_endpoint("http://localhost:8000")
-    'http://localhost:8000/graphql/'
-    """
-    base = (url or DEFAULT_URL).strip().lower().rstrip("/")
-    if not base.startswith("http"):
-        base = "https://" + base
-    if DEFAULT_URL in base:
-        base = DEFAULT_URL
-    elif "amazonaws.com" not in base and "localhost" not in base:
-        host = urllib.parse.urlsplit(base).netloc
-        base = f"https://{host}/api"
-    return base + "/graphql/"
-
-
-def _without_query(url: str) -> str:
-    """A presigned URL without its signature, fit for logs and messages."""
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 class _Retry(Exception):
@@ -343,7 +314,7 @@ class Transport:
         )
 
     def _download_once(self, url: str, destination: Path, operation: str) -> Path:
-        shown = _without_query(url)
+        shown = without_query(url)
         fd, temp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -380,7 +351,7 @@ class Transport:
         Headers are those the SDK sends (``x-ms-blob-type: BlockBlob`` for Azure-backed
         storage). Success is HTTP 200 or 201; anything else raises (§3.1).
         """
-        shown = _without_query(url)
+        shown = without_query(url)
         headers = {"Content-Type": content_type, "x-ms-blob-type": "BlockBlob"}
         if content_encoding:
             headers["Content-Encoding"] = content_encoding

@@ -246,7 +246,7 @@ def _present(**values: str | None) -> dict[str, str]:
 
 def _url_notes(url: str, source: str) -> list[str]:
     """Notes on where ``url`` really leads; ``ConfigError`` where that cannot work."""
-    from autolabel.redbrick.transport import graphql_endpoint
+    from autolabel.redbrick.endpoint import graphql_endpoint
 
     if not url.startswith(("http://", "https://")):
         raise ConfigError(
