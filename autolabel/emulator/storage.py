@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,7 +69,6 @@ class BlobStore:
             secret = secrets.token_hex(32)
             store.set_meta("storage_secret", secret)
         self._secret = bytes.fromhex(secret)
-        self._replace_lock = threading.Lock()
 
     def path_of(self, key: str) -> Path:
         """The file that holds the object ``key``; refuses (400) keys :func:`check_key` does."""
@@ -155,7 +153,10 @@ class BlobStore:
                     digest.update(chunk)
                     size += len(chunk)
                     out.write(chunk)
-            with self._replace_lock:
+            # Under the store's own (reentrant) lock, the one lock of the emulator: a write
+            # copying a stored object from inside a store transaction takes it again, and a
+            # second lock here would be taken in the opposite order by an upload (deadlock).
+            with self.store.transaction():
                 entry = self.store.blob(key)
                 if entry is not None and not replace:
                     if entry["sha256"] == digest.hexdigest():
