@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,7 +69,6 @@ class BlobStore:
             secret = secrets.token_hex(32)
             store.set_meta("storage_secret", secret)
         self._secret = bytes.fromhex(secret)
-        self._replace_lock = threading.Lock()
 
     def path_of(self, key: str) -> Path:
         """The file that holds the object ``key``; refuses (400) keys :func:`check_key` does."""
@@ -155,7 +153,10 @@ class BlobStore:
                     digest.update(chunk)
                     size += len(chunk)
                     out.write(chunk)
-            with self._replace_lock:
+            # Under the store's own lock (one lock, never two): a label save already holds
+            # it when it copies an upload here (workflow.stored_labels_map); a second lock
+            # taken here after it, while an upload took it before the store's, deadlocked.
+            with self.store.transaction():
                 entry = self.store.blob(key)
                 if entry is not None and not replace:
                     if entry["sha256"] == digest.hexdigest():
