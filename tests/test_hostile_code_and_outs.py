@@ -201,3 +201,47 @@ def test_report_never_overwrites_the_ledger_or_a_folder(
     again = ["report", "--work", str(work), "--out", str(tmp_path / "r.html")]
     assert main(again) == 0 and main(again) == 0
     assert (tmp_path / "r.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def _framework_card(folder: Path, kind: str, option: str) -> Path:
+    (folder / "model.toml").write_text(
+        f'name = "broken"\nversion = "1"\nkind = "{kind}"\n[labels]\n1 = "Liver"\n'
+        f'[options]\n{option} = "files"\n'
+    )
+    return folder / "model.toml"
+
+
+def test_a_damaged_nnunet_folder_is_a_usage_error_naming_the_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("nnunetv2")
+    (tmp_path / "files" / "fold_0").mkdir(parents=True)
+    (tmp_path / "files" / "dataset.json").write_text("{}")
+    (tmp_path / "files" / "plans.json").write_text("{damaged")
+    card = _framework_card(tmp_path, "nnunet", "folder")
+    scan = _scan(tmp_path / "a.nii.gz")
+    code = main(["predict", str(scan), "--model", str(card), "--out", str(tmp_path / "o.nii")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"model card {card}: loading the nnU-Net folder failed (JSONDecodeError" in err
+
+
+def test_a_monai_bundle_with_a_broken_inference_json_is_a_usage_error_naming_the_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("monai")
+    import torch
+
+    (tmp_path / "files" / "configs").mkdir(parents=True)
+    (tmp_path / "files" / "models").mkdir()
+    torch.save({}, tmp_path / "files" / "models" / "model.pt")
+    (tmp_path / "files" / "configs" / "inference.json").write_text(
+        '{"network": "$no_such_network()"}'
+    )
+    card = _framework_card(tmp_path, "monai-bundle", "bundle")
+    scan = _scan(tmp_path / "a.nii.gz")
+    code = main(["predict", str(scan), "--model", str(card), "--out", str(tmp_path / "o.nii")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"model card {card}: loading the MONAI bundle failed" in err
+    assert "no_such_network" in err

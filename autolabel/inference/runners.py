@@ -202,11 +202,11 @@ class TorchModel(LoadedModel):
             self.net.to(self.device)
 
 
-def _card_code(card: ModelCard, what: str, call: Callable[[], T]) -> T:
-    """``call()`` -- a card's own code run while the model loads -- with any failure, an
-    ``sys.exit()`` included, raised as :class:`ConfigError` naming the card (a broken card
-    is a configuration error, exit 2), never a traceback or the process's exit; the working
-    folder is put back if the code changed it."""
+def run_card_code(card: ModelCard, what: str, call: Callable[[], T]) -> T:
+    """``call()`` -- a card's own code (or its framework's loader) run while the model loads
+    -- with any failure, an ``sys.exit()`` included, raised as :class:`ConfigError` naming
+    the card (a broken card is a configuration error, exit 2), never a traceback or the
+    process's exit; the working folder is put back if the code changed it."""
     cwd = os.getcwd()
     try:
         return call()
@@ -215,7 +215,7 @@ def _card_code(card: ModelCard, what: str, call: Callable[[], T]) -> T:
     except (Exception, SystemExit) as exc:
         raise ConfigError(
             f"model card {card.path}: {what} failed ({type(exc).__name__}: {exc}); fix the "
-            "card's code"
+            "card or the files it names"
         ) from exc
     finally:
         if os.getcwd() != cwd:  # a card that moved the working folder: relative paths hold
@@ -236,7 +236,7 @@ def _import_entry(card: ModelCard) -> Any:
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[unique] = module
         loader = module_spec.loader
-        _card_code(card, f"importing {beside.name}", lambda: loader.exec_module(module))
+        run_card_code(card, f"importing {beside.name}", lambda: loader.exec_module(module))
     else:
         try:
             module = importlib.import_module(module_name)
@@ -264,7 +264,7 @@ class PythonModel(LoadedModel):
         super().__init__(card, spec, device)
         target: Any = _import_entry(card)
         if isinstance(target, type):
-            instance: Any = _card_code(
+            instance: Any = run_card_code(
                 card, f"building {card.entry}", lambda: target(card=card, device=str(device))
             )
             target = getattr(instance, "predict", None)
