@@ -94,14 +94,18 @@ class _Scorer:
         self.work_dir = work_dir
 
     def score(self, task: Task) -> dict[str, float]:
-        """Dice per category (``series/category`` for tasks of several series)."""
+        """Dice per category (``series/category`` for tasks of several series; where two
+        series share a name, ``index:series/category``, so no series' scores hide another's)."""
         folder = Path(tempfile.mkdtemp(prefix="score-", dir=self._scratch()))
         try:
             series, _ = load_task_series(self.project, task, folder / "items")
             files = self.project.download_labels(task, folder / "labels")
             stored = self.project.stored_labels(task)
             scores: dict[str, float] = {}
-            for s in series:
+            names = [s.name or str(s.index) for s in series]
+            if len(set(names)) < len(names):  # series of one name: their position parts them
+                names = [f"{s.index}:{name}" for s, name in zip(series, names, strict=True)]
+            for s, name in zip(series, names, strict=True):
                 predicted = compare.from_prediction(self.model.predict(s.volume), self.segment_map)
                 if s.index in files:
                     array, _ = imaging.read_label_nifti(files[s.index])
@@ -111,7 +115,7 @@ class _Scorer:
                 for category, value in compare.dice_by_category(
                     predicted, reference, self.categories
                 ).items():
-                    key = category if len(series) == 1 else f"{s.name or s.index}/{category}"
+                    key = category if len(series) == 1 else f"{name}/{category}"
                     scores[key] = value
             return scores
         finally:
