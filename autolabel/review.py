@@ -17,17 +17,25 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autolabel import compare, convert, imaging
-from autolabel.errors import AuthError, AutolabelError, ConfigError, NotFoundError
+from autolabel.errors import (
+    AuthError,
+    AutolabelError,
+    ConfigError,
+    NotFoundError,
+    TransportError,
+)
 from autolabel.fetch import load_task_series
 from autolabel.inference.spec import SegmentationModel
 from autolabel.redbrick import Project, Task
 from autolabel.steps import segment_map_for
+from autolabel.submit import default_settle_window, wait_until
 
 DECISIONS = ("accept", "reject", "auto", "correct")
 
@@ -197,6 +205,26 @@ def review_tasks(
     return ReviewSummary(stage_name, decisions)
 
 
+def _decide(project: Project, task: Task, **decision: Any) -> None:
+    """Send ``decision`` (:meth:`Project.review_task`) on ``task``, in its review stage.
+
+    A lost reply (timeout, reset, a gateway's 5xx) leaves the decision in doubt: it may
+    land after the client gave up. The task is then re-read with backoff
+    (:func:`autolabel.submit.wait_until`, over the settle window) until it has left the
+    stage -- the decision landed -- and the error is raised only if it has not.
+    """
+    stage = task.stage_name
+    try:
+        project.review_task(task.task_id, stage, **decision)
+    except TransportError:
+        deadline = time.time() + default_settle_window(project)
+        landed, _ = wait_until(
+            project, task.task_id, lambda now: now.stage_name != stage, deadline=deadline
+        )
+        if not landed:
+            raise
+
+
 def _review_one(
     project: Project,
     scorer: _Scorer | None,
@@ -205,10 +233,9 @@ def _review_one(
     min_dice: float,
     comment: str | None,
 ) -> TaskDecision:
-    stage = task.stage_name
     if decision in ("accept", "reject"):
         accept = decision == "accept"
-        project.review_task(task.task_id, stage, accept=accept, comment=comment)
+        _decide(project, task, accept=accept, comment=comment)
         return TaskDecision(
             task.task_id, task.name, "accepted" if accept else "rejected", comment=comment or ""
         )
@@ -217,7 +244,7 @@ def _review_one(
         folder = Path(tempfile.mkdtemp(prefix="correct-", dir=scorer._scratch()))
         try:
             entries = scorer.prelabel(task, folder)
-            project.review_task(task.task_id, stage, accept=True, corrected_series=entries)
+            _decide(project, task, accept=True, corrected_series=entries)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return TaskDecision(task.task_id, task.name, "corrected")
@@ -232,12 +259,12 @@ def _review_one(
         )
     low = {k: v for k, v in scores.items() if v < min_dice}
     if not low:
-        project.review_task(task.task_id, stage, accept=True, comment=comment)
+        _decide(project, task, accept=True, comment=comment)
         return TaskDecision(task.task_id, task.name, "accepted", dice=scores)
     text = f"autolabel: Dice below {min_dice:.2f} for {compare.describe(low)}"
     if comment:
         text = f"{comment} ({text})"
-    project.review_task(task.task_id, stage, accept=False, comment=text)
+    _decide(project, task, accept=False, comment=text)
     return TaskDecision(task.task_id, task.name, "rejected", comment=text, dice=scores)
 
 

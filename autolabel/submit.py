@@ -152,11 +152,34 @@ def settle(
 ) -> tuple[bool, Task | None]:
     """Settle a write in doubt: re-read ``task_id`` with backoff until it shows this key's
     write (:func:`write_landed`) or the wall-clock ``deadline`` (``time.time()``) has
-    passed; the last read is made at or after the deadline. Returns ``(landed, last
-    task read)``; the task is None when every re-read failed on the network (the write
-    stays in doubt). Run-fatal errors propagate.
-    """
+    passed, as :func:`wait_until` does."""
     user = project.current_user_id
+    return wait_until(
+        project,
+        task_id,
+        lambda task: write_landed(
+            task, user_id=user, stage_name=stage_name, finalize=finalize, before=before
+        ),
+        deadline=deadline,
+        first_wait_s=first_wait_s,
+        max_wait_s=max_wait_s,
+    )
+
+
+def wait_until(
+    project: Project,
+    task_id: str,
+    landed: Callable[[Task], bool],
+    *,
+    deadline: float,
+    first_wait_s: float = 0.5,
+    max_wait_s: float = 10.0,
+) -> tuple[bool, Task | None]:
+    """Re-read ``task_id`` with backoff until ``landed(task)`` holds or the wall-clock
+    ``deadline`` (``time.time()``) has passed; the last read is made at or after the
+    deadline. Returns ``(landed, last task read)``; the task is None when every re-read
+    failed on the network (the write stays in doubt). Run-fatal errors propagate.
+    """
     wait = first_wait_s
     task: Task | None = None
     while True:
@@ -164,9 +187,7 @@ def settle(
             task = project.get_task(task_id)
         except TransportError:
             task = None
-        if task is not None and write_landed(
-            task, user_id=user, stage_name=stage_name, finalize=finalize, before=before
-        ):
+        if task is not None and landed(task):
             return True, task
         remaining = deadline - time.time()
         if remaining <= 0:
