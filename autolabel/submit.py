@@ -25,14 +25,17 @@ this run's write landed or was settled, so its re-read sees this run's stamp and
 
 What remains. RedBrick's saving mutation has no condition (no version or ``If-Match`` to
 compare against), so the re-read of step 3 and the commit of step 4 cannot be one atomic
-step: another writer whose write reaches the server within that one request's round trip
-is not seen, and both writes land (the later one wins). The uploads are done before step
+step: another writer whose write reaches the server between this re-read and the end of
+this commit is not seen, and both writes land (the later one wins). That window is the
+whole mutation, not a network round trip: the server's save takes seconds for a large
+label file (measured here: two runs in different folders on one machine, with no lock
+between them, wrote 6 of 8 tasks twice). The uploads are done before step
 3 to keep this window to the mutation itself. Runs on one machine never meet in it:
 runs sharing a work folder are one run at a time (:mod:`autolabel.worklock`), runs in
 different folders (a watch and a run, the actors of a local Ray run) take turns under the
 task's lock. Runs on different machines (the nodes of a Ray cluster among them: each
 node's lock covers that node only) meet in it only if they write the same task within
-that round trip. A write still in flight after the settle window (a server that commits
+that window: give such runs disjoint tasks (``--task-id``, ``--name``) when it matters. A write still in flight after the settle window (a server that commits
 later than any gateway waits) is not seen either, on one machine or across machines.
 
 :func:`write_landed` is the same test the pipeline uses at start-up to settle writes a
