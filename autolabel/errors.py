@@ -5,6 +5,7 @@ Every error the package raises on purpose derives from :class:`AutolabelError`::
     AutolabelError                 root
     ├── ConfigError                bad settings, arguments, model card      -> run-fatal, exit 2
     │   └── WorkFolderBusy         another run holds the work folder's lock -> run-fatal, exit 2
+    ├── TaskWriteBusy              another run on this machine kept a task's write lock (per task)
     ├── PlatformError              a RedBrick call failed (operation, status)
     │   ├── TransportError         connect/read timeout, 5xx, 429 after retries (retryable)
     │   ├── AuthError              401/403 or an unknown API key            -> run-fatal, exit 3
@@ -45,6 +46,11 @@ class ConfigError(AutolabelError):
 class WorkFolderBusy(ConfigError):
     """Another autolabel process holds the lock of the work folder (see
     :mod:`autolabel.pipeline.lock`); the message names the holder and the way out."""
+
+
+class TaskWriteBusy(AutolabelError):
+    """Another autolabel run on this machine kept the task's write lock (see
+    :mod:`autolabel.pipeline.tasklock`) past the wait; the task fails, the run goes on."""
 
 
 class PlatformError(AutolabelError):
@@ -163,6 +169,7 @@ __all__ = [
     "PlatformError",
     "TaskSkipped",
     "TaskStateError",
+    "TaskWriteBusy",
     "TransportError",
     "WorkFolderBusy",
     "WorkerLostError",

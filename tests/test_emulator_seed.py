@@ -151,6 +151,24 @@ def test_seed_gives_studies_that_share_a_name_unique_task_names(tmp_path: Path) 
     assert sorted(sources.values()) == [str(tmp_path / "in" / p / "ct") for p in ("a", "b")]
 
 
+def test_seed_tells_files_of_one_relative_name_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--from CT.nii.gz`` from two folders names two studies: the second is seeded as
+    ``CT-2``, not taken for the first one already seeded (and silently dropped)."""
+    for number, folder in enumerate(("x", "y")):
+        (tmp_path / folder).mkdir()
+        hu = np.full(SMALL, 100 * number, dtype=np.int16)
+        nib.save(nib.Nifti1Image(hu, np.eye(4)), tmp_path / folder / "CT.nii.gz")
+    data = tmp_path / "data"
+    for folder in ("x", "y", "x"):
+        monkeypatch.chdir(tmp_path / folder)
+        seed(data, studies=0, from_paths=["CT.nii.gz"])
+    with serve_in_thread(data) as emulator:
+        sources = {t.name: json.loads(t.meta_data or "{}")["source"] for t in emulator.tasks()}
+    assert sources == {n: str(tmp_path / f / "CT.nii.gz") for n, f in (("CT", "x"), ("CT-2", "y"))}
+
+
 def test_cli_seed_refuses_an_empty_folder_and_no_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -57,8 +57,35 @@ def _start(emulator: EmulatorHandle, cwd: Path, *args: str) -> subprocess.Popen[
 
 
 def _finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=timeout)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:  # a failed test leaves no run behind
+            process.kill()
+            process.wait(30)
     return process.returncode, out, err
+
+
+def _finish_all(*processes: subprocess.Popen[str]) -> list[tuple[int, str, str]]:
+    """Wait for concurrent runs while draining the pipes of all of them: a run blocked on
+    a full stdout/stderr pipe must not stall the others (they may wait on its task lock)."""
+    results: dict[int, tuple[int, str, str]] = {}
+    errors: list[BaseException] = []
+
+    def finish(n: int, process: subprocess.Popen[str]) -> None:
+        try:
+            results[n] = _finish(process)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=finish, args=item) for item in enumerate(processes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [results[n] for n in range(len(processes))]
 
 
 def _rename(emulator: EmulatorHandle, names: list[str]) -> list[str]:
@@ -175,7 +202,7 @@ def test_two_runs_in_different_work_folders_write_each_task_once(
     flags = ("--quiet", "--write-workers", "2", "--fetch-workers", "2")
     first = _start(emulator, tmp_path, "run", "--work", "a", *flags)
     second = _start(emulator, tmp_path, "run", "--work", "b", "--json", *flags)
-    (code_a, _, err_a), (code_b, out_b, err_b) = _finish(first), _finish(second)
+    (code_a, _, err_a), (code_b, out_b, err_b) = _finish_all(first, second)
     assert (code_a, code_b) == (0, 0), err_a + err_b
     assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
     summary = json.loads(out_b)
@@ -197,7 +224,7 @@ def test_watch_and_a_run_in_another_folder_write_each_task_once(
     )  # fmt: skip
     time.sleep(1.0)
     other = _start(emulator, tmp_path, "run", "--work", "r", "--quiet", "--write-workers", "2")
-    (code_w, out_w, err_w), (code_r, _, err_r) = _finish(watch), _finish(other)
+    (code_w, out_w, err_w), (code_r, _, err_r) = _finish_all(watch, other)
     assert (code_w, code_r) == (0, 0), err_w + err_r
     assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
     assert not [r for r in _skip_reasons(out_w) if "a person" in r]

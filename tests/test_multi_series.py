@@ -127,3 +127,38 @@ def test_stored_labels_carry_image_index_and_are_read_by_series(
     ct_dice = {k: v for k, v in decision["dice"].items() if k.startswith("1-ct/")}
     assert ct_dice == {"1-ct/Body": 1.0, "1-ct/Lung": 1.0, "1-ct/Bone": 1.0}
     assert decision["status"] == "kept"
+
+
+def test_auto_review_scores_series_of_one_name_apart(
+    emulator_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two series both named ``CT`` (a DICOM folder and a NIfTI file): the second series'
+    Dice does not replace the first's, so a series left unlabelled is still rejected."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    phantom = make_phantom(SHAPE, seed=3)
+    write_dicom_series(np.full(SHAPE, -1000, dtype=np.int16), phantom.affine_lps, folder / "CT")
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ phantom.affine_lps
+    nib.save(nib.Nifti1Image(phantom.hu, ras), folder / "CT.nii.gz")
+    emulator: EmulatorHandle = emulator_factory(studies=0, from_paths=(folder,), multi_series=True)
+    (task_id,) = emulator.task_ids()
+    task = emulator.task(task_id)
+    assert [s["name"] for s in task.series_info] == ["CT", "CT"]
+    work = ["--work", str(tmp_path / "w"), *emulator.cli_flags()]
+    assert main(["run", "--finalize", "--quiet", *work]) == 0  # labels on series 1 only
+    # Series 0 now shows the phantom too: its labels (none) miss every category.
+    files = write_dicom_series(phantom.hu, phantom.affine_lps, tmp_path / "phantom")
+    for index, path in zip(task.series_info[0]["itemsIndices"], files, strict=True):
+        emulator.emulator.blobs.write(
+            task.items[index], path.read_bytes(), content_type=None, encoding=None
+        )
+    emulator.assign(task_id, emulator.key_user_id)
+    capsys.readouterr()
+    assert main(["review", "--auto", "--task-id", task_id, "--json", *work]) == 0
+    (decision,) = json.loads(capsys.readouterr().out)["tasks"]
+    assert decision["status"] == "rejected"
+    assert decision["dice"] == {
+        **{f"0:CT/{c}": 0.0 for c in ("Body", "Lung", "Bone")},
+        **{f"1:CT/{c}": 1.0 for c in ("Body", "Lung", "Bone")},
+    }
+    assert emulator.task(task_id).stage_name == "Label"

@@ -101,6 +101,39 @@ def test_correct_accepts_with_the_models_labels(
     assert categories == {"Body", "Lung", "Bone"}
 
 
+@pytest.mark.parametrize(
+    ("decision", "operation", "stage", "status"),
+    [
+        ("--accept", "putReviewTaskSDK", "END", "accepted"),
+        ("--reject --comment redo", "putReviewTaskSDK", "Label", "rejected"),
+        ("--correct", "putTaskAndLabelsSDK", "END", "corrected"),
+    ],
+)
+def test_a_decision_whose_reply_is_lost_is_settled_not_failed(
+    emulator: EmulatorHandle,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    decision: str,
+    operation: str,
+    stage: str,
+    status: str,
+) -> None:
+    """A gateway answers 504 while the decision commits a moment later: the task is re-read
+    until it shows the decision, which is reported as made (exit 0), sent once."""
+    task_id = emulator.task_ids()[0]
+    emulator.as_user(emulator.key_user_id).submit(task_id)
+    emulator.assign(task_id, emulator.key_user_id)
+    sends = emulator.write_count(task_id)
+    emulator.add_fault(operation, "late_commit", status=504, delay_s=1.0, times=1)
+    capsys.readouterr()
+    args = ["review", *decision.split(), "--task-id", task_id, "--json", "--work", str(tmp_path)]
+    assert main([*args, *emulator.cli_flags()]) == 0
+    (task,) = json.loads(capsys.readouterr().out)["tasks"]
+    assert task["status"] == status
+    assert emulator.task(task_id).stage_name == stage
+    assert emulator.write_count(task_id) == sends + 1
+
+
 def test_audit_lists_then_sends_back_only_ground_truth_the_model_disagrees_with(
     emulator: EmulatorHandle, ct_model: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,7 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for secret in secrets_in_argv(argv):
         keep_secret(secret)
     with redacting_output():
-        return _main(argv)
+        try:
+            return _main(argv)
+        except Exception:
+            # An unforeseen error's traceback is printed here, inside the redacting block,
+            # not by the interpreter after the streams are restored: its text may hold the
+            # key (a path or a value that contains it). The exit code stays the interpreter's.
+            traceback.print_exc()
+            return EXIT_TASKS_FAILED
 
 
 def _main(argv: list[str]) -> int:

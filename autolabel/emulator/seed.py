@@ -180,7 +180,7 @@ def _is_nifti(path: Path) -> bool:
 @dataclass(frozen=True)
 class Study:
     """One task to seed: its name, its series (``(series name, files)``, in order) and
-    the path it came from (recorded as the task's ``metaData.source``)."""
+    the absolute path it came from (recorded as the task's ``metaData.source``)."""
 
     name: str
     series: tuple[tuple[str, tuple[Path, ...]], ...]
@@ -205,14 +205,17 @@ def find_studies(paths: Iterable[str | Path], *, multi_series: bool = False) -> 
     exist or holds nothing to seed: input is never dropped silently.
     """
     studies: list[Study] = []
-    for given in map(Path, paths):
+    for named in map(Path, paths):
+        # The source is kept absolute: it tells a seeded study from a new one, and the same
+        # relative path from two folders names two different files.
+        given = Path(os.path.abspath(named))
         found: list[Study] = []
         if given.is_file():
             series = _series_of(given)
             if series is not None:
                 found.append(Study(series[0], (series,), given))
         elif not given.is_dir():
-            raise FileNotFoundError(f"{given} is neither a NIfTI file nor a folder")
+            raise FileNotFoundError(f"{named} is neither a NIfTI file nor a folder")
         elif multi_series:
             parts = [_series_of(child) for child in sorted(given.iterdir())]
             kept = tuple(part for part in parts if part is not None)
@@ -230,7 +233,7 @@ def find_studies(paths: Iterable[str | Path], *, multi_series: bool = False) -> 
         if not found:
             what = "series folders or NIfTI files" if multi_series else "DICOM files or NIfTI files"
             raise FileNotFoundError(
-                f"{given}: found no {what} to seed; point --from at DICOM folders or NIfTI files"
+                f"{named}: found no {what} to seed; point --from at DICOM folders or NIfTI files"
             )
         studies += found
     return studies

@@ -153,9 +153,9 @@ class BlobStore:
                     digest.update(chunk)
                     size += len(chunk)
                     out.write(chunk)
-            # Under the store's own (reentrant) lock, the one lock of the emulator: a write
-            # copying a stored object from inside a store transaction takes it again, and a
-            # second lock here would be taken in the opposite order by an upload (deadlock).
+            # Under the store's own lock (one lock, never two): a label save already holds
+            # it when it copies an upload here (workflow.stored_labels_map); a second lock
+            # taken here after it, while an upload took it before the store's, deadlocked.
             with self.store.transaction():
                 entry = self.store.blob(key)
                 if entry is not None and not replace:

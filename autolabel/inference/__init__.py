@@ -75,11 +75,19 @@ def load_model(
         return runners.TorchModel(card, card.spec(), torch_device, net, autocast=autocast)
     if card.kind == "python":
         return runners.PythonModel(card, card.spec(), torch_device)
+    # A framework's own loader meeting a broken folder (a damaged plans.json, a bad
+    # inference.json) raises its own errors: one usage error naming the card instead.
     if card.kind == "nnunet":
-        return external.NnUNetModel(card, torch_device)
+        return runners.run_card_code(
+            card, "loading the nnU-Net folder", lambda: external.NnUNetModel(card, torch_device)
+        )
     if card.kind == "totalsegmentator":
         return external.TotalSegmentatorModel(card, torch_device)
-    return external.load_monai_bundle(card, torch_device, autocast)
+    return runners.run_card_code(
+        card,
+        "loading the MONAI bundle",
+        lambda: external.load_monai_bundle(card, torch_device, autocast),
+    )
 
 
 def list_models() -> list[ModelCard]:

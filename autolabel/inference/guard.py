@@ -15,6 +15,8 @@ at most ``timeout_s`` seconds. The contract, honestly stated:
   daemon, it ends with the process and keeps its memory and CPU until then) and, when the
   model came from a card, the card is loaded again so the next tasks get a fresh instance.
   Only a separate process could reclaim that memory; autolabel does not fork per task.
+* A model that changes the working folder (``os.chdir``) is put back where it was when its
+  call ends, so relative paths keep their meaning.
 * ``timeout_s=None`` or ``0`` waits without limit (the exit guard still applies).
 
 The time limit comes from ``--model-timeout`` (run, watch, predict), else the card's
@@ -24,6 +26,7 @@ The time limit comes from ``--model-timeout`` (run, watch, predict), else the ca
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -99,8 +102,12 @@ class GuardedModel:
                 box["error"] = exc
 
         thread = threading.Thread(target=call, name="autolabel-predict", daemon=True)
+        cwd = os.getcwd()
         thread.start()
-        _wait(thread, self.timeout_s)
+        try:
+            _wait(thread, self.timeout_s)
+        finally:
+            _restore_cwd(cwd)
         where = f"model {model.spec.name!r} on {volume.source or 'a volume'}"
         if thread.is_alive():
             _interrupt(thread)
@@ -131,6 +138,13 @@ class GuardedModel:
             raise error
         labels: npt.NDArray[np.integer] = box["labels"]
         return labels
+
+
+def _restore_cwd(cwd: str) -> None:
+    """Put the process back in ``cwd`` if the model moved it (``os.chdir``): the run's relative
+    paths (work folder, ``--out``) must keep meaning what the user gave."""
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
 
 
 def _wait(thread: threading.Thread, timeout_s: float | None) -> None:

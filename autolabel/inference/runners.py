@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -201,6 +202,26 @@ class TorchModel(LoadedModel):
             self.net.to(self.device)
 
 
+def run_card_code(card: ModelCard, what: str, call: Callable[[], T]) -> T:
+    """``call()`` -- a card's own code (or its framework's loader) run while the model loads
+    -- with any failure, an ``sys.exit()`` included, raised as :class:`ConfigError` naming
+    the card (a broken card is a configuration error, exit 2), never a traceback or the
+    process's exit; the working folder is put back if the code changed it."""
+    cwd = os.getcwd()
+    try:
+        return call()
+    except (ModelError, ConfigError):
+        raise
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(
+            f"model card {card.path}: {what} failed ({type(exc).__name__}: {exc}); fix the "
+            "card or the files it names"
+        ) from exc
+    finally:
+        if os.getcwd() != cwd:  # a card that moved the working folder: relative paths hold
+            os.chdir(cwd)
+
+
 def _import_entry(card: ModelCard) -> Any:
     """The object named by the card's ``entry`` (``module:attr``)."""
     module_name, _, attr = card.entry.partition(":")
@@ -214,7 +235,8 @@ def _import_entry(card: ModelCard) -> Any:
             raise ConfigError(f"cannot import {beside}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[unique] = module
-        module_spec.loader.exec_module(module)
+        loader = module_spec.loader
+        run_card_code(card, f"importing {beside.name}", lambda: loader.exec_module(module))
     else:
         try:
             module = importlib.import_module(module_name)
@@ -242,7 +264,9 @@ class PythonModel(LoadedModel):
         super().__init__(card, spec, device)
         target: Any = _import_entry(card)
         if isinstance(target, type):
-            instance: Any = target(card=card, device=str(device))
+            instance: Any = run_card_code(
+                card, f"building {card.entry}", lambda: target(card=card, device=str(device))
+            )
             target = getattr(instance, "predict", None)
             digest = getattr(instance, "weights_sha256", None)
             if isinstance(digest, str):

@@ -123,8 +123,8 @@ def sliding_window_labels(
     ``image`` is ``(C, X, Y, Z)`` float32 (on any device); ``net`` maps
     ``(B, C, px, py, pz)`` to ``(B, classes, px, py, pz)`` logits on ``device`` (default:
     the image's). An image smaller than ``patch`` is padded with its minimum and cropped
-    back; labels are uint8 (int32 beyond 256 classes). ``patch=None`` runs the whole image as one window. ``batch`` windows go through
-    the network at once. Runs under ``inference_mode`` and autocast to ``autocast``.
+    back; labels are uint8 (int32 beyond 256 classes). ``patch=None`` runs the whole image
+    as one window. ``batch`` windows go through the network at once. Runs under ``inference_mode`` and autocast to ``autocast``.
 
     A CUDA out-of-memory error propagates to the caller, which may retry with a smaller
     ``batch`` or on the CPU (see :class:`autolabel.inference.runners.TorchModel`).
@@ -150,7 +150,8 @@ def sliding_window_probabilities(net: Network, image: torch.Tensor, **window: An
     only callers that ask for probabilities pay for it.
     """
     acc, total, spatial = _accumulate(net, image, weight_sum=True, **window)
-    assert total is not None
+    if total is None:  # weight_sum=True always sums the weights
+        raise RuntimeError("sliding window: no weight sum to normalise by")
     x, y, z = spatial
     acc = acc[:x, :y, :z] / total[:x, :y, :z]
     return torch.softmax(acc, dim=-1).permute(3, 0, 1, 2).contiguous().cpu()

@@ -73,7 +73,7 @@ from autolabel.records import (
     TaskEvent,
     TaskState,
 )
-from autolabel.settings.secrets import redact_argv, redact_value
+from autolabel.settings.secrets import redact, redact_argv, redact_value
 
 #: File name of the ledger inside the work folder.
 LEDGER_FILENAME = "ledger.sqlite"
@@ -332,6 +332,7 @@ class Ledger(LedgerQueries):
         * ``draft_saved`` / ``submitted`` are refused (``ValueError``) unless the latest event
           of this task and model is ``writing``: the intent must be on disk before a write.
         * ``failed`` needs ``error``; its type name and message are stored.
+        * Registered secrets (the key) are masked in the message, the name and ``detail``.
         * ``detail`` must be JSON-serialisable; ``detail["seconds"]`` is a step duration.
         """
         state = TaskState(state)
@@ -340,7 +341,11 @@ class Ledger(LedgerQueries):
         if state is TaskState.FAILED and error is None:
             raise ValueError("a failed event needs the error")
         error_type = type(error).__name__ if error is not None else None
-        message = str(error) if error is not None else None
+        # A model's or server's error text may quote the key (it read it from the
+        # environment, a URL held it): masked like every other text the ledger keeps.
+        message = redact(str(error)) if error is not None else None
+        task_name = redact(task_name)
+        detail = redact_value(dict(detail or {}))
         with self._transaction() as db:
             row = db.execute("SELECT mode FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:

@@ -22,14 +22,24 @@ The write protocol (with the ledger's, see :mod:`autolabel.ledger`):
    that did not land by then, on a task still ours and unchanged, is sent again (at most
    ``attempts`` sends).
 
+Steps 3 to 5 run under the machine-wide write lock of the task
+(:mod:`autolabel.pipeline.tasklock`): another autolabel run on this machine takes it only after
+this run's write landed or was settled, so its re-read sees this run's stamp and skips.
+
 What remains. RedBrick's saving mutation has no condition (no version or ``If-Match`` to
 compare against), so the re-read of step 3 and the commit of step 4 cannot be one atomic
-step: another writer whose write reaches the server within that one request's round trip
-is not seen, and both writes land (the later one wins). The uploads are done before step
-3 to keep this window to the mutation itself. Runs sharing a work folder never meet in it
-(:mod:`autolabel.pipeline.lock`); runs in different folders or on different machines meet in it
-only if they write the same task within that round trip. A write still in flight after
-the settle window (a server that commits later than any gateway waits) is not seen either.
+step: another writer whose write reaches the server between this re-read and the end of
+this commit is not seen, and both writes land (the later one wins). That window is the
+whole mutation, not a network round trip: the server's save takes seconds for a large
+label file (measured here: two runs in different folders on one machine, with no lock
+between them, wrote 6 of 8 tasks twice). The uploads are done before step
+3 to keep this window to the mutation itself. Runs on one machine never meet in it:
+runs sharing a work folder are one run at a time (:mod:`autolabel.pipeline.lock`), runs in
+different folders (a watch and a run, the actors of a local Ray run) take turns under the
+task's lock. Runs on different machines (the nodes of a Ray cluster among them: each
+node's lock covers that node only) meet in it only if they write the same task within
+that window: give such runs disjoint tasks (``--task-id``, ``--name``) when it matters. A write still in flight after the settle window (a server that commits
+later than any gateway waits) is not seen either, on one machine or across machines.
 
 :func:`write_landed` is the same test the pipeline uses at start-up to settle writes a
 killed run left in doubt.
@@ -43,6 +53,7 @@ from typing import Any
 
 from autolabel.errors import PlatformError, TaskSkipped, TransportError
 from autolabel.pipeline.fetch import LabelsMarker, Stamp, writable_problem
+from autolabel.pipeline.tasklock import task_lock_key, task_write_lock
 from autolabel.redbrick import Project, Task
 from autolabel.redbrick.labels import UploadedLabels
 
@@ -147,11 +158,34 @@ def settle(
 ) -> tuple[bool, Task | None]:
     """Settle a write in doubt: re-read ``task_id`` with backoff until it shows this key's
     write (:func:`write_landed`) or the wall-clock ``deadline`` (``time.time()``) has
-    passed; the last read is made at or after the deadline. Returns ``(landed, last
-    task read)``; the task is None when every re-read failed on the network (the write
-    stays in doubt). Run-fatal errors propagate.
-    """
+    passed, as :func:`wait_until` does."""
     user = project.current_user_id
+    return wait_until(
+        project,
+        task_id,
+        lambda task: write_landed(
+            task, user_id=user, stage_name=stage_name, finalize=finalize, before=before
+        ),
+        deadline=deadline,
+        first_wait_s=first_wait_s,
+        max_wait_s=max_wait_s,
+    )
+
+
+def wait_until(
+    project: Project,
+    task_id: str,
+    landed: Callable[[Task], bool],
+    *,
+    deadline: float,
+    first_wait_s: float = 0.5,
+    max_wait_s: float = 10.0,
+) -> tuple[bool, Task | None]:
+    """Re-read ``task_id`` with backoff until ``landed(task)`` holds or the wall-clock
+    ``deadline`` (``time.time()``) has passed; the last read is made at or after the
+    deadline. Returns ``(landed, last task read)``; the task is None when every re-read
+    failed on the network (the write stays in doubt). Run-fatal errors propagate.
+    """
     wait = first_wait_s
     task: Task | None = None
     while True:
@@ -159,9 +193,7 @@ def settle(
             task = project.get_task(task_id)
         except TransportError:
             task = None
-        if task is not None and write_landed(
-            task, user_id=user, stage_name=stage_name, finalize=finalize, before=before
-        ):
+        if task is not None and landed(task):
             return True, task
         remaining = deadline - time.time()
         if remaining <= 0:
@@ -193,35 +225,51 @@ def write_task(
     ``settle_window_s`` defaults to :func:`default_settle_window`.
 
     Raises :class:`TaskSkipped` when the task changed hands, another run or a person
-    labelled it; :class:`~autolabel.errors.TransportError` when no send could be confirmed
+    labelled it; :class:`~autolabel.errors.TaskWriteBusy` when another run on this machine
+    kept the task's lock past :func:`lock_wait`;
+    :class:`~autolabel.errors.TransportError` when no send could be confirmed
     (the last one settled as not landed, or could not be settled: the ledger keeps it in
     doubt), and other :class:`~autolabel.errors.PlatformError` as the server answers.
     """
     window = default_settle_window(project) if settle_window_s is None else settle_window_s
     uploaded = _upload(project, task_id, series, provenance, attempts, backoff_s)
     record_intent()
-    check_unchanged(project, task_id, stage_name, before, stamp)
-    for attempt in range(1, attempts + 1):
-        try:
-            project.commit_labels(uploaded, stage_name, finalize=finalize)
-            return
-        except TransportError as exc:
-            sent_at = time.time()
-            if record_in_doubt is not None:
-                record_in_doubt(f"send {attempt}: {exc}")
-            landed, after = settle(
-                project,
-                task_id,
-                stage_name=stage_name,
-                finalize=finalize,
-                before=before,
-                deadline=sent_at + window,
-            )
-            if landed:
+    with task_write_lock(
+        _lock_key(project, task_id), task_id, wait_s=lock_wait(project, window)
+    ):  # steps 3-5 under the machine's lock of the task: see autolabel.pipeline.tasklock
+        check_unchanged(project, task_id, stage_name, before, stamp)
+        for attempt in range(1, attempts + 1):
+            try:
+                project.commit_labels(uploaded, stage_name, finalize=finalize)
                 return
-            if after is None or attempt == attempts:
-                raise
-            ensure_unchanged(after, stage_name, project.current_user_id, before, stamp)
+            except TransportError as exc:
+                sent_at = time.time()
+                if record_in_doubt is not None:
+                    record_in_doubt(f"send {attempt}: {exc}")
+                landed, after = settle(
+                    project,
+                    task_id,
+                    stage_name=stage_name,
+                    finalize=finalize,
+                    before=before,
+                    deadline=sent_at + window,
+                )
+                if landed:
+                    return
+                if after is None or attempt == attempts:
+                    raise
+                ensure_unchanged(after, stage_name, project.current_user_id, before, stamp)
+
+
+def lock_wait(project: Project, window_s: float) -> float:
+    """How long a write waits for another run's hold of the task's lock: the holder's
+    re-read and send (a read timeout each), its settle window, and a margin."""
+    return 2 * project.client.transport.timeout[1] + window_s + SETTLE_MARGIN_S
+
+
+def _lock_key(project: Project, task_id: str) -> str:
+    endpoint = project.client.transport.endpoint
+    return task_lock_key(endpoint, project.org_id, project.project_id, task_id)
 
 
 def _upload(

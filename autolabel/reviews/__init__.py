@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autolabel import convert, imaging
-from autolabel.errors import ConfigError, NotFoundError, classify
+from autolabel.errors import ConfigError, NotFoundError, TransportError, classify
 from autolabel.inference.spec import SegmentationModel
 from autolabel.pipeline.fetch import load_task_series, select_tasks, writable_problem
 from autolabel.pipeline.steps import segment_map_for
+from autolabel.pipeline.submit import default_settle_window, wait_until
 from autolabel.redbrick import Project, Task
 from autolabel.reviews import compare
 
@@ -95,14 +97,18 @@ class _Scorer:
         self.work_dir = work_dir
 
     def score(self, task: Task) -> dict[str, float]:
-        """Dice per category (``series/category`` for tasks of several series)."""
+        """Dice per category (``series/category`` for tasks of several series; where two
+        series share a name, ``index:series/category``, so no series' scores hide another's)."""
         folder = Path(tempfile.mkdtemp(prefix="score-", dir=self._scratch()))
         try:
             series, _ = load_task_series(self.project, task, folder / "items")
             files = self.project.download_labels(task, folder / "labels")
             stored = self.project.stored_labels(task)
             scores: dict[str, float] = {}
-            for s in series:
+            names = [s.name or str(s.index) for s in series]
+            if len(set(names)) < len(names):  # series of one name: their position parts them
+                names = [f"{s.index}:{name}" for s, name in zip(series, names, strict=True)]
+            for s, name in zip(series, names, strict=True):
                 predicted = compare.from_prediction(self.model.predict(s.volume), self.segment_map)
                 if s.index in files:
                     array, _ = imaging.read_label_nifti(files[s.index])
@@ -112,7 +118,7 @@ class _Scorer:
                 for category, value in compare.dice_by_category(
                     predicted, reference, self.categories
                 ).items():
-                    key = category if len(series) == 1 else f"{s.name or s.index}/{category}"
+                    key = category if len(series) == 1 else f"{name}/{category}"
                     scores[key] = value
             return scores
         finally:
@@ -192,6 +198,26 @@ def review_tasks(
     return ReviewSummary(stage_name, decisions)
 
 
+def _decide(project: Project, task: Task, **decision: Any) -> None:
+    """Send ``decision`` (:meth:`Project.review_task`) on ``task``, in its review stage.
+
+    A lost reply (timeout, reset, a gateway's 5xx) leaves the decision in doubt: it may
+    land after the client gave up. The task is then re-read with backoff
+    (:func:`autolabel.pipeline.submit.wait_until`, over the settle window) until it has left the
+    stage -- the decision landed -- and the error is raised only if it has not.
+    """
+    stage = task.stage_name
+    try:
+        project.review_task(task.task_id, stage, **decision)
+    except TransportError:
+        deadline = time.time() + default_settle_window(project)
+        landed, _ = wait_until(
+            project, task.task_id, lambda now: now.stage_name != stage, deadline=deadline
+        )
+        if not landed:
+            raise
+
+
 def _review_one(
     project: Project,
     scorer: _Scorer | None,
@@ -200,10 +226,9 @@ def _review_one(
     min_dice: float,
     comment: str | None,
 ) -> TaskDecision:
-    stage = task.stage_name
     if decision in ("accept", "reject"):
         accept = decision == "accept"
-        project.review_task(task.task_id, stage, accept=accept, comment=comment)
+        _decide(project, task, accept=accept, comment=comment)
         return TaskDecision(
             task.task_id, task.name, "accepted" if accept else "rejected", comment=comment or ""
         )
@@ -212,7 +237,7 @@ def _review_one(
         folder = Path(tempfile.mkdtemp(prefix="correct-", dir=scorer._scratch()))
         try:
             entries = scorer.prelabel(task, folder)
-            project.review_task(task.task_id, stage, accept=True, corrected_series=entries)
+            _decide(project, task, accept=True, corrected_series=entries)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return TaskDecision(task.task_id, task.name, "corrected")
@@ -227,12 +252,12 @@ def _review_one(
         )
     low = {k: v for k, v in scores.items() if v < min_dice}
     if not low:
-        project.review_task(task.task_id, stage, accept=True, comment=comment)
+        _decide(project, task, accept=True, comment=comment)
         return TaskDecision(task.task_id, task.name, "accepted", dice=scores)
     text = f"autolabel: Dice below {min_dice:.2f} for {compare.describe(low)}"
     if comment:
         text = f"{comment} ({text})"
-    project.review_task(task.task_id, stage, accept=False, comment=text)
+    _decide(project, task, accept=False, comment=text)
     return TaskDecision(task.task_id, task.name, "rejected", comment=text, dice=scores)
 
 

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from autolabel.cli.commands.run import add_guard_arguments, image_limits
 from autolabel.errors import ConfigError
+from autolabel.settings import ensure_writable_folder
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,6 +71,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if not out.name.endswith((".nii", ".nii.gz")):
         raise ConfigError(f"--out must end in .nii or .nii.gz, got {out.name}")
     _refuse_overwriting_input(Path(args.input), out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the label file to write")
+    ensure_writable_folder(out.parent, "--out")
     volume = load_volume(args.input, limits=image_limits(args))
     model = guard_model(
         load_model(args.model, device=args.device, autocast=args.autocast), args.model_timeout

@@ -14,7 +14,10 @@ import argparse
 from pathlib import Path
 
 from autolabel.errors import ConfigError
-from autolabel.settings import DEFAULT_WORK_DIR
+from autolabel.settings import DEFAULT_WORK_DIR, ensure_writable_folder
+
+#: How every HTML file starts that ``--out`` may replace (autolabel's reports do).
+_HTML_START = b"<!doctype html"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,9 +56,27 @@ def run_report(args: argparse.Namespace) -> int:
         )
     if args.runs < 0:
         raise ConfigError("--runs must be 0 (all) or more")
+    target = args.out if args.out is not None else Path(args.work) / "report.html"
+    check_report_target(target)
     try:
-        path = write_report(args.work, args.out, args.run, runs=args.runs)
+        path = write_report(args.work, target, args.run, runs=args.runs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     print(f"report: {path}")
     return 0
+
+
+def check_report_target(target: Path) -> None:
+    """Refuse (``ConfigError``, exit 2) an ``--out`` that is a folder, that would replace a
+    file which is not an HTML page (the ledger, an image), or whose folder is not writable."""
+    if target.is_dir():
+        raise ConfigError(f"--out {target} is a folder; give the HTML file to write")
+    if target.exists():
+        with target.open("rb") as stream:
+            start = stream.read(len(_HTML_START)).lower()
+        if start != _HTML_START:
+            raise ConfigError(
+                f"--out {target} exists and is not an HTML report: refusing to overwrite it; "
+                "give a new file name with --out"
+            )
+    ensure_writable_folder(target.parent, "--out")

@@ -16,7 +16,10 @@ the ledger. For each task:
    ``writing`` intent and hands the actor a claim (:class:`~autolabel.pipeline.flow.WriteClaim`);
 3. the actor -- the one holding the label files -- performs the guarded write of
    :func:`autolabel.pipeline.submit.write_task` (re-read, the labels marker unchanged, one send, a
-   re-read after a transport error) and reports; the driver records the result.
+   re-read after a transport error) and reports; the driver records the result. It does
+   so under the task's write lock of its node (:mod:`autolabel.pipeline.tasklock`): in a local Ray
+   run that lock also keeps out other autolabel runs on the machine; on a cluster each
+   node's lock covers that node only.
 
 So the local run's exactly-once and never-overwrite-a-person rules hold unchanged: the
 intent is on disk before any send, in-doubt writes are settled by re-reading (at start,
