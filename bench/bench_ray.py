@@ -232,7 +232,7 @@ def memory_probe(variant: str, connection: Any, scratch: Path) -> dict[str, Any]
     baseline: list[int] = []
 
     class Listener:
-        def on_stage(self, task_id: str, phase: str) -> None:
+        def on_phase(self, task_id: str, phase: str) -> None:
             if phase == "queued" and not baseline:
                 baseline.append(_rss_kib())
 

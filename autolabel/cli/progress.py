@@ -1,7 +1,7 @@
-"""What a person sees during and after a run: rich progress bars per stage, and a summary.
+"""What a person sees during and after a run: rich progress bars per phase, and a summary.
 
 Nothing here changes what a run does; the pipeline reports through two callbacks
-(``on_stage(task_id, phase)`` and ``on_task(outcome)``, the
+(``on_phase(task_id, phase)`` and ``on_task(outcome)``, the
 :class:`~autolabel.pipeline.summary.RunListener` protocol) that :class:`RunProgress` provides.
 
 Every console of autolabel comes from :func:`make_console`, which turns off Rich markup and
@@ -31,8 +31,8 @@ from rich.text import Text
 
 from autolabel.pipeline.summary import RunSummary, TaskOutcome
 
-#: The stages of a run, in order, as the progress bars name them.
-STAGES: tuple[str, ...] = ("fetch", "infer", "write")
+#: The phases of a run, in order, as the progress bars name them.
+PHASES: tuple[str, ...] = ("fetch", "infer", "write")
 
 
 def make_console(*, stderr: bool = False, width: int | None = None) -> Console:
@@ -52,14 +52,14 @@ def outcome_line(outcome: TaskOutcome, *, indent: str = "", task_id: bool = Fals
 
 
 class RunProgress:
-    """One progress bar per stage with counts and ETA; a line per skipped or failed task.
+    """One progress bar per phase with counts and ETA; a line per skipped or failed task.
 
     The total of each bar grows as tasks are queued (the listing is streamed), so the ETA
     firms up as the run goes. ``enabled=False`` shows nothing (``--json``, ``--quiet``).
     """
 
     def __init__(
-        self, console: Console, *, enabled: bool = True, stages: Sequence[str] = STAGES
+        self, console: Console, *, enabled: bool = True, phases: Sequence[str] = PHASES
     ) -> None:
         self.console = console
         self.enabled = enabled
@@ -77,7 +77,7 @@ class RunProgress:
             transient=False,
         )
         self._bars: dict[str, TaskID] = {
-            name: self._progress.add_task(name, total=0) for name in stages
+            name: self._progress.add_task(name, total=0) for name in phases
         }
         self._queued = 0
         self._completed: dict[str, set[str]] = {}
@@ -94,32 +94,32 @@ class RunProgress:
     ) -> None:
         self._progress.stop()
 
-    def on_stage(self, task_id: str, stage: str) -> None:
-        """A task was queued (``stage == "queued"``) or finished ``stage``."""
+    def on_phase(self, task_id: str, phase: str) -> None:
+        """A task was queued (``phase == "queued"``) or finished ``phase``."""
         with self._lock:
-            if stage == "queued":
+            if phase == "queued":
                 self._queued += 1
                 for bar in self._bars.values():
                     self._progress.update(bar, total=self._queued)
-            elif stage in self._bars:
-                self._completed.setdefault(task_id, set()).add(stage)
-                self._progress.advance(self._bars[stage])
+            elif phase in self._bars:
+                self._completed.setdefault(task_id, set()).add(phase)
+                self._progress.advance(self._bars[phase])
 
     def on_task(self, outcome: TaskOutcome) -> None:
-        """A task ended: settle the bars of the stages it skipped; log skips and failures."""
+        """A task ended: settle the bars of the phases it skipped; log skips and failures."""
         with self._lock:
             completed = self._completed.pop(outcome.task_id, set())
-            for stage, bar in self._bars.items():
-                if stage not in completed:
+            for phase, bar in self._bars.items():
+                if phase not in completed:
                     self._progress.advance(bar)
             if outcome.status in ("skipped", "failed") and self.enabled:
                 self._progress.console.print(outcome_line(outcome))
 
 
 def summary_table(summary: RunSummary) -> Table:
-    """The end-of-run table: outcome counts, then per-stage timings."""
+    """The end-of-run table: outcome counts, then per-phase timings."""
     table = Table(title=f"autolabel run {summary.run_id[:8]} · {summary.mode} · {summary.model}")
-    table.add_column("stage")
+    table.add_column("phase")
     table.add_column("workers", justify="right")
     table.add_column("tasks", justify="right")
     table.add_column("busy s", justify="right")

@@ -20,6 +20,7 @@ Every attempt is recorded in the events table, refused or accepted. A refusal ra
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -194,29 +195,21 @@ def attempt(
     review_val: bool | None = None,
 ) -> T:
     """Run a write in one transaction and record it as an accepted or refused event."""
+    event = functools.partial(
+        store.add_event,
+        operation,
+        task_id=task_id,
+        stage_name=stage_name,
+        user_id=caller.user_id,
+        finished=finished,
+        review_val=review_val,
+    )
     try:
         with store.transaction():
             result = action()
-            store.add_event(
-                operation,
-                task_id=task_id,
-                stage_name=stage_name,
-                user_id=caller.user_id,
-                accepted=True,
-                finished=finished,
-                review_val=review_val,
-            )
+            event(accepted=True)
     except RuleViolation as exc:
-        store.add_event(
-            operation,
-            task_id=task_id,
-            stage_name=stage_name,
-            user_id=caller.user_id,
-            accepted=False,
-            finished=finished,
-            review_val=review_val,
-            message=str(exc),
-        )
+        event(accepted=False, message=str(exc))
         raise
     return result
 

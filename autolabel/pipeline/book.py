@@ -123,10 +123,10 @@ class RunBook:
         """Seconds since :meth:`begin`."""
         return time.perf_counter() - self._began
 
-    def emit(self, task_id: str, stage: str) -> None:
-        """Tell the stage listener that ``task_id`` was queued or finished ``stage``."""
+    def emit(self, task_id: str, phase: str) -> None:
+        """Tell the listener that ``task_id`` was queued or finished ``phase``."""
         if self.listener is not None:
-            self.listener.on_stage(task_id, stage)
+            self.listener.on_phase(task_id, phase)
 
     # -- which tasks ---------------------------------------------------------------------
 

@@ -181,7 +181,7 @@ class RunSummary:
 class RunListener(Protocol):
     """Told what a run does as it goes (the progress bars of the command line are one)."""
 
-    def on_stage(self, task_id: str, phase: str) -> None:
+    def on_phase(self, task_id: str, phase: str) -> None:
         """``task_id`` was ``queued`` or finished ``phase`` (``fetch``, ``infer``, ``write``)."""
 
     def on_task(self, outcome: TaskOutcome) -> None:

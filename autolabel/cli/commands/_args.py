@@ -28,3 +28,27 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0..65535 (0: a free one)")
     return value
+
+
+def add_ledger_work(parser: argparse.ArgumentParser) -> None:
+    """Add ``--work DIR``, the work folder whose ledger a command reads."""
+    from autolabel.settings import DEFAULT_WORK_DIR
+
+    parser.add_argument(
+        "--work",
+        default=DEFAULT_WORK_DIR,
+        metavar="DIR",
+        help=f"work folder holding the ledger (default: ./{DEFAULT_WORK_DIR})",
+    )
+
+
+def require_ledger(work: str) -> None:
+    """Refuse (:class:`~autolabel.errors.ConfigError`, exit 2) a work folder with no ledger."""
+    from autolabel.errors import ConfigError
+    from autolabel.ledger import ledger_path
+
+    if not ledger_path(work).is_file():
+        raise ConfigError(
+            f"no ledger in {work}: nothing has run with this work folder "
+            "(give the folder of `autolabel run` with --work)"
+        )

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autolabel.cli.commands._args import add_ledger_work, require_ledger
 from autolabel.errors import ConfigError
-from autolabel.settings import DEFAULT_WORK_DIR, ensure_writable_folder
+from autolabel.settings import ensure_writable_folder
 
 #: How every HTML file starts that ``--out`` may replace (autolabel's reports do).
 _HTML_START = b"<!doctype html"
@@ -28,12 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--work",
-        default=DEFAULT_WORK_DIR,
-        metavar="DIR",
-        help=f"work folder holding the ledger (default: ./{DEFAULT_WORK_DIR})",
-    )
+    add_ledger_work(parser)
     parser.add_argument("--run", metavar="RUN_ID", help="report this run (default: the latest)")
     parser.add_argument(
         "--runs", type=int, default=1, metavar="N", help="report the N newest runs (0: all)"
@@ -46,14 +42,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_report(args: argparse.Namespace) -> int:
     """Write the report and print its path; usage errors for a missing ledger or run."""
-    from autolabel.ledger import ledger_path
     from autolabel.report import write_report
 
-    if not ledger_path(args.work).is_file():
-        raise ConfigError(
-            f"no ledger in {args.work}: nothing has run with this work folder "
-            "(give the folder of `autolabel run` with --work)"
-        )
+    require_ledger(args.work)
     if args.runs < 0:
         raise ConfigError("--runs must be 0 (all) or more")
     target = args.out if args.out is not None else Path(args.work) / "report.html"

@@ -13,9 +13,9 @@ import json
 import time
 from typing import Any
 
+from autolabel.cli.commands._args import add_ledger_work, require_ledger
 from autolabel.errors import ConfigError
 from autolabel.ledger import Ledger, LedgerSummary, RunInfo, TaskEvent, ledger_path
-from autolabel.settings import DEFAULT_WORK_DIR
 from autolabel.settings.secrets import redact_argv
 
 
@@ -26,12 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="summarise the ledger: counts per state, failures, last run",
         description=__doc__.splitlines()[2] if __doc__ else None,
     )
-    parser.add_argument(
-        "--work",
-        default=DEFAULT_WORK_DIR,
-        metavar="DIR",
-        help=f"work folder holding the ledger (default: ./{DEFAULT_WORK_DIR})",
-    )
+    add_ledger_work(parser)
     parser.add_argument("--run", metavar="RUN_ID", help="summarise one run instead of all")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_status)
@@ -39,11 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_status(args: argparse.Namespace) -> int:
     """Print the summary of the ledger in ``args.work``; 1 if some task's last state failed."""
-    if not ledger_path(args.work).is_file():
-        raise ConfigError(
-            f"no ledger in {args.work}: nothing has run with this work folder "
-            "(give the folder of `autolabel run` with --work)"
-        )
+    require_ledger(args.work)
     with Ledger(ledger_path(args.work), create=False) as ledger:
         if args.run and not any(r.run_id == args.run for r in ledger.runs()):
             raise ConfigError(f"no run {args.run!r} in the ledger of {args.work}")
