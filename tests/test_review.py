@@ -4,6 +4,9 @@ and rejects (or sends back) those it does not, saying which categories and why."
 from __future__ import annotations
 
 import json
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,10 @@ from autolabel.cli import main
 from autolabel.emulator import EmulatorHandle
 from autolabel.inference import load_model
 from autolabel.pipeline import RunOptions, run
+from autolabel.pipeline.submit import hold_task
 from autolabel.records import Volume
 from autolabel.redbrick import get_project
+from autolabel.reviews import review_tasks
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +136,60 @@ def test_a_decision_whose_reply_is_lost_is_settled_not_failed(
     (task,) = json.loads(capsys.readouterr().out)["tasks"]
     assert task["status"] == status
     assert emulator.task(task_id).stage_name == stage
+    assert emulator.write_count(task_id) == sends + 1
+
+
+def _project(emulator: EmulatorHandle) -> Any:
+    return get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url)
+
+
+def _waiting_for_a_task_lock(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "task_write_lock":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_decision_waits_for_the_task_lock_and_skips_a_task_decided_meanwhile(
+    emulator: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two reviews on one machine: the second waits for the task's write lock, re-reads the
+    task under it, finds it decided and skips it -- one decision reaches the server, not two."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    task_id = emulator.task_ids()[0]
+    emulator.as_user(emulator.key_user_id).submit(task_id)
+    emulator.assign(task_id, emulator.key_user_id)
+    sends = emulator.write_count(task_id)
+    held, release = threading.Event(), threading.Event()
+    results: list[Any] = []
+
+    def first_review() -> None:  # holds the lock as a review that is deciding would
+        with _project(emulator) as project, hold_task(project, task_id, 5.0):
+            held.set()
+            release.wait(30)
+            project.review_task(task_id, "Review_1", accept=True)
+
+    def second_review() -> None:
+        with _project(emulator) as project:
+            results.append(review_tasks(project, None, decision="reject", task_ids=(task_id,)))
+
+    first, second = threading.Thread(target=first_review), threading.Thread(target=second_review)
+    first.start()
+    assert held.wait(30)
+    second.start()
+    for _ in range(600):  # until the second review is blocked on the task's lock
+        if _waiting_for_a_task_lock(second) or not second.is_alive():
+            break
+        time.sleep(0.05)
+    release.set()
+    first.join(60)
+    second.join(60)
+    (summary,) = results
+    (decision,) = summary.decisions
+    assert decision.status == "skipped" and "decided meanwhile" in decision.reason
+    assert emulator.task(task_id).stage_name == "END"  # the first review's accept stands
     assert emulator.write_count(task_id) == sends + 1
 
 

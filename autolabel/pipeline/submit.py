@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from autolabel.errors import PlatformError, TaskSkipped, TransportError
@@ -234,9 +235,7 @@ def write_task(
     window = default_settle_window(project) if settle_window_s is None else settle_window_s
     uploaded = _upload(project, task_id, series, provenance, attempts, backoff_s)
     record_intent()
-    with task_write_lock(
-        _lock_key(project, task_id), task_id, wait_s=lock_wait(project, window)
-    ):  # steps 3-5 under the machine's lock of the task: see autolabel.pipeline.tasklock
+    with hold_task(project, task_id, window):  # steps 3-5: see autolabel.pipeline.tasklock
         check_unchanged(project, task_id, stage_name, before, stamp)
         for attempt in range(1, attempts + 1):
             try:
@@ -267,9 +266,14 @@ def lock_wait(project: Project, window_s: float) -> float:
     return 2 * project.client.transport.timeout[1] + window_s + SETTLE_MARGIN_S
 
 
-def _lock_key(project: Project, task_id: str) -> str:
+def hold_task(project: Project, task_id: str, window_s: float) -> AbstractContextManager[None]:
+    """The machine-wide write lock of ``task_id`` in ``project``
+    (:func:`~autolabel.pipeline.tasklock.task_write_lock`), waited for :func:`lock_wait`:
+    held around every write of a task (labels here, a review decision in
+    :mod:`autolabel.reviews`) from its re-read to its settled answer."""
     endpoint = project.client.transport.endpoint
-    return task_lock_key(endpoint, project.org_id, project.project_id, task_id)
+    key = task_lock_key(endpoint, project.org_id, project.project_id, task_id)
+    return task_write_lock(key, task_id, wait_s=lock_wait(project, window_s))
 
 
 def _upload(

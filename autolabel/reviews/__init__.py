@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from autolabel import convert, imaging
-from autolabel.errors import ConfigError, NotFoundError, TransportError, classify
+from autolabel.errors import ConfigError, NotFoundError, TaskSkipped, TransportError, classify
 from autolabel.inference.spec import SegmentationModel
 from autolabel.pipeline.fetch import load_task_series, select_tasks, writable_problem
 from autolabel.pipeline.steps import segment_map_for
-from autolabel.pipeline.submit import default_settle_window, wait_until
+from autolabel.pipeline.submit import default_settle_window, hold_task, wait_until
 from autolabel.redbrick import Project, Task
 from autolabel.reviews import compare
 
@@ -199,23 +199,32 @@ def review_tasks(
 
 
 def _decide(project: Project, task: Task, **decision: Any) -> None:
-    """Send ``decision`` (:meth:`Project.review_task`) on ``task``, in its review stage.
+    """Send ``decision`` (:meth:`Project.review_task`) on ``task``, in its review stage,
+    under the task's machine-wide write lock (:func:`autolabel.pipeline.submit.hold_task`).
 
+    Under the lock the task is re-read first: if it has left the stage (another review on
+    this machine decided it meanwhile) :class:`TaskSkipped` says so and nothing is sent.
     A lost reply (timeout, reset, a gateway's 5xx) leaves the decision in doubt: it may
     land after the client gave up. The task is then re-read with backoff
-    (:func:`autolabel.pipeline.submit.wait_until`, over the settle window) until it has left the
-    stage -- the decision landed -- and the error is raised only if it has not.
+    (:func:`autolabel.pipeline.submit.wait_until`, over the settle window) until it has left
+    the stage -- the decision landed -- and the error is raised only if it has not.
     """
     stage = task.stage_name
-    try:
-        project.review_task(task.task_id, stage, **decision)
-    except TransportError:
-        deadline = time.time() + default_settle_window(project)
-        landed, _ = wait_until(
-            project, task.task_id, lambda now: now.stage_name != stage, deadline=deadline
-        )
-        if not landed:
-            raise
+    window = default_settle_window(project)
+    with hold_task(project, task.task_id, window):
+        if project.get_task(task.task_id).stage_name != stage:
+            raise TaskSkipped(f"decided meanwhile: the task has left {stage}")
+        try:
+            project.review_task(task.task_id, stage, **decision)
+        except TransportError:
+            landed, _ = wait_until(
+                project,
+                task.task_id,
+                lambda now: now.stage_name != stage,
+                deadline=time.time() + window,
+            )
+            if not landed:
+                raise
 
 
 def _review_one(
