@@ -26,7 +26,7 @@ from framework_models import (
 )
 
 from autolabel.emulator.phantom import make_phantom
-from autolabel.errors import ModelError
+from autolabel.errors import ConfigError
 from autolabel.inference import load_model
 
 pytestmark = pytest.mark.slow
@@ -126,6 +126,6 @@ def test_missing_totalsegmentator_weights_stay_an_error(
     empty.mkdir()
     monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(empty))
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
-    with pytest.raises(ModelError, match=r"Dataset300_body_6mm_1559subj.*never downloads"):
+    with pytest.raises(ConfigError, match=r"Dataset300_body_6mm_1559subj.*never downloads"):
         load_model(_card(tmp_path), device="cpu")
     assert list(empty.iterdir()) == []

@@ -121,7 +121,7 @@ class TotalSegmentatorModel(LoadedModel):
 
     ``[options] task`` (default ``total``) and ``fast`` pick the task; the weight folders it
     needs come from TotalSegmentator's own task table and must all exist in
-    :func:`totalsegmentator_weights_dir`, otherwise loading raises :class:`ModelError`
+    :func:`totalsegmentator_weights_dir`, otherwise loading raises :class:`ConfigError` (exit 2)
     rather than letting TotalSegmentator download. A card without ``[labels]`` takes them
     from TotalSegmentator's class map for the task. TotalSegmentator's usage statistics
     (a network call after each prediction) are switched off in its config file.
@@ -134,8 +134,8 @@ class TotalSegmentatorModel(LoadedModel):
         weights = totalsegmentator_weights_dir()
         datasets = totalsegmentator_datasets(self.task, self.fast)
         missing = [d for d in datasets if not (weights / d).is_dir()]
-        if missing:
-            raise ModelError(
+        if missing:  # a setup problem, as a TorchScript card's missing file: exit 2
+            raise ConfigError(
                 f"TotalSegmentator task {self.task!r} needs weights that are not on disk: "
                 f"{', '.join(str(weights / d) for d in missing)}; autolabel never downloads "
                 "them: copy them there or set TOTALSEG_WEIGHTS_PATH"
