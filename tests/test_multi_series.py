@@ -8,6 +8,7 @@ made by ``emulator seed --from FOLDER --multi-series``.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,24 @@ def test_seed_multi_series_makes_one_task_with_each_series(emulator: EmulatorHan
     assert task.name == "study"
     assert [s["name"] for s in task.series_info] == ["0-blank", "1-ct"]
     assert [s["itemsIndices"] for s in task.series_info] == [[0], list(range(1, 1 + SHAPE[2]))]
+
+
+def test_seed_multi_series_refuses_a_sub_folder_whose_series_would_vanish(
+    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sub-folder with its DICOM files one level deeper (or none) is named with the fix,
+    exit 2, and nothing is seeded: the task would otherwise lack a series without a word."""
+    folder = tmp_path / "study"
+    shutil.copytree(study, folder)
+    (folder / "2-pet" / "nested").mkdir(parents=True)
+    shutil.copytree(study / "1-ct", folder / "2-pet" / "nested", dirs_exist_ok=True)
+    (folder / "notes.txt").write_text("a stray file is not a series")
+    data = tmp_path / "data"
+    args = ["emulator", "seed", "--data", str(data), "--studies", "0"]
+    assert main([*args, "--from", str(folder), "--multi-series"]) == 2
+    err = capsys.readouterr().err
+    assert "2-pet" in err and "move its DICOM files up" in err
+    assert not (data / "connection.json").exists()
 
 
 def test_run_puts_the_labels_on_the_second_series_as_the_sdk_exports_them(

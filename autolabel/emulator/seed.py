@@ -201,7 +201,8 @@ def find_studies(paths: Iterable[str | Path], *, multi_series: bool = False) -> 
     By default each NIfTI file and each folder directly holding DICOM files is a
     one-series study. With ``multi_series`` each given folder is ONE study whose series are
     its NIfTI files and its sub-folders holding DICOM files, in name order (a given file is
-    still a study of its own). Raises :class:`FileNotFoundError` for a path that does not
+    still a study of its own; a sub-folder holding no DICOM file directly is an error, other
+    files are ignored). Raises :class:`FileNotFoundError` for a path that does not
     exist or holds nothing to seed: input is never dropped silently.
     """
     studies: list[Study] = []
@@ -217,8 +218,15 @@ def find_studies(paths: Iterable[str | Path], *, multi_series: bool = False) -> 
         elif not given.is_dir():
             raise FileNotFoundError(f"{named} is neither a NIfTI file nor a folder")
         elif multi_series:
-            parts = [_series_of(child) for child in sorted(given.iterdir())]
-            kept = tuple(part for part in parts if part is not None)
+            children = sorted(given.iterdir())
+            hollow = [c.name for c in children if c.is_dir() and _series_of(c) is None]
+            if hollow:  # a series the user meant to give would vanish from the task
+                raise FileNotFoundError(
+                    f"{named}: sub-folder(s) {', '.join(hollow)} hold no DICOM files directly "
+                    "(empty, or the files sit one folder deeper); with --multi-series each "
+                    "sub-folder is one series: move its DICOM files up, or remove it"
+                )
+            kept = tuple(part for part in map(_series_of, children) if part is not None)
             if kept:
                 found.append(Study(given.name, kept, given))
         else:
@@ -317,11 +325,12 @@ def seed(
     ``from_paths`` are read by :func:`find_studies` (``multi_series`` included). A study
     whose name another source already took gets ``<name>-2``, ``<name>-3``...; a study from a
     source already seeded is skipped. A path with nothing to seed raises
-    :class:`FileNotFoundError`.
+    :class:`FileNotFoundError` before anything is created.
     """
     from autolabel.emulator.phantom import make_phantom
     from autolabel.imaging import write_dicom_series
 
+    found = find_studies(from_paths, multi_series=multi_series)  # bad input seeds nothing
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     emulator = Emulator(data_dir)
@@ -354,7 +363,7 @@ def seed(
                     emulator, project, key_user.user_id, name, [("CT", files)], meta,
                     datasets=datasets,
                 )  # fmt: skip
-        for study in find_studies(from_paths, multi_series=multi_series):
+        for study in found:
             task_name = _task_name(emulator, project, study)
             if task_name is not None:
                 meta = {"source": str(study.source)}
