@@ -305,3 +305,17 @@ def test_the_front_door_resolves_run_options_like_the_command_line(
     assert summary.mode == "dry-run" and emulator.write_counts() == {}
     summary = autolabel.run(model=ct_model, limit=1, previews=False, **connection)
     assert [o.status for o in summary.outcomes] == ["dry_run"]
+
+
+def test_the_front_door_exports_every_error_a_caller_may_catch() -> None:
+    """Each error class of the one tree can be caught as ``autolabel.<Name>``."""
+    import inspect
+
+    import autolabel
+    from autolabel import errors
+
+    classes = {
+        n for n, v in vars(errors).items() if inspect.isclass(v) and issubclass(v, Exception)
+    }
+    assert classes <= set(autolabel.__all__)
+    assert all(getattr(autolabel, name) is getattr(errors, name) for name in classes)
