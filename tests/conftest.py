@@ -32,6 +32,18 @@ DEFAULT_SHAPE = (32, 32, 16)
 EmulatorFactory = Callable[..., EmulatorHandle]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _the_checkout_stays_clean() -> Iterator[None]:
+    """No test writes into the checkout (an export without a destination writes to the
+    current folder, as the SDK's does): the session fails if the repository root gained
+    an entry."""
+    root = Path(__file__).resolve().parents[1]
+    before = {p.name for p in root.iterdir()}
+    yield
+    added = sorted({p.name for p in root.iterdir()} - before - {".pytest_cache"})
+    assert not added, f"tests wrote into the checkout: {added}"
+
+
 @pytest.fixture(scope="session")
 def _emulator_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Path]:
     return {}

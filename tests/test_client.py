@@ -326,7 +326,7 @@ def test_export_tasks_with_labels_and_files(
         "2": {"category": "Spleen"},
     }
     assert Path(exported["series"][0]["segmentations"]).read_bytes() == path.read_bytes()
-    every = list(project.export.export_tasks(concurrency=3))
+    every = list(project.export.export_tasks(concurrency=3, destination=tmp_path / "all"))
     assert len(every) == TASKS
 
 

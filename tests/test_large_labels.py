@@ -59,5 +59,5 @@ def test_a_persons_big_label_set_is_never_overwritten(
     latest = emulator.latest_labels(task_id)
     assert latest is not None and latest.td_id == saved.td_id
     with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
-        (exported,) = list(p.export.export_tasks(task_id=task_id))
+        (exported,) = list(p.export.export_tasks(task_id=task_id, destination=tmp_path / "x"))
     assert len(exported["labels"]) == OBJECTS  # our export reads the labels file too
