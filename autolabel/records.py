@@ -102,6 +102,10 @@ class TaskState(str, enum.Enum):
     SKIPPED = "skipped"
     FAILED = "failed"
     DRY_RUN = "dry_run"
+    #: ``autolabel undo`` is about to revert a run's write (the intent, committed first).
+    UNDOING = "undoing"
+    #: ``autolabel undo`` reverted the write (``detail["restored"]`` says to what).
+    UNDONE = "undone"
 
 
 class Mode(str, enum.Enum):
@@ -134,6 +138,10 @@ _WRITTEN_BY_MODE = {
 }
 #: The run modes, as text.
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)
+#: The mode of an ``autolabel undo`` invocation in the ledger's ``runs`` (not a run mode).
+UNDO_MODE = "undo"
+#: Every mode a ``runs`` row may have.
+LEDGER_MODES: tuple[str, ...] = (*MODES, UNDO_MODE)
 
 #: States that mean "this mode's work is done" for :meth:`Ledger.is_done`.
 DONE_STATES: dict[str, frozenset[TaskState]] = {

@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "autolabel.cli.commands.run",
     "autolabel.cli.commands.review",
     "autolabel.cli.commands.reannotate",
+    "autolabel.cli.commands.undo",
     "autolabel.cli.commands.watch",
     "autolabel.cli.commands.status",
     "autolabel.cli.commands.report",

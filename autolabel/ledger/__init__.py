@@ -18,7 +18,8 @@ States and exactly-once writes
 ------------------------------
 ``queued → fetched → predicted → converted → writing → draft_saved | submitted``, plus
 ``skipped`` (with ``detail["reason"]``), ``failed`` (with the error) and ``dry_run`` (the
-payload was kept locally instead of written). The write protocol:
+payload was kept locally instead of written); ``autolabel undo`` (a run of mode ``undo``)
+adds ``undoing → undone`` after a write (:mod:`autolabel.pipeline.undo`). The write protocol:
 
 1. record ``writing`` -- the intent -- and let it commit *before* sending the write request;
 2. send the request;
@@ -62,9 +63,12 @@ from typing import Any
 
 from autolabel.errors import LedgerError
 from autolabel.ledger.queries import MODEL_MATCH, LedgerQueries
+from autolabel.ledger.schema import upgrade
 from autolabel.records import (
     DONE_STATES,
+    LEDGER_MODES,
     MODES,
+    UNDO_MODE,
     LedgerSummary,
     Mode,
     ModelKey,
@@ -78,12 +82,14 @@ from autolabel.settings.secrets import redact, redact_argv, redact_value
 #: File name of the ledger inside the work folder.
 LEDGER_FILENAME = "ledger.sqlite"
 #: Version of the schema below, kept in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: undo's states and mode (a version-1 file is upgraded on open)
 #: Marks the file as an autolabel ledger (``PRAGMA application_id``; "AlLg").
 APPLICATION_ID = 0x416C4C67
 
 
 _WRITTEN = (TaskState.DRAFT_SAVED, TaskState.SUBMITTED)
+_UNDO = (TaskState.UNDOING, TaskState.UNDONE)
+_ANY_RUN = (TaskState.SKIPPED, TaskState.FAILED)
 
 _SCHEMA = f"""
 CREATE TABLE runs (
@@ -91,7 +97,7 @@ CREATE TABLE runs (
     started_at REAL NOT NULL,
     finished_at REAL,
     status TEXT NOT NULL DEFAULT 'running',
-    mode TEXT NOT NULL CHECK (mode IN ({", ".join(repr(m) for m in MODES)})),
+    mode TEXT NOT NULL CHECK (mode IN ({", ".join(repr(m) for m in LEDGER_MODES)})),
     command TEXT NOT NULL DEFAULT '[]',
     options TEXT NOT NULL DEFAULT '{{}}',
     model_name TEXT, model_version TEXT, weights_hash TEXT
@@ -217,6 +223,9 @@ class Ledger(LedgerQueries):
                     f"the ledger {self.path} has schema version {version}, newer than this "
                     f"autolabel understands ({SCHEMA_VERSION}); upgrade autolabel"
                 )
+            elif version < SCHEMA_VERSION:
+                with self._lock:
+                    upgrade(self._db, _SCHEMA, SCHEMA_VERSION)
 
     def _create_schema(self) -> None:
         with self._transaction() as db:
@@ -288,10 +297,10 @@ class Ledger(LedgerQueries):
         ``--api-key`` (any spelling), of any option whose name contains ``key``, ``token``,
         ``secret`` or ``password``, and every secret registered with
         :func:`autolabel.settings.secrets.keep_secret` wherever it appears, are replaced by ``***``.
-        ``mode`` is one of :data:`MODES`.
+        ``mode`` is one of :data:`MODES`, or ``undo`` for ``autolabel undo``.
         """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in LEDGER_MODES:
+            raise ValueError(f"mode must be one of {LEDGER_MODES}, got {mode!r}")
         mode = str(mode)
         run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
         params = model._params() if model else (None, None, None)
@@ -330,7 +339,8 @@ class Ledger(LedgerQueries):
 
         * The mode is the run's. ``writing`` is refused in a dry run, ``dry_run`` outside one.
         * ``draft_saved`` / ``submitted`` are refused (``ValueError``) unless the latest event
-          of this task and model is ``writing``: the intent must be on disk before a write.
+          of this task and model is ``writing``: the intent must be on disk before a write;
+          likewise ``undone`` after ``undoing``, and both only in an ``undo`` run.
         * ``failed`` needs ``error``; its type name and message are stored.
         * Registered secrets (the key) are masked in the message, the name and ``detail``.
         * ``detail`` must be JSON-serialisable; ``detail["seconds"]`` is a step duration.
@@ -389,15 +399,18 @@ def _check_transition(
         raise ValueError("a dry run never writes to RedBrick: 'writing' is refused")
     if state is TaskState.DRY_RUN and mode != "dry-run":
         raise ValueError(f"'dry_run' can only be recorded in a dry run, not in {mode!r}")
-    if state in _WRITTEN:
+    if (state in _UNDO) != (mode == UNDO_MODE) and state not in _ANY_RUN:
+        raise ValueError(f"'{state.value}' cannot be recorded in a run of mode {mode!r}")
+    needs = {TaskState.UNDONE: TaskState.UNDOING}.get(state, TaskState.WRITING)
+    if state in _WRITTEN or state is TaskState.UNDONE:
         row = db.execute(
             f"SELECT state FROM events WHERE task_id = ? AND {MODEL_MATCH} "
             "AND mode != 'dry-run' ORDER BY seq DESC LIMIT 1",
             (task_id, *model._params()),
         ).fetchone()
-        if row is None or row[0] != TaskState.WRITING.value:
+        if row is None or row[0] != needs.value:
             raise ValueError(
-                f"task {task_id}: '{state.value}' needs a preceding 'writing' event "
+                f"task {task_id}: '{state.value}' needs a preceding '{needs.value}' event "
                 "(record the intent before sending the write)"
             )
 

@@ -56,7 +56,8 @@ class LedgerQueries:
 
         Done means some event of the task under the model reached a state of
         :data:`DONE_STATES` for ``mode`` (a submitted task is also done for drafts). A later
-        failure of a forced redo does not undo it: the earlier write is on RedBrick.
+        failure of a forced redo does not undo it: the earlier write is on RedBrick; an
+        ``undone`` event after it does (``autolabel undo`` reverted the write).
         """
         return task_id in self.done_task_ids(model, mode, task_ids=(task_id,))
 
@@ -68,8 +69,9 @@ class LedgerQueries:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         states = sorted(s.value for s in DONE_STATES[mode])
         sql = (
-            f"SELECT DISTINCT task_id FROM events WHERE {MODEL_MATCH} "
-            f"AND state IN ({', '.join('?' * len(states))})"
+            f"SELECT task_id FROM events WHERE {MODEL_MATCH} GROUP BY task_id HAVING "
+            f"max(CASE WHEN state IN ({', '.join('?' * len(states))}) THEN seq END) > "
+            "coalesce(max(CASE WHEN state = 'undone' THEN seq END), 0)"
         )
         found = {str(row[0]) for row in self._query(sql, (*model._params(), *states))}
         return found if task_ids is None else found & set(task_ids)
@@ -85,6 +87,23 @@ class LedgerQueries:
         )
         events = [_event(row) for row in self._query(sql + " ORDER BY seq")]
         return [e for e in events if model is None or e.model == model]
+
+    def writes_of(
+        self, run_ids: Sequence[str] = (), models: Sequence[tuple[str, str]] = ()
+    ) -> list[TaskEvent]:
+        """The write events (``writing``, ``draft_saved``, ``submitted``) of the runs
+        ``run_ids`` and of the models ``(name, version)`` (any weights), oldest first:
+        what ``autolabel undo`` may revert."""
+        where = [f"run_id IN ({', '.join('?' * len(run_ids))})"] if run_ids else []
+        where += ["(model_name = ? AND model_version = ?)"] * len(models)
+        if not where:
+            return []
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE mode != 'dry-run' AND state IN "
+            f"('writing', 'draft_saved', 'submitted') AND ({' OR '.join(where)}) ORDER BY seq"
+        )
+        params = (*run_ids, *(part for model in models for part in model))
+        return [_event(row) for row in self._query(sql, params)]
 
     def runs(self, limit: int | None = None) -> list[RunInfo]:
         """Recorded runs, newest first."""

@@ -28,6 +28,22 @@ from autolabel.redbrick.types import Labels, is_uuid
 
 #: Told about a task a run leaves out: ``(task_id, task_name, reason)``.
 SkipHandler = Callable[[str, str, str], None]
+#: The label attribute a run's provenance goes in (where the taxonomy defines it).
+PROVENANCE_ATTRIBUTE = "Model"
+
+
+def provenance(name: str, version: str) -> dict[str, str]:
+    """The provenance a model's labels carry: ``{"Model": "<name> <version>"}``."""
+    return {PROVENANCE_ATTRIBUTE: f"{name} {version}"}
+
+
+def has_no_labels(labels: Labels | None) -> bool:
+    """True when ``labels`` hold nothing: no objects, no label file, no labels file (what a
+    draft saved with an empty ``series`` leaves, e.g. the revert of ``autolabel undo``)."""
+    if labels is None:
+        return True
+    files = any(entry and entry.get("labelName") for entry in labels.labels_map)
+    return not labels.labels and not files and not labels.labels_data_path and not labels.files
 
 
 @dataclass(frozen=True)
@@ -63,9 +79,10 @@ class Stamp:
     def on(self, task: Task) -> bool:
         """Whether ``task``'s latest labels bear this stamp. Where no attribute can tell
         runs apart (none lands in this taxonomy, or the labels are stored as a file), any
-        labels of the key count: autolabel then never writes the task a second time."""
+        labels of the key count: autolabel then never writes the task a second time.
+        Labels that hold nothing (:func:`has_no_labels`: an undone draft) bear no stamp."""
         labels = task.labels_of(self.user_id)  # a consensus task: the key's own sub-task
-        if labels is None or labels.created_by != self.user_id:
+        if labels is None or labels.created_by != self.user_id or has_no_labels(labels):
             return False
         if not self.attributes or not labels.labels:
             return True

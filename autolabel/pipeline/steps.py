@@ -26,6 +26,7 @@ from autolabel.pipeline.fetch import (
     FetchedTask,
     Stamp,
     fetch_task,
+    provenance,
 )
 from autolabel.pipeline.options import RunOptions
 from autolabel.pipeline.submit import default_settle_window, is_transient, write_task
@@ -111,7 +112,7 @@ class TaskSteps:
         self.segment_map = segment_map_for(
             model.spec, project.taxonomy, options.mapping, allow_unmapped=options.allow_unmapped
         )
-        self.provenance = {"Model": f"{self.key.name} {self.key.version}"}
+        self.provenance = provenance(self.key.name, self.key.version)
         self.stamp = Stamp(project.current_user_id, self._landing(self.provenance))
         self.settle_window_s = (
             options.settle_window_s
