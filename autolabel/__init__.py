@@ -7,7 +7,7 @@ The front door -- what a script or notebook may use (README.md, "Python API")::
     summary = autolabel.run(model=model, mode="dry-run", limit=2)
     print(len(summary.done), summary.failed)
 
-:func:`run`, :func:`load`, :func:`open_project`, :func:`review`, the values
+:func:`run`, :func:`load`, :func:`open_project`, :func:`review`, :func:`undo`, the values
 :class:`RunOptions`, :class:`RunSummary`, :class:`Volume`, :class:`ModelSpec` and the errors
 (:mod:`autolabel.errors`). Settings left out resolve as on the command line (flags over the
 environment, ``autolabel.toml`` and the RedBrick CLI profile). Everything else is internal;
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from autolabel.pipeline.options import RunOptions
     from autolabel.pipeline.ray import RayOptions
     from autolabel.pipeline.summary import RunSummary
+    from autolabel.pipeline.undo import UndoSummary
     from autolabel.redbrick import Project
     from autolabel.reviews import ReviewSummary
 
@@ -188,6 +189,35 @@ def review(
             target.close()
 
 
+def undo(
+    *,
+    run_ids: Sequence[str] = (),
+    models: Sequence[str] = (),
+    dry_run: bool = False,
+    work_dir: str | Path | None = None,
+    project: Project | None = None,
+    **connection: Any,
+) -> UndoSummary:
+    """Revert what the runs ``run_ids`` (or the models ``"NAME@VERSION"``) wrote, where no
+    person has touched the task since (see :mod:`autolabel.pipeline.undo`); ``dry_run``
+    only plans it. ``work_dir`` is the runs' work folder (default as for :func:`run`);
+    ``connection`` takes the arguments of :func:`open_project`."""
+    from autolabel.pipeline.options import resolve_options
+    from autolabel.pipeline.undo import undo as undo_writes
+
+    folder = Path(work_dir) if work_dir is not None else None
+    if folder is None:
+        folder = resolve_options({}, config_path=connection.get("config")).work_dir
+    target = project or open_project(**connection)
+    try:
+        return undo_writes(
+            target, folder, run_ids=tuple(run_ids), models=tuple(models), dry_run=dry_run
+        )
+    finally:
+        if project is None:
+            target.close()
+
+
 def _run_on_ray(
     ray: bool | str | RayOptions,
     options: RunOptions,
@@ -234,4 +264,5 @@ __all__ = [
     "open_project",
     "review",
     "run",
+    "undo",
 ]

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import autolabel
 from autolabel.cli import main
 from autolabel.emulator import EmulatorHandle
 from autolabel.inference import load_model
@@ -204,8 +205,9 @@ def test_a_ground_truth_task_is_listed_with_move_tasks_to_start(
     emulator.set_stage_config("Review_1", reviewPercent=0)  # submitted tasks skip review
     run_id = _draft_run(emulator, ct_model, tmp_path / "w", mode="final", task_ids=(task_id,))
     assert emulator.task(task_id).stage_name == "END"
-    with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
-        (item,) = undo(p, tmp_path / "w", run_ids=(run_id,)).items
+    connection = {"url": emulator.url, "org_id": emulator.org_id}
+    connection.update(project_id=emulator.project_id, api_key=emulator.api_key)
+    (item,) = autolabel.undo(run_ids=[run_id], work_dir=tmp_path / "w", **connection).items
     assert item.status == "needs_reviewer"
     assert "move_tasks_to_start" in item.todo and task_id in item.todo
 
