@@ -308,3 +308,65 @@ def test_a_version_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.execute("DELETE FROM events")
     db.close()
+
+
+def test_the_revert_is_the_empty_draft_the_sdk_itself_saves(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    """Undo writes back "no labels" exactly as the official SDK's put_tasks does for a
+    task whose series carry no segmentation: same stored labels, same export."""
+    ids = emulator.task_ids("Label")
+    run_id = _draft_run(emulator, ct_model, tmp_path / "w", task_ids=(ids[0],))
+    failed = _sdk(emulator).labeling.put_tasks(
+        "Label", [{"taskId": ids[1], "series": [{"name": "CT"}]}], finalize=False
+    )
+    assert failed == []
+    with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
+        undo(p, tmp_path / "w", run_ids=(run_id,))
+    ours, sdks = (emulator.latest_labels(t) for t in ids[:2])
+    assert ours is not None and sdks is not None
+    assert (ours.labels_data, ours.labels_map, ours.labels_data_path, ours.finished) == (
+        sdks.labels_data, sdks.labels_map, sdks.labels_data_path, sdks.finished,
+    )  # fmt: skip
+    assert ours.labels_map == [] and json.loads(ours.labels_data) == []
+    exported = _exported(emulator)
+    volatile = ("taskId", "name", "labelsId", "createdAt", "updatedAt", "metaData")
+    same = [
+        {k: v for k, v in exported[t].items() if k not in volatile}
+        | {"series": [{k: v for k, v in s.items() if k != "items"} for s in exported[t]["series"]]}
+        for t in ids[:2]
+    ]
+    assert same[0] == same[1] and not _has_labels(exported[ids[0]])
+
+
+def test_status_and_the_report_show_the_undo(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path, capsys: Any
+) -> None:
+    from autolabel.report import build_report
+
+    work = tmp_path / "w"
+    run_id = _draft_run(emulator, ct_model, work)
+    _undo_cli(emulator, work, capsys, "--run", run_id)
+    assert main(["status", "--work", str(work), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"] == {"undone": 3} and status["last_run"]["mode"] == "undo"
+    html = build_report(work)
+    assert "Undo" in html and html.count("undone · no labels again") >= 3
+
+
+def test_labels_an_earlier_run_wrote_are_not_dropped_by_undoing_the_later_run(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    """autolabel keeps no copy of what it replaced: undoing only the later of two runs
+    keeps the task (and says which run's labels were there); undoing both reverts it."""
+    work = tmp_path / "w"
+    task_id = emulator.task_ids("Label")[0]
+    first = _draft_run(emulator, ct_model, work, task_ids=(task_id,))
+    second = _draft_run(emulator, ct_model, work, task_ids=(task_id,), force=True)
+    with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
+        (later,) = undo(p, work, run_ids=(second,)).items
+        assert later.status == "kept" and first in later.reason
+        assert _has_labels(_exported(emulator)[task_id])
+        (both,) = undo(p, work, run_ids=(first, second)).items
+    assert both.status == "reverted" and both.runs == (first, second)
+    assert not _has_labels(_exported(emulator)[task_id])

@@ -254,6 +254,12 @@ def save_labels(
         for path in paths:
             if not file_exists(path):
                 raise RuleViolation(f"Task {task_id}: label file {path} was not uploaded")
+        # No labels at all (labelsData "[]" or null, labelsMap [] or only nulls) is a
+        # write like any other: new latest labels that hold nothing. It is what the SDK
+        # sends for a task whose series carry no segmentation (redbrick/labeling/public.py
+        # put_tasks gives it a dummy series; redbrick/utils/upload.py
+        # process_segmentation_upload sends a series without a file as null), and how
+        # `autolabel undo` writes back "no labels".
         stored = labels_map
         if copy_file is not None:
             stored = stored_labels_map(project, task, labels_map, copy_file)

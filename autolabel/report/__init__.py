@@ -48,9 +48,10 @@ OUTCOMES: dict[str, tuple[str, str]] = {
     "dry_run": ("dry run · kept locally", "#6b3fa0"),
     "skipped": ("skipped", "#a86400"),
     "failed": ("failed", "#b42318"),
+    "undone": ("undone · no labels again", "#5b6576"),
 }
 _ENDED = frozenset(OUTCOMES)
-_MODE_TITLES = {"draft": "Drafts", "final": "Submissions", "dry-run": "Dry run"}
+_MODE_TITLES = {"draft": "Drafts", "final": "Submissions", "dry-run": "Dry run", "undo": "Undo"}
 #: The pipeline's stages in the order they run.
 STAGES: tuple[str, ...] = ("fetch", "infer", "convert", "write")
 
