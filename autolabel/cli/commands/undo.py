@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from autolabel.cli.commands._args import add_ledger_work, require_ledger
 from autolabel.cli.commands._connect import add_connection_arguments, connect
-from autolabel.settings import DEFAULT_WORK_DIR
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,12 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="undo every run of this model version (e.g. ct-threshold@1.0)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    parser.add_argument(
-        "--work",
-        default=DEFAULT_WORK_DIR,
-        metavar="DIR",
-        help=f"work folder of the run (its ledger; default: ./{DEFAULT_WORK_DIR})",
-    )
+    add_ledger_work(parser)
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
     parser.set_defaults(handler=undo_command)
 
@@ -58,6 +53,7 @@ def undo_command(args: argparse.Namespace) -> int:
 
     for text in args.model:
         parse_model(text)  # a malformed NAME@VERSION is a usage error before connecting
+    require_ledger(args.work)
     project = connect(args)
     with project:
         summary = undo(
