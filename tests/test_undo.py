@@ -370,3 +370,24 @@ def test_labels_an_earlier_run_wrote_are_not_dropped_by_undoing_the_later_run(
         (both,) = undo(p, work, run_ids=(first, second)).items
     assert both.status == "reverted" and both.runs == (first, second)
     assert not _has_labels(_exported(emulator)[task_id])
+
+
+def test_a_task_the_key_already_emptied_is_recorded_undone_without_a_write(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    """A revert that landed while its reply and its record were lost (the ledger has no
+    ``undoing``): the re-read shows the key's empty labels, so undo records it, sends nothing."""
+    work = tmp_path / "w"
+    task_id = emulator.task_ids("Label")[0]
+    run_id = _draft_run(emulator, ct_model, work, task_ids=(task_id,))
+    emulator.as_user(emulator.key_user_id).save_labels(task_id)  # empty, by the key
+    writes = emulator.key_writes()
+    with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
+        (item,) = undo(p, work, run_ids=(run_id,)).items
+        assert item.status == "already_undone"
+        assert emulator.key_writes() == writes
+        (again,) = undo(p, work, run_ids=(run_id,)).items
+    assert again.status == "already_undone" and emulator.key_writes() == writes
+    with Ledger(ledger_path(work), create=False) as ledger:
+        states = [e.state for e in ledger.history(task_id)]
+    assert states[-2:] == [TaskState.UNDOING, TaskState.UNDONE]

@@ -1,7 +1,7 @@
 """Undo: revert what a run (or a model version) wrote, where no person has touched it since.
 
 :func:`undo` reads the ledger for the writes of the chosen runs (``--run``) or models
-(``--model NAME@VERSION``), re-reads each task from RedBrick and decides (:func:`plan`):
+(``--model NAME@VERSION``), re-reads each task from RedBrick and decides:
 
 * ``reverted`` (``would_revert`` in a dry run): the task is still queued in the run's stage
   for the key and its latest labels are still the ones the key saved (no one saved labels
@@ -32,12 +32,13 @@ Errors go through :func:`autolabel.errors.classify`, as in a run.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autolabel.errors import ConfigError, classify
+from autolabel.errors import ConfigError, TaskSkipped, classify
 from autolabel.ledger import Ledger, ModelKey, Run, TaskEvent, TaskState, ledger_path
 from autolabel.pipeline.fetch import (
     PROVENANCE_ATTRIBUTE,
@@ -70,16 +71,7 @@ class UndoItem:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
-            "task_id": self.task_id,
-            "task_name": self.task_name,
-            "status": self.status,
-            "reason": self.reason,
-            "todo": self.todo,
-            "runs": list(self.runs),
-            "model": self.model,
-            "restored": self.restored,
-        }
+        return {**dataclasses.asdict(self), "runs": list(self.runs)}
 
 
 @dataclass
@@ -294,11 +286,8 @@ class _Undoer:
         lowest = undone[0]
         below = [w for w in chain.standing if w.event.seq < lowest.event.seq]
         if below or lowest.before.created_by == self.user:
-            earlier = (
-                f"run {below[-1].event.run_id} ({below[-1].event.model})"
-                if below
-                else (f"this API key at {lowest.before.created_at}, outside autolabel")
-            )
+            at = f"this API key at {lowest.before.created_at}, outside autolabel"
+            earlier = f"run {below[-1].event.run_id} ({below[-1].event.model})" if below else at
             item.reason = (
                 f"before this run the task had labels of {earlier}; autolabel keeps no copy "
                 "of them, so undo cannot put them back. Undo that run as well (--run, both "
@@ -306,6 +295,14 @@ class _Undoer:
             )
             return item
         task = self.project.get_task(task_id)
+        labels = task.labels_of(self.user)
+        if task.stage_name == top.stage and labels is not None and labels.created_by == self.user \
+                and has_no_labels(labels):  # fmt: skip
+            item.status, item.restored = "already_undone", RESTORED
+            item.reason = "the key's latest labels on it hold nothing already"
+            if not self.dry_run:
+                self._revert(task, top.stage, undone, send=False)
+            return item
         problem = self._problem(task, top)
         if problem is not None:
             item.reason, item.todo = problem
@@ -328,7 +325,7 @@ class _Undoer:
         if labels is not None and labels.created_by != self.user:
             return (f"a person saved labels since the run ({labels.created_by} at "
                     f"{labels.created_at}); autolabel never overwrites a person's work", "")  # fmt: skip
-        if labels is None or has_no_labels(labels):
+        if labels is None:
             return "the task has no labels any more: nothing to revert", ""
         ours = provenance(top.event.model.name, top.event.model.version)[PROVENANCE_ATTRIBUTE]
         found = _model_stamps(labels.labels)
@@ -361,8 +358,9 @@ class _Undoer:
             )
         return reason, f"send it back to {stage} and assign it to the API key{again}"
 
-    def _revert(self, task: Task, stage: str, undone: list[_Write]) -> None:
-        """Write back no labels, as a draft, exactly once (see the module docstring)."""
+    def _revert(self, task: Task, stage: str, undone: list[_Write], *, send: bool = True) -> None:
+        """Write back no labels, as a draft, exactly once (see the module docstring); with
+        ``send=False`` only record it (the task already holds no labels of the key's)."""
         assert self.handle is not None
         handle = self.handle
         seen = LabelsMarker.of(task, self.user)
@@ -381,11 +379,27 @@ class _Undoer:
                 handle.record(task.task_id, TaskState.UNDOING, task_name=task.name,
                               model=model, detail={**detail, **extra})  # fmt: skip
 
-        write_task(
-            self.project, task.task_id, stage, [], finalize=False, before=seen,
-            record_intent=intent, record_in_doubt=lambda reason: intent(in_doubt=reason),
-            settle_window_s=self.window,
-        )  # fmt: skip
+        sent = False
+
+        def send_intent() -> None:
+            nonlocal sent
+            intent()
+            sent = True
+
+        try:
+            if not send:
+                intent(resolved="found without labels: nothing sent")
+            else:  # steps as a run's write: upload, intent, task lock, re-read, send, settle
+                write_task(
+                    self.project, task.task_id, stage, [], finalize=False, before=seen,
+                    record_intent=send_intent, settle_window_s=self.window,
+                    record_in_doubt=lambda reason: intent(in_doubt=reason),
+                )  # fmt: skip
+        except TaskSkipped as exc:  # changed before the send: close the intent, keep it
+            for model in models if sent else ():
+                handle.record(task.task_id, TaskState.SKIPPED, task_name=task.name,
+                              model=model, detail={"reason": exc.reason})  # fmt: skip
+            raise
         for model in models:
             handle.record(task.task_id, TaskState.UNDONE, task_name=task.name, model=model,
                           detail={**detail, "restored": RESTORED})  # fmt: skip
