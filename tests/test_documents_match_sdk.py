@@ -88,6 +88,9 @@ SDK_CALLS: dict[str, Callable[[Any], Any]] = {
     "assignTasksMultipleUsersSDK": lambda c: LabelingRepo(c).assign_tasks(
         ORG, PRJ, [TSK], None, False, True
     ),
+    "updateTasksPrioritiesSDK": lambda c: UploadRepo(c).update_priority(
+        None, ORG, PRJ, [{"taskId": TSK, "priority": 0.5}]
+    ),
 }
 
 

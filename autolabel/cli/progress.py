@@ -140,6 +140,14 @@ def summary_table(summary: RunSummary) -> Table:
 def print_summary(console: Console, summary: RunSummary) -> None:
     """Print the summary table, then every skipped and failed task with its reason."""
     console.print(summary_table(summary))
+    labels = {
+        "finalize": "submitted (every category reached --finalize-above)",
+        "draft": "saved as drafts (below --finalize-above)",
+        "dropped": "with a category left out (--drop-below)",
+    }
+    routes = [f"{summary.routes[k]} {text}" for k, text in labels.items() if k in summary.routes]
+    if routes:
+        console.print("  routes: " + ", ".join(routes), highlight=False)
     for note in summary.notes:
         console.print(f"  [yellow]note[/] {note}", highlight=False)
     for outcome in summary.skipped + summary.failed:

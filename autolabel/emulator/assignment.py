@@ -2,7 +2,8 @@
 
 Assignment is per stage; tasks in Ground Truth or archived cannot be assigned. Emails,
 user ids and ``API:`` ids all name a user (protocol §2.10: the SDK can only address an API
-key through ``emails``). The removed ``assignLabelingTasks`` (SDK < 2.13) is served too.
+key through ``emails``). The removed ``assignLabelingTasks`` (SDK < 2.13) is served too, and task priorities
+(``updateTasksPriorities``), which order a labeler's queue.
 """
 
 from __future__ import annotations
@@ -96,6 +97,28 @@ def assign_queue(
     for task in picked:
         assign(store, caller, project, task_ids=[task.task_id], emails=[caller.user_id])
     return [t for t in (store.task(x.task_id) for x in [*mine, *picked]) if t is not None]
+
+
+def set_priorities(store: Store, project: ProjectRecord, tasks: list[dict[str, object]]) -> None:
+    """``updateTasksPriorities``: set each task's priority, all or none.
+
+    Follows redbrick/upload/public.py ``update_tasks_priority``: entries ``{taskId,
+    priority in [0, 1], user?}`` ("used to determine how the tasks get assigned to
+    annotators/reviewers"). The optional ``user`` is refused: the SDK does not say what it
+    does, so the emulator does not guess.
+    """
+    found = []
+    for entry in tasks:
+        task = task_in(store, project, str(entry["taskId"]))
+        priority = entry.get("priority")
+        if not isinstance(priority, int | float) or not 0 <= priority <= 1:
+            # follows redbrick/types/task.py: "priority must between [0, 1]"
+            raise RuleViolation(f"Task {task.task_id}: priority {priority!r} is not in [0, 1]")
+        if entry.get("user") is not None:
+            raise RuleViolation("updateTasksPriorities with a user is not emulated")
+        found.append((task.task_id, float(priority)))
+    for task_id, priority in found:
+        store.update_task(task_id, priority=priority)
 
 
 def assignee_id(user: UserRecord | None) -> str | None:

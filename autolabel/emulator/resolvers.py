@@ -333,6 +333,13 @@ def _create_datapoint(_: Any, info: Info, **args: Any) -> Any:
     return {"dpId": task.dp_id, "taskId": task.task_id, "taskIds": [task.task_id]}
 
 
+def _update_priorities(_: Any, info: Info, **args: Any) -> Any:
+    ctx = _ctx(info)
+    assignment.set_priorities(ctx.store, ctx.project(args), list(args["tasks"]))
+    # follows redbrick/repo/upload.py update_priority: the SDK reads ``message`` (an error)
+    return {"ok": True, "message": None}
+
+
 def _assign_queue(_: Any, info: Info, **args: Any) -> Any:
     ctx = _ctx(info)
     project = ctx.project(args)
@@ -400,4 +407,5 @@ MUTATION_RESOLVERS: dict[str, Resolver] = {
     "moveTaskToStart": _move_to_start,
     "createDatapoint": _create_datapoint,
     "assignLabelingTasks": _assign_queue,
+    "updateTasksPriorities": _update_priorities,
 }

@@ -6,6 +6,9 @@
   ``status`` (``TaskStates``), ``taskId``, ``reviewState`` (the last review result of a task
   reviewed in ``stageName``), ``recentlyCompleted`` with ``completedAtFrom``/``To`` (tasks
   submitted or reviewed in ``stageName``, by ``userId`` if given, in that window).
+* A stage's listing is a queue: highest ``priority`` first (redbrick/types/task.py: "Tasks
+  will be ordered in descending order of priority"), creation order among equals; listings
+  by completion or review result stay in creation order.
 * The cursor is the offset of the next page as a string; null after the last page.
 """
 
@@ -85,7 +88,8 @@ def search(
     task_search: str | None,
     filters: dict[str, Any],
 ) -> list[TaskRecord]:
-    """The project's tasks matching a ``genericTasks`` request, in creation order."""
+    """The project's tasks matching a ``genericTasks`` request (see the module docstring
+    for their order)."""
     tasks = store.tasks(project.project_id)
     user_id: str | None = None
     if filters.get("userId") is not None:
@@ -103,6 +107,8 @@ def search(
         tasks = [t for t in tasks if _in_stage(project, t, stage_name)]
         if "userId" in filters:
             tasks = [t for t in tasks if _holds(store, t, user_id)]
+        # follows redbrick/types/task.py: a queue in descending priority (a stable sort)
+        tasks.sort(key=lambda t: -(t.priority or 0.0))
     if filters.get("status"):
         tasks = [t for t in tasks if t.state == filters["status"]]
     if filters.get("taskId"):

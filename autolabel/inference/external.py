@@ -53,6 +53,8 @@ class NnUNetModel(LoadedModel):
     sliding window, and returns labels on that grid, which are transposed back.
     """
 
+    has_probabilities = True
+
     def __init__(self, card: ModelCard, device: torch.device) -> None:
         predictor_module = require("nnunetv2.inference.predict_from_raw_data", "nnunet")
         folder = _folder(card, "folder")

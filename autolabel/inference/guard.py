@@ -35,6 +35,11 @@ import numpy as np
 import numpy.typing as npt
 
 from autolabel.errors import ModelError, ModelTimeoutError
+from autolabel.inference.confidence import (
+    SeriesConfidence,
+    gives_confidence,
+    predict_with_confidence,
+)
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.records import Volume
 
@@ -88,20 +93,40 @@ class GuardedModel:
             raise AttributeError(name)
         return getattr(model, name)
 
+    @property
+    def gives_confidence(self) -> bool:
+        """Whether the wrapped model gives a confidence (probabilities or its own)."""
+        return gives_confidence(self.model)
+
     def predict(self, volume: Volume) -> npt.NDArray[np.integer]:
         """The wrapped model's ``predict``, bounded in time; see the module docstring."""
+        labels: npt.NDArray[np.integer] = self._bounded(volume, lambda m: m.predict(volume))
+        return labels
+
+    def predict_with_confidence(
+        self, volume: Volume
+    ) -> tuple[npt.NDArray[np.integer], SeriesConfidence | None]:
+        """The wrapped model's label map and confidence
+        (:func:`~autolabel.inference.confidence.predict_with_confidence`), bounded as
+        :meth:`predict` is."""
+        result: tuple[npt.NDArray[np.integer], SeriesConfidence | None] = self._bounded(
+            volume, lambda m: predict_with_confidence(m, volume)
+        )
+        return result
+
+    def _bounded(self, volume: Volume, call: Callable[[SegmentationModel], Any]) -> Any:
         model = self.model
         box: dict[str, Any] = {}
 
-        def call() -> None:
+        def run() -> None:
             try:
-                box["labels"] = model.predict(volume)
+                box["labels"] = call(model)
             except _Abandoned:
                 box["abandoned"] = True
             except BaseException as exc:
                 box["error"] = exc
 
-        thread = threading.Thread(target=call, name="autolabel-predict", daemon=True)
+        thread = threading.Thread(target=run, name="autolabel-predict", daemon=True)
         cwd = os.getcwd()
         thread.start()
         try:
@@ -136,8 +161,7 @@ class GuardedModel:
             ) from error
         if error is not None:
             raise error
-        labels: npt.NDArray[np.integer] = box["labels"]
-        return labels
+        return box["labels"]
 
 
 def _restore_cwd(cwd: str) -> None:

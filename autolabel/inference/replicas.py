@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from autolabel.errors import ConfigError
+from autolabel.inference.confidence import SeriesConfidence
 from autolabel.inference.runners import LoadedModel
 from autolabel.records import Volume
 
@@ -59,6 +60,17 @@ class ReplicaPool(LoadedModel):
     ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
         """:meth:`LoadedModel.predict_probabilities` on the replica free the longest."""
         return self._on_a_replica(lambda replica: replica.predict_probabilities(volume))
+
+    @property
+    def gives_confidence(self) -> bool:
+        """Whether the replicas give a confidence (they are copies of one model)."""
+        return self.replicas[0].gives_confidence
+
+    def predict_with_confidence(
+        self, volume: Volume
+    ) -> tuple[npt.NDArray[np.integer], SeriesConfidence | None]:
+        """:meth:`LoadedModel.predict_with_confidence` on the replica free the longest."""
+        return self._on_a_replica(lambda replica: replica.predict_with_confidence(volume))
 
     def _on_a_replica(self, call: Callable[[LoadedModel], T]) -> T:
         index = self._free.get()

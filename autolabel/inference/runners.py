@@ -27,6 +27,7 @@ import torch
 
 from autolabel.errors import BadModelOutputError, ConfigError, ModelError
 from autolabel.inference.card import ModelCard
+from autolabel.inference.confidence import SeriesConfidence, plugin_confidence, region_confidence
 from autolabel.inference.device import (
     DeviceEvent,
     autocast_dtype,
@@ -53,11 +54,19 @@ class LoadedModel:
     loading; the pipeline logs them into the ledger.
     """
 
+    #: Whether this runner gives class probabilities (:meth:`predict_probabilities`).
+    has_probabilities = False
+
     def __init__(self, card: ModelCard, spec: ModelSpec, device: torch.device) -> None:
         self.card = card
         self._spec = spec
         self.device = device
         self.events: list[DeviceEvent] = []
+
+    @property
+    def gives_confidence(self) -> bool:
+        """Whether :meth:`predict_with_confidence` gives a confidence (else ``None``)."""
+        return self.has_probabilities
 
     @property
     def spec(self) -> ModelSpec:
@@ -113,6 +122,15 @@ class LoadedModel:
             f"model {self._spec.name!r} ({self.card.kind}) does not give class probabilities"
         )
 
+    def predict_with_confidence(self, volume: Volume) -> tuple[LabelMap, SeriesConfidence | None]:
+        """The label map and the confidence of each label in it
+        (:func:`autolabel.inference.confidence.region_confidence`), or ``None`` for a model
+        that gives no probabilities: then the label map is :meth:`predict`'s."""
+        if not self.gives_confidence:
+            return self.predict(volume), None
+        labels, probabilities = self.predict_probabilities(volume)
+        return labels, region_confidence(labels, probabilities)
+
 
 class TorchModel(LoadedModel):
     """A torch network run through the card's preprocessing, sliding window and postprocessing.
@@ -120,8 +138,10 @@ class TorchModel(LoadedModel):
     Output channel ``c`` of the network is label id ``c``. On CUDA out-of-memory the
     windows per batch are halved (kept for later volumes); when one window does not fit,
     that volume runs on the CPU and the network goes back to the GPU afterwards. Each step
-    is appended to ``events``.
+    is appended to ``events``. The same holds for :meth:`predict_probabilities`.
     """
+
+    has_probabilities = True
 
     def __init__(
         self,
@@ -149,11 +169,9 @@ class TorchModel(LoadedModel):
         return labels.astype(self._spec.label_dtype, copy=False)
 
     def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
-        """Softmax of the blended logits (no CUDA OOM fallback on this path)."""
+        """Softmax of the blended logits, with the same out-of-memory fallback as labels."""
         image, grid = to_model_grid(volume, self.card.preprocess)
-        probabilities = sliding_window_probabilities(
-            self.net, image, **self._window_settings(self.device, self.batch)
-        )
+        probabilities = self._run(image, volume.source, self._softmax_windows)
         on_volume = grid.probabilities_to_volume_grid(probabilities)
         labels = np.asfortranarray(on_volume.argmax(0)).astype(self._spec.label_dtype)
         postprocess(labels, self.card.postprocess, volume.spacing)
@@ -176,10 +194,21 @@ class TorchModel(LoadedModel):
     def _windows(self, image: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
         return sliding_window_labels(self.net, image, **self._window_settings(device, batch))
 
-    def _run(self, image: torch.Tensor, source: str) -> torch.Tensor:
+    def _softmax_windows(
+        self, image: torch.Tensor, device: torch.device, batch: int
+    ) -> torch.Tensor:
+        return sliding_window_probabilities(self.net, image, **self._window_settings(device, batch))
+
+    def _run(
+        self,
+        image: torch.Tensor,
+        source: str,
+        windows: Callable[[torch.Tensor, torch.device, int], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        windows = windows or self._windows
         while True:
             try:
-                return self._windows(image, self.device, self.batch)
+                return windows(image, self.device, self.batch)
             except Exception as exc:
                 if self.device.type != "cuda" or not is_out_of_memory(exc):
                     raise
@@ -197,7 +226,7 @@ class TorchModel(LoadedModel):
         cpu = torch.device("cpu")
         self.net.to(cpu)
         try:
-            return self._windows(image.to(cpu), cpu, 1)
+            return windows(image.to(cpu), cpu, 1)
         finally:
             self.net.to(self.device)
 
@@ -258,6 +287,12 @@ class PythonModel(LoadedModel):
     as ``Class(card=card, device=device)`` whose instances have ``predict(volume)`` (and may
     set ``weights_sha256`` for provenance when their weights live outside the card's
     folder). Its output goes through the same validation as every other runner's.
+
+    Confidence (optional, one of): an instance with ``predict_probabilities(volume) ->
+    (label map, probabilities (classes, *volume.shape))`` is measured by autolabel's own
+    definition (:mod:`autolabel.inference.confidence`); one with ``confidence(volume,
+    label_map)`` gives its own scores (:func:`~autolabel.inference.confidence.plugin_confidence`).
+    Without either the plug-in gives no confidence.
     """
 
     def __init__(self, card: ModelCard, spec: ModelSpec, device: torch.device) -> None:
@@ -271,14 +306,41 @@ class PythonModel(LoadedModel):
             digest = getattr(instance, "weights_sha256", None)
             if isinstance(digest, str):
                 self._spec = card.spec(weights_sha256=digest)
+            self._instance = instance
         if not callable(target):
             raise BadModelOutputError(
                 f"model {spec.name!r}: entry {card.entry!r} gives no callable predict"
             )
         self._call: Callable[[Volume], object] = target
 
+    _instance: Any = None
+
+    @property
+    def gives_confidence(self) -> bool:
+        """Whether the plug-in has ``predict_probabilities`` or ``confidence``."""
+        return any(
+            callable(getattr(self._instance, n, None))
+            for n in ("predict_probabilities", "confidence")
+        )
+
     def _predict(self, volume: Volume) -> object:
         return self._call(volume)
+
+    def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
+        own = getattr(self._instance, "predict_probabilities", None)
+        if not callable(own):
+            return super()._probabilities(volume)
+        labels, probabilities = own(volume)
+        return labels, np.asarray(probabilities, dtype=np.float32)
+
+    def predict_with_confidence(self, volume: Volume) -> tuple[LabelMap, SeriesConfidence | None]:
+        """The plug-in's probabilities measured, or its own scores (see the class docstring)."""
+        scores = getattr(self._instance, "confidence", None)
+        if callable(getattr(self._instance, "predict_probabilities", None)) or not callable(scores):
+            return super().predict_with_confidence(volume)
+        labels = self.predict(volume)
+        own = self._guarded(volume, lambda v: scores(v, labels))
+        return labels, plugin_confidence(self._spec.name, own, labels)
 
 
 def load_torchscript(card: ModelCard, device: torch.device) -> torch.nn.Module:

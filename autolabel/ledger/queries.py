@@ -111,10 +111,10 @@ class LedgerQueries:
         rows = self._query(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
         return [_run(row) for row in rows]
 
-    def summary(self, run_id: str | None = None) -> LedgerSummary:
-        """Counts of latest states, failures and step timings, for one run or all of them."""
+    def latest_events(self, run_id: str | None = None) -> list[TaskEvent]:
+        """The latest event of each (task, model) pair, in one run or all, oldest first."""
         where, params = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
-        latest = [
+        return [
             _event(row)
             for row in self._query(
                 f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN (SELECT max(seq) FROM events "
@@ -122,6 +122,11 @@ class LedgerQueries:
                 params,
             )
         ]
+
+    def summary(self, run_id: str | None = None) -> LedgerSummary:
+        """Counts of latest states, failures and step timings, for one run or all of them."""
+        where, params = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        latest = self.latest_events(run_id)
         counts: dict[str, int] = {}
         for event in latest:
             counts[event.state.value] = counts.get(event.state.value, 0) + 1

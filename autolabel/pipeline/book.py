@@ -19,6 +19,7 @@ from autolabel.pipeline.engine import EngineStats
 from autolabel.pipeline.fetch import LabelsMarker, select_tasks
 from autolabel.pipeline.flow import TaskFlow, plain_json
 from autolabel.pipeline.options import RunOptions
+from autolabel.pipeline.routing import Thresholds
 from autolabel.pipeline.submit import default_settle_window, settle, write_landed
 from autolabel.pipeline.summary import RunListener, RunSummary, TaskOutcome, WorkerStats
 from autolabel.redbrick import Project, Task
@@ -190,32 +191,37 @@ class RunBook:
             before = LabelsMarker(
                 event.detail.get("labels_before_by"), event.detail.get("labels_before_at")
             )
+            # the route the intent recorded (a run routing by confidence submits some tasks)
+            finalize = bool(event.detail.get("finalize", event.mode == "final"))
             landed, _ = settle(
                 self.project,
                 event.task_id,
                 stage_name=str(event.detail.get("stage") or self.options.stage),
-                finalize=event.mode == "final",
+                finalize=finalize,
                 before=before,
                 deadline=event.at + window,
             )
             if landed:
                 self.handle.record(
                     event.task_id,
-                    Mode(event.mode).written,
+                    TaskState.SUBMITTED if finalize else TaskState.DRAFT_SAVED,
                     task_name=event.task_name,
                     detail={"resolved": "the write of an interrupted run had landed"},
                 )
                 self.resolved += 1
         return self.resolved
 
-    def write_landed(self, task_id: str, before: LabelsMarker, *, stage: str | None = None) -> bool:
-        """Re-read ``task_id``: did this key's write (made after ``before``) land?"""
+    def write_landed(
+        self, task_id: str, before: LabelsMarker, *, finalize: bool, stage: str | None = None
+    ) -> bool:
+        """Re-read ``task_id``: did this key's write (made after ``before``; a submit when
+        ``finalize``) land?"""
         task = self.project.get_task(task_id)
         return write_landed(
             task,
             user_id=self.project.current_user_id,
             stage_name=stage or self.options.stage,
-            finalize=self.options.mode == "final",
+            finalize=finalize,
             before=before,
         )
 
@@ -230,17 +236,21 @@ class RunBook:
         """The run's mode."""
         return Mode(self.options.mode)
 
-    def intent(self, task: Task, before: LabelsMarker, in_doubt: str = "") -> TaskEvent:
-        """Record (and commit) ``writing``: the claim that must precede the write.
+    def intent(
+        self, task: Task, before: LabelsMarker, in_doubt: str = "", *, finalize: bool
+    ) -> TaskEvent:
+        """Record (and commit) ``writing``: the claim that must precede the write, and its
+        route (``finalize``: a submit, else a draft).
 
         With ``in_doubt`` (the reason a sent write's reply was lost) it is recorded again,
         before the write is settled: a run killed while settling leaves the write in doubt,
         and the next start settles it counting from this time.
         """
-        detail = {
+        detail: dict[str, Any] = {
             "stage": self.options.stage,
             "labels_before_by": before.created_by,
             "labels_before_at": before.created_at,
+            "finalize": finalize,
         }
         if in_doubt:
             detail["in_doubt"] = in_doubt
@@ -266,6 +276,8 @@ class RunBook:
             record["files"] = outcome.files
         if outcome.seconds:
             record["stage_seconds"] = outcome.seconds
+        if outcome.status in ("draft_saved", "submitted", "dry_run"):
+            record.update(outcome.routing_detail())
         record.update(detail or {})
         self.handle.record(
             task.task_id,
@@ -304,6 +316,8 @@ def _loggable(options: RunOptions) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in vars(options).items():
         out[key] = str(value) if isinstance(value, Path) else value
+        if isinstance(value, Thresholds):
+            out[key] = value.to_json()
     if options.mapping is not None:
         out["mapping"] = dict(options.mapping)
     return out

@@ -9,6 +9,12 @@ step in the ledger and decides how the task ends::
                                                                   └─ WriteClaim → written(seconds)
     failed(phase, error) at any point: skipped or failed (:func:`autolabel.errors.classify`)
 
+At ``converted`` the flow also decides the task's route
+(:func:`autolabel.pipeline.routing.decide_route`): with ``--finalize-above`` a task whose
+every category reaches its threshold is submitted, any other saved as a draft (written as
+``submitted`` or ``draft_saved``); with ``--prioritize`` a draft's claim carries the
+RedBrick priority to set after the write.
+
 A :class:`WriteClaim` is issued only after the ``writing`` intent is committed: it is the
 permission to write (plain and picklable, so the Ray driver hands it to the actor that holds
 the label files). A write whose reply was lost is recorded again as in doubt
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from autolabel.errors import TaskSkipped, classify
 from autolabel.ledger import TaskState
 from autolabel.pipeline.fetch import FetchReport, LabelsMarker
+from autolabel.pipeline.routing import Route, decide_route, draft_priority
 from autolabel.pipeline.summary import TaskOutcome
 from autolabel.redbrick import Task
 
@@ -46,13 +53,16 @@ class WriteClaim:
 
     ``before`` is the labels marker the write must still find on the task (the one seen
     when the task was first fetched, so that a write left in doubt by a lost actor is
-    recognised if it lands later).
+    recognised if it lands later). ``finalize`` is the task's route (submit, or save a
+    draft); ``priority`` the RedBrick task priority to set after the write (None: leave it).
     """
 
     run_id: str
     task_id: str
     intent_seq: int
     before: LabelsMarker
+    finalize: bool = False
+    priority: float | None = None
 
     def check(self) -> None:
         """Refuse a write with no committed intent (the one-writer rule)."""
@@ -76,6 +86,7 @@ class TaskFlow:
         self.lost_before: LabelsMarker | None = None  # the marker of a write a lost actor sent
         self._marker = LabelsMarker(None, None)
         self._ended = False
+        self.route = Route(book.mode == "final")
 
     @property
     def status(self) -> str:
@@ -122,11 +133,22 @@ class TaskFlow:
         outcome.seconds["convert"] = conversion.seconds
         outcome.files.update(conversion.files)
         outcome.volumes_ml = dict(conversion.volumes_ml)
+        options = self.book.options
+        self.route = decide_route(
+            self.book.mode == "final", conversion.confidence, options.finalize_above
+        )
+        priority = None
+        if options.prioritize and not self.route.finalize:
+            priority = draft_priority(conversion.confidence)
+        outcome.routed(self.route, conversion.confidence, conversion.dropped, priority)
         self.book.handle.record(
             self.task.task_id,
             TaskState.CONVERTED,
             task_name=self.task.name,
-            detail=plain_json({"seconds": conversion.seconds, "volumes_ml": outcome.volumes_ml}),
+            detail=plain_json(
+                {"seconds": conversion.seconds, "volumes_ml": outcome.volumes_ml}
+                | outcome.routing_detail()
+            ),
         )
         if not conversion.entries:
             self.book.emit(self.task.task_id, "write")
@@ -137,12 +159,14 @@ class TaskFlow:
             self._finish("dry_run", "")
             return None
         before = self.lost_before or self._marker
-        event = self.book.intent(self.task, before)
+        event = self.book.intent(self.task, before, finalize=self.route.finalize)
         self.claim = WriteClaim(
             run_id=self.book.handle.run_id,
             task_id=self.task.task_id,
             intent_seq=event.seq,
             before=before,
+            finalize=self.route.finalize,
+            priority=priority,
         )
         return self.claim
 
@@ -150,13 +174,16 @@ class TaskFlow:
         """Record that a sent write's reply was lost (before it is settled): a run killed
         while settling leaves it in doubt, and the next start settles it from this time."""
         assert self.claim is not None
-        self.book.intent(self.task, self.claim.before, in_doubt=reason)
+        self.book.intent(
+            self.task, self.claim.before, in_doubt=reason, finalize=self.claim.finalize
+        )
 
-    def written(self, seconds: float) -> TaskOutcome:
-        """The claimed write went through: the mode's written state."""
+    def written(self, seconds: float, note: str = "") -> TaskOutcome:
+        """The claimed write went through: ``submitted`` or ``draft_saved`` as the route
+        says; ``note`` is what went wrong after it (a priority not set)."""
         self._started().seconds["write"] = seconds
         self.book.emit(self.task.task_id, "write")
-        return self._finish(self.book.mode.written.value, "")
+        return self._finish(self._written_state(), note)
 
     def failed(self, phase: str, exc: BaseException) -> TaskOutcome:
         """``exc`` stopped the task during ``phase``: skipped or failed as
@@ -223,14 +250,18 @@ class TaskFlow:
             raise RuntimeError(f"task {self.task.task_id}: not fetched yet")
         return self.outcome
 
+    def _written_state(self) -> str:
+        state = TaskState.SUBMITTED if self.route.finalize else TaskState.DRAFT_SAVED
+        return str(state.value)
+
     def _lost_write_landed(self) -> bool:
         return self.lost_before is not None and self.book.write_landed(
-            self.task.task_id, self.lost_before
+            self.task.task_id, self.lost_before, finalize=self.route.finalize
         )
 
     def _landed(self) -> TaskOutcome:
         return self._finish(
-            self.book.mode.written.value,
+            self._written_state(),
             "",
             detail={"resolved": "the write of a lost actor had landed"},
         )

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from autolabel.files import task_folder
+from autolabel.inference.confidence import SeriesConfidence
 from autolabel.pipeline.book import RunBook
 from autolabel.pipeline.engine import EngineStats, Stage, StageEngine
 from autolabel.pipeline.fetch import FetchedTask
@@ -33,6 +34,7 @@ class _Job:
     flow: TaskFlow
     fetched: FetchedTask | None = None
     label_maps: list[npt.NDArray[np.integer]] = field(default_factory=list)
+    confidence: list[SeriesConfidence | None] = field(default_factory=list)
 
 
 class LocalSchedule:
@@ -73,18 +75,18 @@ class LocalSchedule:
     def _infer(self, job: _Job) -> bool:
         assert job.fetched is not None
         prediction = self.steps.predict(job.fetched)
-        job.label_maps = prediction.label_maps
+        job.label_maps, job.confidence = prediction.label_maps, prediction.confidence
         job.flow.predicted(prediction.seconds, prediction.device_events)
         return True
 
     def _write(self, job: _Job) -> bool:
         assert job.fetched is not None
-        converted = self.steps.convert(job.fetched, job.label_maps)
+        converted = self.steps.convert(job.fetched, job.label_maps, job.confidence)
         job.label_maps = []  # free memory before the network wait
         claim = job.flow.converted(converted)
         if claim is not None:
-            seconds = self.steps.write(claim, converted.entries, on_in_doubt=job.flow.in_doubt)
-            job.flow.written(seconds)
+            done = self.steps.write(claim, converted.entries, on_in_doubt=job.flow.in_doubt)
+            job.flow.written(done.seconds, done.note)
         return job.flow.status != "skipped"
 
 

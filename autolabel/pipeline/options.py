@@ -20,6 +20,7 @@ from autolabel import convert
 from autolabel.errors import ConfigError
 from autolabel.imaging.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_VOXELS
 from autolabel.ledger import MODES, Mode
+from autolabel.pipeline.routing import Thresholds, thresholds
 from autolabel.settings import DEFAULT_WORK_DIR, load_config
 
 #: The model a run uses when none is named: classical CT thresholds (body, lungs, bone).
@@ -34,7 +35,8 @@ EMPTY_FLAG_REMOVED = (
 #: The options the ``[run]`` table of ``autolabel.toml`` may set.
 FILE_OPTIONS = (
     "stage", "model", "device", "mode", "work_dir", "out_dir", "limit", "force",
-    "fetch_workers", "write_workers", "queue_depth",
+    "fetch_workers", "write_workers", "queue_depth", "finalize_above", "drop_below",
+    "prioritize",
 )  # fmt: skip
 
 
@@ -61,6 +63,13 @@ class RunOptions:
     ``settle_window_s`` is how long a write whose reply was lost may still land on
     RedBrick (:func:`autolabel.pipeline.submit.settle_window`); ``None`` derives it from the
     client's read timeout.
+
+    Routing by confidence (:mod:`autolabel.pipeline.routing`; each needs a model that gives
+    probabilities): ``finalize_above`` (a number or ``{category: T}``) submits a task whose
+    every predicted category reaches its threshold and saves the others as drafts (only in
+    ``draft`` or ``dry-run`` mode); ``drop_below`` leaves out a category below its
+    threshold; ``prioritize`` gives each draft the RedBrick priority ``1 - confidence`` of
+    its least sure category, so labelers open the hardest first.
     """
 
     stage: str = "Label"
@@ -87,11 +96,21 @@ class RunOptions:
     max_image_bytes: int = DEFAULT_MAX_BYTES
     lock_wait_s: float | None = 0.0
     settle_window_s: float | None = None
+    finalize_above: Thresholds | None = None
+    drop_below: Thresholds | None = None
+    prioritize: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be draft, final or dry-run, got {self.mode!r}")
         object.__setattr__(self, "mode", Mode(self.mode))
+        for name in ("finalize_above", "drop_below"):
+            object.__setattr__(self, name, thresholds(getattr(self, name), name))
+        if self.finalize_above is not None and self.mode == "final":
+            raise ConfigError(
+                "--finalize-above decides per task which are submitted; drop --finalize "
+                "(the others are saved as drafts)"
+            )
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"limit must not be negative, got {self.limit}")
         if str(self.empty) == "flag":  # an old settings file or script
@@ -166,10 +185,12 @@ def _coerce(name: str, value: Any, source: str, *, base: Path | None) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
         return value
-    if name == "force":
+    if name in ("force", "prioritize"):
         if not isinstance(value, bool):
-            raise ConfigError(f"{source}: force must be true or false, got {value!r}")
+            raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
         return value
+    if name in ("finalize_above", "drop_below"):
+        return thresholds(value, f"{source} {name}")
     if not isinstance(value, str):
         raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
     return value

@@ -17,9 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from autolabel import convert
-from autolabel.errors import ConversionError, PlatformError
+from autolabel.errors import AuthError, ConfigError, ConversionError, PlatformError
 from autolabel.files import atomic_file, task_folder
 from autolabel.imaging import ImageLimits
+from autolabel.inference.confidence import SeriesConfidence
 from autolabel.inference.guard import guard_model
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.pipeline.fetch import (
@@ -29,6 +30,12 @@ from autolabel.pipeline.fetch import (
     provenance,
 )
 from autolabel.pipeline.options import RunOptions
+from autolabel.pipeline.routing import (
+    check_categories,
+    dropped_categories,
+    task_confidence,
+    with_confidence_attribute,
+)
 from autolabel.pipeline.submit import default_settle_window, is_transient, write_task
 from autolabel.pipeline.summary import model_key
 from autolabel.records import Volume
@@ -41,24 +48,40 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's label map of each series of a task, the seconds inference took, and the
-    model's device events meanwhile (out of memory: smaller batch, CPU; for the ledger)."""
+    """The model's label map of each series of a task, the seconds inference took, the
+    model's device events meanwhile (out of memory: smaller batch, CPU; for the ledger)
+    and the confidence of each series' labels (``None`` entries: the model gives none)."""
 
     label_maps: list[npt.NDArray[np.integer]]
     seconds: float
     device_events: list[dict[str, Any]] = field(default_factory=list)
+    confidence: list[SeriesConfidence | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Converted:
     """A task's conversion: the ``series`` entries to write (empty: nothing to write), its
     local results (label files, previews, payload), the predicted millilitres per taxonomy
-    category and the seconds it took. Plain and picklable (it crosses to the Ray driver)."""
+    category and the seconds it took. ``confidence`` is the confidence of each predicted
+    category (:func:`autolabel.pipeline.routing.task_confidence`; None: the model gives no
+    probabilities), ``dropped`` the categories left out by ``drop_below``. Plain and
+    picklable (it crosses to the Ray driver)."""
 
     entries: list[dict[str, Any]]
     files: dict[str, str]
     volumes_ml: dict[str, float]
     seconds: float
+    confidence: dict[str, dict[str, Any]] | None = None
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Written:
+    """A write that went through: its seconds, and what went wrong after it (the task
+    priority could not be set), else ``""``."""
+
+    seconds: float
+    note: str = ""
 
 
 def segment_map_for(
@@ -112,6 +135,7 @@ class TaskSteps:
         self.segment_map = segment_map_for(
             model.spec, project.taxonomy, options.mapping, allow_unmapped=options.allow_unmapped
         )
+        self._check_routing(options)
         self.provenance = provenance(self.key.name, self.key.version)
         self.stamp = Stamp(project.current_user_id, self._landing(self.provenance))
         self.settle_window_s = (
@@ -119,6 +143,28 @@ class TaskSteps:
             if options.settle_window_s is not None
             else default_settle_window(project)
         )
+
+    def _check_routing(self, options: RunOptions) -> None:
+        """Refuse confidence routing with a model that gives no confidence, and thresholds
+        for categories this run does not write (a configuration error, before any task)."""
+        wanted = [
+            flag
+            for flag, on in (
+                ("--finalize-above", options.finalize_above is not None),
+                ("--drop-below", options.drop_below is not None),
+                ("--prioritize", options.prioritize),
+            )
+            if on
+        ]
+        if wanted and not getattr(self.model, "gives_confidence", False):
+            raise ConfigError(
+                f"{', '.join(wanted)} route by confidence, but model {self.key.name!r} gives no "
+                "probabilities (no confidence); use a model that does (phantom-unet, nnU-Net, "
+                "TorchScript cards, plug-ins with predict_probabilities or confidence)"
+            )
+        names = [c.name for c in self.segment_map.categories.values()]
+        check_categories(options.finalize_above, names, "--finalize-above")
+        check_categories(options.drop_below, names, "--drop-below")
 
     def _landing(self, provenance: Mapping[str, str]) -> dict[str, str]:
         """The provenance attributes that land on this run's labels (those the taxonomy
@@ -153,16 +199,29 @@ class TaskSteps:
         began = time.perf_counter()
         before: list[Any] = getattr(self.model, "events", [])
         seen = len(before)
-        label_maps = [self.model.predict(series.volume) for series in fetched.series]
+        results = [self.model.predict_with_confidence(series.volume) for series in fetched.series]
         after: list[Any] = getattr(self.model, "events", [])
         new = after[seen:] if after is before else after  # a reloaded model: all its events
         events = [_plain(e) for e in new]
-        return Prediction(label_maps, time.perf_counter() - began, events)
+        return Prediction(
+            [labels for labels, _ in results],
+            time.perf_counter() - began,
+            events,
+            [confidence for _, confidence in results],
+        )
 
     def convert(
-        self, fetched: FetchedTask, label_maps: Sequence[npt.NDArray[np.integer]]
+        self,
+        fetched: FetchedTask,
+        label_maps: Sequence[npt.NDArray[np.integer]],
+        confidence: Sequence[SeriesConfidence | None] = (),
     ) -> Converted:
         """Write the task's label files, previews and payload; return the ``series`` entries.
+
+        ``confidence`` (one per series, from :meth:`predict`) gives the task's confidence
+        per category: categories below ``drop_below`` are left out, each segment gets its
+        category's confidence as the taxonomy's ``Confidence`` attribute where it has one,
+        and ``series.json`` records it (``null``: no probabilities).
 
         The entries are one per series, in the task's series order (a series with
         nothing to write gets an entry without ``segmentations``, see
@@ -174,8 +233,15 @@ class TaskSteps:
         began = time.perf_counter()
         files: dict[str, str] = {}
         volumes: dict[str, float] = {}
+        category_of = {
+            label_id: self.segment_map.categories[value].name
+            for label_id, value in self.segment_map.values.items()
+            if value
+        }
+        scores = task_confidence(list(confidence), category_of) if confidence else None
+        dropped = dropped_categories(scores, self.options.drop_below)
         try:
-            entries = self._convert(fetched, label_maps, files, volumes)
+            entries = self._convert(fetched, label_maps, files, volumes, scores, dropped)
         except OSError as exc:
             task = fetched.task
             raise ConversionError(
@@ -183,7 +249,8 @@ class TaskSteps:
                 f"{self.options.results_dir}: {exc.strerror or exc}. Check that folder "
                 "(free space, permissions) or choose another with --out."
             ) from exc
-        return Converted(entries, files, volumes, time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        return Converted(entries, files, volumes, seconds, scores, dropped)
 
     def _convert(
         self,
@@ -191,11 +258,20 @@ class TaskSteps:
         label_maps: Sequence[npt.NDArray[np.integer]],
         files: dict[str, str],
         volumes: dict[str, float],
+        confidence: dict[str, dict[str, Any]] | None,
+        dropped: Sequence[str],
     ) -> list[dict[str, Any]]:
         options = self.options
         task = fetched.task
         folder = task_folder(options.results_dir, task.task_id)
         folder.mkdir(parents=True, exist_ok=True)
+        segment_map = self.segment_map
+        if dropped:  # the unsure categories' voxels become background
+            values = {
+                i: 0 if v and segment_map.categories[v].name in dropped else v
+                for i, v in segment_map.values.items()
+            }
+            segment_map = dataclasses.replace(segment_map, values=values)
         found: list[convert.SeriesEntry | None] = []
         names: list[str] = []
         for series, label_map in zip(fetched.series, label_maps, strict=True):
@@ -204,7 +280,7 @@ class TaskSteps:
             entry = convert.to_series(
                 label_map,
                 series.volume,
-                self.segment_map,
+                segment_map,
                 name=name,
                 path=path,
                 empty=options.empty,
@@ -216,7 +292,7 @@ class TaskSteps:
             if entry is None:
                 continue
             files[f"labels-{series.index}"] = str(path)
-            for category, ml in _volumes_ml(label_map, series.volume, self.segment_map).items():
+            for category, ml in _volumes_ml(label_map, series.volume, segment_map).items():
                 volumes[category] = volumes.get(category, 0.0) + ml
             if options.previews:
                 preview = folder / f"series-{series.index}-preview.png"
@@ -232,8 +308,10 @@ class TaskSteps:
                 files[f"preview-{series.index}"] = str(preview)
         # One entry per series in the task's order: RedBrick matches them by position.
         entries = convert.positional(found, names) if any(found) else []
+        entries = with_confidence_attribute(entries, confidence, self.project.taxonomy)
         payload_path = folder / "series.json"
-        _write_json(payload_path, {"taskId": task.task_id, "series": entries})
+        payload = {"taskId": task.task_id, "series": entries, "confidence": confidence}
+        _write_json(payload_path, {**payload, "dropped": list(dropped)})
         files["payload"] = str(payload_path)
         return entries
 
@@ -243,17 +321,19 @@ class TaskSteps:
         entries: Sequence[Mapping[str, Any]],
         *,
         on_in_doubt: Callable[[str], object] | None = None,
-    ) -> float:
+    ) -> Written:
         """Save or submit ``entries`` under ``claim`` (see
-        :func:`autolabel.pipeline.submit.write_task`); ``on_in_doubt(reason)`` records that a
-        sent write's reply was lost. Returns the seconds the write took."""
+        :func:`autolabel.pipeline.submit.write_task`; the claim's route says which), then set
+        the claim's task priority if it has one; ``on_in_doubt(reason)`` records that a
+        sent write's reply was lost. A priority RedBrick refuses does not undo the write:
+        it is the returned :class:`Written`'s note."""
         began = time.perf_counter()
         write_task(
             self.project,
             claim.task_id,
             self.options.stage,
             entries,
-            finalize=self.options.mode == "final",
+            finalize=claim.finalize,
             before=claim.before,
             provenance=self.provenance,
             stamp=self.stamp,
@@ -261,7 +341,20 @@ class TaskSteps:
             record_intent=claim.check,
             record_in_doubt=on_in_doubt,
         )
-        return time.perf_counter() - began
+        note = ""
+        if claim.priority is not None:
+            try:
+                self.project.upload.update_tasks_priority(
+                    [{"taskId": claim.task_id, "priority": claim.priority}]
+                )
+            except PlatformError as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                note = (
+                    f"the draft is saved but its priority {claim.priority} was not set "
+                    f"({exc}); set it in RedBrick, or run again with --prioritize --force"
+                )
+        return Written(time.perf_counter() - began, note)
 
 
 def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> FetchedTask:

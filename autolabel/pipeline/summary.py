@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from autolabel.inference.spec import ModelSpec, SegmentationModel
 from autolabel.ledger import ModelKey
 from autolabel.pipeline.engine import EngineStats
+from autolabel.pipeline.routing import Route
 
 
 @dataclass
@@ -23,6 +24,11 @@ class TaskOutcome:
     ``files`` the local results (label files, payload, preview); ``worker`` the Ray actor
     that did the task (empty in a local run); ``phase`` the phase a failed task failed in
     (``fetch``, ``infer``, ``write``, or the Ray call; empty otherwise).
+
+    Confidence routing (:mod:`autolabel.pipeline.routing`): ``confidence`` per category
+    (None: the model gives no probabilities), ``route`` (``finalize``, ``draft``, or ``""``
+    when the mode alone decided) and ``route_reason``, the ``dropped`` categories and the
+    ``priority`` set on a draft (None: left alone).
     """
 
     task_id: str
@@ -35,6 +41,33 @@ class TaskOutcome:
     files: dict[str, str] = field(default_factory=dict)
     worker: str = ""
     phase: str = ""
+    confidence: dict[str, dict[str, Any]] | None = None
+    route: str = ""
+    route_reason: str = ""
+    dropped: list[str] = field(default_factory=list)
+    priority: float | None = None
+
+    def routed(
+        self,
+        route: Route,
+        confidence: dict[str, dict[str, Any]] | None,
+        dropped: list[str],
+        priority: float | None,
+    ) -> None:
+        """Keep the route :class:`~autolabel.pipeline.flow.TaskFlow` decided."""
+        self.route, self.route_reason = route.name, route.reason
+        self.confidence, self.dropped, self.priority = confidence, list(dropped), priority
+
+    def routing_detail(self) -> dict[str, Any]:
+        """What the ledger records of the route: ``confidence`` (null: no probabilities),
+        and the route, its reason, dropped categories and priority when there are any."""
+        out: dict[str, Any] = {"confidence": self.confidence}
+        for key in ("route", "route_reason", "dropped"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.priority is not None:
+            out["priority"] = self.priority
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -47,6 +80,11 @@ class TaskOutcome:
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
             "files": dict(self.files),
+            "confidence": self.confidence,
+            "route": self.route,
+            "route_reason": self.route_reason,
+            "dropped": list(self.dropped),
+            "priority": self.priority,
         }
         if self.worker:
             out["worker"] = self.worker
@@ -133,6 +171,18 @@ class RunSummary:
         return self._with("failed")
 
     @property
+    def routes(self) -> dict[str, int]:
+        """How many tasks took each route (``finalize``, ``draft``) and how many had a
+        category dropped (``dropped``); empty when the run did not route by confidence."""
+        counts: dict[str, int] = {}
+        for o in self.done:
+            if o.route:
+                counts[o.route] = counts.get(o.route, 0) + 1
+            if o.dropped:
+                counts["dropped"] = counts.get("dropped", 0) + 1
+        return counts
+
+    @property
     def exit_code(self) -> int:
         """0 when no task failed, 1 otherwise."""
         return 1 if self.failed else 0
@@ -168,6 +218,7 @@ class RunSummary:
                 "already_done": self.already_done,
                 "resolved_in_doubt": self.resolved,
             },
+            "routes": self.routes,
             "wall_s": round(self.wall_s, 3),
             "stages": stages,
             "tasks": [o.to_dict() for o in self.outcomes],

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autolabel.errors import GraphQLError, NotFoundError
+from autolabel.errors import GraphQLError, NotFoundError, PlatformError
 from autolabel.redbrick import documents
 from autolabel.redbrick.pages import (
     ListingErrorHandler,
@@ -408,3 +408,22 @@ class RedBrickClient:
             },
         )
         return list(data.get("assignTasksMultipleUsers") or [])
+
+    def update_tasks_priorities(
+        self, org_id: str, project_id: str, tasks: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """``updateTasksPrioritiesSDK``: set ``[{"taskId", "priority" (0..1), "user"?}]``.
+
+        Setting a value is idempotent, so the call is retried like a query. An answer
+        with a ``message`` (the SDK logs it as an error) raises :class:`PlatformError`.
+        """
+        operation = "updateTasksPrioritiesSDK"
+        variables = {"orgId": org_id, "projectId": project_id, "tasks": [dict(t) for t in tasks]}
+        data = self.transport.execute(
+            operation, documents.DOCUMENTS[operation], variables, idempotent=True
+        )
+        message = (data.get("updateTasksPriorities") or {}).get("message")
+        if message:
+            raise PlatformError(
+                f"RedBrick refused the task priorities: {message}", operation=operation
+            )

@@ -293,6 +293,13 @@ mutation assignTasksMultipleUsersSDK($orgId: UUID!, $projectId: UUID!, $taskIds:
 }
 """
 
+UPDATE_TASKS_PRIORITIES = """
+mutation updateTasksPrioritiesSDK($orgId: UUID!, $projectId: UUID!,
+                                  $tasks: [UpdateTaskPriorityInput!]!) {
+  updateTasksPriorities(orgId: $orgId, projectId: $projectId, tasks: $tasks) { ok message }
+}
+"""
+
 #: Every document, by operation name (the key of the emulator's faults and of the tests).
 DOCUMENTS: dict[str, str] = {
     "getProjectSDK": GET_PROJECT,
@@ -310,4 +317,5 @@ DOCUMENTS: dict[str, str] = {
     "putReviewTaskSDK": PUT_REVIEW_TASK,
     "moveTaskToStartSDK": MOVE_TASK_TO_START,
     "assignTasksMultipleUsersSDK": ASSIGN_TASKS,
+    "updateTasksPrioritiesSDK": UPDATE_TASKS_PRIORITIES,
 }

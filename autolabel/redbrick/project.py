@@ -42,6 +42,7 @@ from autolabel.redbrick.types import (
     Stage,
     Task,
 )
+from autolabel.redbrick.upload import Upload
 
 
 def get_project(
@@ -94,6 +95,7 @@ class Project:
         self.labeling = Labeling(self)
         self.review = Labeling(self, review=True)
         self.export = Export(self)
+        self.upload = Upload(self)
         self._storage: LabelStorage | None = None
 
     def __repr__(self) -> str:

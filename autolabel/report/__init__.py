@@ -10,7 +10,9 @@ self-contained HTML document; :func:`write_report` writes it atomically. For eac
   time spent per stage and the predicted volume per category over all tasks;
 * one card per task: its outcome (draft saved, submitted, dry run, skipped, failed -- with
   the reason or the error), the preview PNG (labels over three orthogonal planes), the
-  volume of each category in millilitres, the seconds of each stage and the result files.
+  volume of each category in millilitres, the confidence of each category (mean max-softmax
+  probability in its predicted region, with entropy; "no probabilities" for a model that
+  gives none) and the route it took, the seconds of each stage and the result files.
 
 Optional review rows (:class:`ReviewRow`: a review pass's decision and Dice per category)
 add a review table. Contract:
@@ -39,6 +41,7 @@ from typing import Any
 from autolabel.errors import LedgerError
 from autolabel.files import atomic_file
 from autolabel.ledger import Ledger, RunInfo, TaskEvent, TaskState, ledger_path
+from autolabel.report.confidence import confidence_table, route_chips, route_line
 from autolabel.settings.secrets import redact_argv
 
 #: How each final state reads in the report, and its badge colour.
@@ -251,7 +254,7 @@ def _run_section(view: _RunView) -> str:
         f'<span class="kv">started <b>{_when(info.started_at)}</b></span>'
         f'<span class="kv">took <b>{"—" if took is None else f"{took:.1f} s"}</b></span>'
         f'<span class="kv">tasks <b>{len(tasks)}</b></span></div>'
-        f'<div class="chips">{chips}</div>'
+        f'<div class="chips">{chips}{route_chips(tasks)}</div>'
         f'<div class="tables">{_totals(tasks)}</div>{_index(tasks)}'
         f'<div class="files">command <code>{_e(" ".join(redact_argv(info.command)) or "(Python API)")}'
         "</code></div></section>"
@@ -364,8 +367,8 @@ def _task_card(event: TaskEvent) -> str:
         f'<section class="card"><div class="row"><h3>{_e(name)}</h3>{_badge(state)}'
         f'<span class="kv">task id <code>{_e(event.task_id)}</code></span>'
         f'<span class="kv">at <b>{_when(event.at)}</b></span></div>'
-        f"{reason_html}{previews}"
-        f'<div class="tables">{volumes}{timing}</div>'
+        f"{reason_html}{route_line(event.detail)}{previews}"
+        f'<div class="tables">{volumes}{confidence_table(event.detail)}{timing}</div>'
         + (f'<div class="files">{file_list}</div>' if file_list else "")
         + "</section>\n"
     )

@@ -145,6 +145,25 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     exclusive.add_argument(
         "--dry-run", action="store_true", help="write nothing to RedBrick; keep results locally"
     )
+    routing = parser.add_argument_group(
+        "confidence routing (models that give probabilities: phantom-unet, nnU-Net, ...)"
+    )
+    routing.add_argument(
+        "--finalize-above",
+        metavar="T|FILE",
+        help="submit a task whose every category's confidence reaches T (0..1, or per "
+        "category from a TOML/JSON file); save the others as drafts",
+    )
+    routing.add_argument(
+        "--drop-below",
+        metavar="T|FILE",
+        help="leave out a category whose confidence is below T (0..1, or per category)",
+    )
+    routing.add_argument(
+        "--prioritize",
+        action="store_true",
+        help="give drafts the RedBrick priority 1 - confidence: labelers open the hardest first",
+    )
     mode.add_argument("--out", help="results folder (default: WORK/results)")
     mode.add_argument("--work", help="work folder with the ledger (default: ./autolabel-work)")
     mode.add_argument(
@@ -242,6 +261,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     """The :class:`RunOptions` the flags (over ``[run]`` in autolabel.toml) ask for."""
     from autolabel.convert import load_mapping
     from autolabel.pipeline.options import resolve_options
+    from autolabel.pipeline.routing import load_thresholds
 
     limits = image_limits(args)
     return resolve_options(
@@ -270,6 +290,15 @@ def run_options(args: argparse.Namespace) -> RunOptions:
             "max_image_bytes": limits.max_bytes,
             "lock_wait_s": None if args.wait_lock < 0 else args.wait_lock,
             "settle_window_s": args.settle_window,
+            "finalize_above": (
+                load_thresholds(args.finalize_above, "--finalize-above")
+                if args.finalize_above
+                else None
+            ),
+            "drop_below": (
+                load_thresholds(args.drop_below, "--drop-below") if args.drop_below else None
+            ),
+            "prioritize": args.prioritize or None,
         },
         config_path=args.config,
     )

@@ -2,8 +2,9 @@
 
 Shows, over all runs (or one, with ``--run``): the number of (task, model) pairs per latest state, the failures with
 their reasons, tasks whose write is in doubt (a run stopped between the intent and the
-answer), step timings and the last run. ``--json`` prints the same as one JSON object for
-scripts. Exit code 0, or 1 when the latest state of some task is ``failed``.
+answer), step timings, the confidence of each written task per category (models that give
+probabilities; ``null`` for those that give none) with its route, and the last run.
+``--json`` prints the same as one JSON object for scripts. Exit code 0, or 1 when the latest state of some task is ``failed``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from autolabel.cli.commands._args import add_ledger_work, require_ledger
@@ -40,7 +42,8 @@ def run_status(args: argparse.Namespace) -> int:
             raise ConfigError(f"no run {args.run!r} in the ledger of {args.work}")
         summary = ledger.summary(args.run)
         in_doubt = ledger.in_doubt_writes()
-    report = status_report(summary, in_doubt)
+        latest = ledger.latest_events(args.run)
+    report = status_report(summary, in_doubt, latest)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -48,10 +51,15 @@ def run_status(args: argparse.Namespace) -> int:
     return 1 if summary.failures else 0
 
 
-def status_report(summary: LedgerSummary, in_doubt: list[TaskEvent]) -> dict[str, Any]:
-    """The ``--json`` document: plain JSON types only, times in ISO 8601 UTC."""
+def status_report(
+    summary: LedgerSummary, in_doubt: list[TaskEvent], latest: Sequence[TaskEvent] = ()
+) -> dict[str, Any]:
+    """The ``--json`` document: plain JSON types only, times in ISO 8601 UTC. ``latest``
+    (the latest event of each task) gives the ``confidence`` list: each written or
+    dry-run task's confidence per category, route and priority."""
     last = summary.runs[0] if summary.runs else None
     return {
+        "confidence": [_confidence_json(e) for e in latest if "confidence" in e.detail],
         "total": summary.total,
         "counts": dict(sorted(summary.counts.items())),
         "failures": [_event_json(e) for e in summary.failures],
@@ -91,6 +99,21 @@ def _event_json(event: TaskEvent) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _confidence_json(event: TaskEvent) -> dict[str, Any]:
+    detail = event.detail
+    return {
+        "task_id": event.task_id,
+        "task_name": event.task_name,
+        "state": event.state.value,
+        "model": f"{event.model.name} {event.model.version}",
+        "confidence": detail.get("confidence"),  # null: the model gives no probabilities
+        "route": detail.get("route", ""),
+        "route_reason": detail.get("route_reason", ""),
+        "dropped": detail.get("dropped", []),
+        "priority": detail.get("priority"),
+    }
+
+
 def _run_json(run: RunInfo) -> dict[str, Any]:
     return {
         "run_id": run.run_id,
@@ -125,6 +148,20 @@ def _print_tables(report: dict[str, Any]) -> None:
                 model = f"{e['model']['name']} {e['model']['version']}"
                 table.add_row(e["task_id"], e["task_name"], model, e["at"], error)
             console.print(table)
+    if report["confidence"]:
+        table = Table(title="Confidence per category (mean max-softmax in the predicted region)")
+        for column in ("name", "state", "route", "confidence", "priority"):
+            table.add_column(column, overflow="fold")
+        for e in report["confidence"]:
+            scores = e["confidence"]
+            text = (
+                "no probabilities"
+                if scores is None
+                else " · ".join(f"{c} {v['confidence']:.3f}" for c, v in scores.items())
+            )
+            priority = "" if e["priority"] is None else f"{e['priority']:.3f}"
+            table.add_row(e["task_name"] or e["task_id"], e["state"], e["route"], text, priority)
+        console.print(table)
     if report["timings"]:
         timings = Table(title="Step timings (seconds)")
         for column in ("state", "count", "mean", "max", "total"):

@@ -333,7 +333,7 @@ class RayDriver:
 
     def _sent(self, slot: _Slot, job: _Job, value: Sent | TaskError) -> None:
         if isinstance(value, Sent):
-            self._end(slot, job.flow.written(value.seconds))
+            self._end(slot, job.flow.written(value.seconds, value.note))
         else:
             self._end(slot, job.flow.failed("write", value.rebuild()))
 

@@ -93,6 +93,8 @@ class Prepared:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Sent:
-    """A write that went through, and how long it took."""
+    """A write that went through, how long it took, and what went wrong after it (see
+    :class:`~autolabel.pipeline.steps.Written`)."""
 
     seconds: float
+    note: str = ""

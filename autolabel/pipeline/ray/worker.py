@@ -94,7 +94,7 @@ class TaskWorker:
                 prediction = steps.predict(fetched)
             result.infer_s, result.device_events = prediction.seconds, prediction.device_events
             phase = "write"
-            result.converted = steps.convert(fetched, prediction.label_maps)
+            result.converted = steps.convert(fetched, prediction.label_maps, prediction.confidence)
         except Exception as exc:  # per-task: the driver records it
             result.error = TaskError.of(phase, exc)
         return result
@@ -102,7 +102,8 @@ class TaskWorker:
     def send(self, claim: WriteClaim, entries: Sequence[Mapping[str, Any]]) -> Sent | TaskError:
         """Write one task's ``entries`` under the driver's ``claim``; errors are returned."""
         try:
-            return Sent(seconds=self.steps.write(claim, entries))
+            done = self.steps.write(claim, entries)
+            return Sent(seconds=done.seconds, note=done.note)
         except Exception as exc:
             return TaskError.of("write", exc)
 
