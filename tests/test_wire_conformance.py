@@ -293,6 +293,12 @@ def _cases(label_file: Path) -> dict[str, tuple[Callable[[EmulatorHandle], None]
             _list(search=redbrick.TaskFilters.QUEUED, stage_name="Label", user_id="key"),
         ),
         "search a task by name": (_nothing, _list(task_name="phantom-001", exact_match=True)),
+        "update task priorities": (
+            _nothing,
+            lambda p, emu, ids: p.upload.update_tasks_priority(
+                [{"taskId": ids.task(0), "priority": 0.75}, {"taskId": ids.task(1), "priority": 0.2}]
+            ),
+        ),
         "open the project": (_nothing, OPEN),
         "export one task": (
             _nothing,
@@ -331,6 +337,7 @@ CASES: dict[str, tuple[str, ...]] = {
     "assign_tasks to the key": ("assignTasksMultipleUsersSDK",),
     "list my queued tasks": ("currentUserSDK", "tasksListSDK"),
     "search a task by name": ("tasksListSDK",),
+    "update task priorities": ("updateTasksPrioritiesSDK",),
     "open the project": ("getProjectSDK", "currentUserSDK"),
     "export one task": ("taskSDK",),
     "export one task with its files": ("taskSDK", "presignItemsSDK"),

@@ -108,8 +108,13 @@ def ct_taxonomy() -> dict[str, Any]:
                 "labelType": label_type,
                 "color": color,
                 # A free-text attribute where pre-labelling tools stamp their model
-                # (autolabel writes "<name> <version>" into it).
-                "attributes": [{"name": "Model", "attrType": "TEXT", "attrId": 0}],
+                # (autolabel writes "<name> <version>" into it), and a number for the
+                # model's confidence in the label (NUMBER: redbrick/types/taxonomy.py).
+                "attributes": [
+                    {"name": "Model", "attrType": "TEXT", "attrId": 0},
+                    {"name": "Confidence", "attrType": "NUMBER", "attrId": 1,
+                     "minValue": 0, "maxValue": 1},
+                ],
                 "archived": False,
                 "parents": [],
                 "hint": None,

@@ -1,0 +1,351 @@
+"""Confidence routing over sockets (issue 15): each route judged through the official SDK.
+
+The model is a python plug-in card written here (``sure``): lungs and bone by Hounsfield
+units, with class probabilities whose confidence the test sets per task, so each route is
+exercised by the real pipeline -- the card loader, the model guard, the flow's decision,
+the write, the priority mutation -- and read back with ``redbrick.get_project``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autolabel.cli import main
+from autolabel.emulator import EmulatorHandle
+from autolabel.errors import BadModelOutputError, ConfigError
+from autolabel.inference import load_model
+from autolabel.inference.confidence import plugin_confidence, region_confidence
+from autolabel.ledger import Ledger, TaskState, ledger_path
+from autolabel.pipeline import RunOptions, RunSummary, run
+from autolabel.pipeline.routing import Thresholds, decide_route, draft_priority
+from autolabel.redbrick import get_project
+from autolabel.report import build_report
+
+redbrick = pytest.importorskip("redbrick")
+
+_PLUGIN = '''
+import json
+import numpy as np
+
+
+class Sure:
+    """Lung (-950 < HU < -400) and bone (HU > 300); the probability of each voxel's class is
+    the confidence scores.json sets for its task and category (others share the rest)."""
+
+    def __init__(self, card, device):
+        self.table = json.loads((card.folder / "scores.json").read_text())
+
+    def predict(self, volume):
+        return self.predict_probabilities(volume)[0]
+
+    def predict_probabilities(self, volume):
+        hu = np.asarray(volume.array, dtype=np.float32)
+        labels = np.zeros(hu.shape, dtype=np.uint8)
+        labels[(hu > -950) & (hu < -400)] = 1
+        labels[hu > 300] = 2
+        (scores,) = [s for name, s in self.table.items() if f"({name})" in volume.source]
+        probabilities = np.empty((3, *hu.shape), dtype=np.float32)
+        for value, name in ((0, "background"), (1, "Lung"), (2, "Bone")):
+            sure = float(scores.get(name, 0.99))
+            where = labels == value
+            probabilities[:, where] = (1.0 - sure) / 2
+            probabilities[value, where] = sure
+        return labels, probabilities
+'''
+
+_CARD = """
+name = "sure"
+version = "1.0.0"
+kind = "python"
+entry = "sure:Sure"
+modality = "CT"
+
+[labels]
+1 = "Lung"
+2 = "Bone"
+"""
+
+
+def _card(folder: Path, scores: Mapping[str, Mapping[str, float]]) -> Path:
+    """The ``sure`` card in ``folder``, giving each task (by name) these confidences."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.toml").write_text(_CARD, encoding="utf-8")
+    (folder / "sure.py").write_text(_PLUGIN, encoding="utf-8")
+    (folder / "scores.json").write_text(json.dumps(scores), encoding="utf-8")
+    return folder
+
+
+def _names(emulator: EmulatorHandle) -> list[str]:
+    return sorted(t.name for t in emulator.tasks("Label"))
+
+
+def _run(
+    emulator: EmulatorHandle,
+    tmp_path: Path,
+    scores: Mapping[str, Mapping[str, float]],
+    **options: Any,
+) -> RunSummary:
+    model = load_model(str(_card(tmp_path / "sure", scores)), device="cpu")
+    with get_project(
+        emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+    ) as project:
+        return run(project, model, RunOptions(work_dir=tmp_path / "work", **options))
+
+
+def _sdk(emulator: EmulatorHandle) -> Any:
+    """The official SDK's project on the emulator."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK's "API keys will be sunset" notice
+        return redbrick.get_project(
+            emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+        )
+
+
+def _queue(sdk: Any, stage: str = "Label") -> list[dict[str, Any]]:
+    """The key's queue in ``stage`` as the SDK lists it, in the order it lists it."""
+    return list(
+        sdk.export.list_tasks(
+            search=redbrick.TaskFilters.QUEUED, stage_name=stage, user_id=sdk.context.key_id
+        )
+    )
+
+
+def _in_stage(sdk: Any, stage: str) -> set[str]:
+    return {t["name"] for t in sdk.export.list_tasks(stage_name=stage)}
+
+
+def _exported_categories(sdk: Any, task_id: str, folder: Path) -> dict[str, dict[str, Any]]:
+    """category -> attributes of the task's labels, from the SDK's export (into ``folder``)."""
+    (task,) = list(sdk.export.export_tasks(task_id=task_id, destination=str(folder)))
+    out: dict[str, dict[str, Any]] = {}
+    for series in task.get("series") or []:
+        for value in (series.get("segmentMap") or {}).values():
+            out[value["category"]] = dict(value.get("attributes") or {})
+    return out
+
+
+# -- the three routes ----------------------------------------------------------------------
+
+
+def test_all_above_the_threshold_submits_every_task(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """Every category of every task reaches --finalize-above: all leave the Label stage."""
+    names = _names(emulator)
+    summary = _run(
+        emulator, tmp_path, {n: {"Lung": 0.97, "Bone": 0.95} for n in names}, finalize_above=0.9
+    )
+    assert [o.status for o in summary.outcomes] == ["submitted"] * 3
+    assert summary.routes == {"finalize": 3}
+    assert summary.to_dict()["routes"] == {"finalize": 3}
+    sdk = _sdk(emulator)
+    assert _queue(sdk) == []
+    assert _in_stage(sdk, "Review_1") == set(names)
+
+
+def test_mixed_confidence_submits_the_sure_tasks_and_drafts_the_others(
+    emulator: EmulatorHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Per-category thresholds from a file (CLI): the task whose lung is unsure stays in
+    Label as a draft with its confidence on the labels; the others are submitted. The
+    summary, the report and ``status --json`` count and show each route."""
+    sure, unsure, other = _names(emulator)
+    card = _card(
+        tmp_path / "sure",
+        {
+            sure: {"Lung": 0.97, "Bone": 0.92},
+            unsure: {"Lung": 0.62, "Bone": 0.95},
+            other: {"Lung": 0.91, "Bone": 0.86},
+        },
+    )
+    limits = tmp_path / "thresholds.toml"
+    limits.write_text('Lung = 0.9\n"*" = 0.8\n', encoding="utf-8")
+    work = tmp_path / "work"
+    connection = [
+        "--url", emulator.url, "--org", emulator.org_id, "--project", emulator.project_id,
+        "--api-key", emulator.api_key,
+    ]  # fmt: skip
+    argv = ["run", *connection, "--model", str(card), "--work", str(work), "--json"]
+    assert main([*argv, "--finalize-above", str(limits), "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["routes"] == {"finalize": 2, "draft": 1}
+    by_name = {t["task_name"]: t for t in printed["tasks"]}
+    assert by_name[unsure]["status"] == "draft_saved"
+    assert "Lung 0.620 < 0.9" in by_name[unsure]["route_reason"]
+    assert by_name[unsure]["confidence"]["Lung"]["confidence"] == pytest.approx(0.62, abs=1e-3)
+
+    sdk = _sdk(emulator)
+    queued = _queue(sdk)
+    assert [t["name"] for t in queued] == [unsure]
+    assert _in_stage(sdk, "Review_1") == {sure, other}
+    attributes = _exported_categories(sdk, queued[0]["taskId"], tmp_path / "export")
+    assert attributes["Lung"]["Confidence"] == pytest.approx(0.62, abs=1e-3)
+    assert attributes["Bone"]["Confidence"] == pytest.approx(0.95, abs=1e-3)
+    assert attributes["Lung"]["Model"] == "sure 1.0.0"
+
+    html = build_report(work)
+    assert "submitted: every category reached --finalize-above" in html
+    assert "<td>Lung</td><td class=n>0.620</td>" in html
+    capsys.readouterr()  # the SDK's own log lines
+    assert main(["status", "--work", str(work), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    routes = {e["task_name"]: e["route"] for e in status["confidence"]}
+    assert routes == {sure: "finalize", unsure: "draft", other: "finalize"}
+    payload = json.loads((work / "results" / queued[0]["taskId"] / "series.json").read_text())
+    assert payload["confidence"]["Lung"]["confidence"] == pytest.approx(0.62, abs=1e-3)
+
+
+def test_all_below_the_threshold_saves_every_task_as_a_draft(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """No task reaches --finalize-above: every one is a draft still queued in Label."""
+    names = _names(emulator)
+    summary = _run(
+        emulator, tmp_path, {n: {"Lung": 0.8, "Bone": 0.95} for n in names}, finalize_above=0.9
+    )
+    assert [o.status for o in summary.outcomes] == ["draft_saved"] * 3
+    assert summary.routes == {"draft": 3}
+    sdk = _sdk(emulator)
+    assert sorted(t["name"] for t in _queue(sdk)) == names
+    drafts = sdk.export.list_tasks(search=redbrick.TaskFilters.DRAFT, stage_name="Label")
+    assert sorted(t["name"] for t in drafts) == names
+    with Ledger(ledger_path(tmp_path / "work"), create=False) as ledger:
+        writing = [
+            e for t in emulator.task_ids() for e in ledger.history(t) if e.state is TaskState.WRITING
+        ]
+    assert writing and all(e.detail["finalize"] is False for e in writing)
+
+
+def test_drop_below_leaves_out_the_unsure_category(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """--drop-below: the task whose bone is unsure is written without bone (its other
+    category kept); a dropped category also keeps the task from being submitted."""
+    sure, unsure, _ = _names(emulator)
+    scores = {n: {"Lung": 0.97, "Bone": 0.96} for n in _names(emulator)}
+    scores[unsure] = {"Lung": 0.97, "Bone": 0.3}
+    summary = _run(emulator, tmp_path, scores, drop_below=0.5, finalize_above=0.9)
+    assert summary.routes == {"finalize": 2, "draft": 1, "dropped": 1}
+    by_name = {o.task_name: o for o in summary.outcomes}
+    assert by_name[unsure].dropped == ["Bone"] and by_name[unsure].status == "draft_saved"
+    sdk = _sdk(emulator)
+    export = tmp_path / "export"
+    assert set(_exported_categories(sdk, by_name[unsure].task_id, export)) == {"Lung"}
+    assert set(_exported_categories(sdk, by_name[sure].task_id, export)) == {"Lung", "Bone"}
+
+
+def test_prioritize_puts_the_hardest_drafts_first_in_the_sdk_listing(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """--prioritize: each draft's priority is 1 - its least sure category's confidence, and
+    the SDK's listing of the key's queue gives the least sure first."""
+    easy, hard, middle = _names(emulator)
+    scores = {
+        easy: {"Lung": 0.97, "Bone": 0.95},
+        hard: {"Lung": 0.55, "Bone": 0.9},
+        middle: {"Lung": 0.9, "Bone": 0.75},
+    }
+    summary = _run(emulator, tmp_path, scores, prioritize=True)
+    assert {o.task_name: o.priority for o in summary.outcomes} == {
+        easy: pytest.approx(0.05, abs=1e-3),
+        hard: pytest.approx(0.45, abs=1e-3),
+        middle: pytest.approx(0.25, abs=1e-3),
+    }
+    queue = _queue(_sdk(emulator))
+    assert [t["name"] for t in queue] == [hard, middle, easy]
+    assert [t["priority"] for t in queue] == pytest.approx([0.45, 0.25, 0.05], abs=1e-3)
+
+
+# -- models without probabilities --------------------------------------------------------------
+
+
+def test_a_model_without_probabilities_says_so_and_cannot_route(
+    emulator: EmulatorHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ct-threshold gives no probabilities: confidence is null (never a number) in the
+    summary, series.json, the ledger, the report and status; routing by it is refused
+    before any task, as a configuration error."""
+    model = load_model("ct-threshold", device="cpu")
+    with get_project(
+        emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+    ) as project:
+        with pytest.raises(ConfigError, match="gives no probabilities"):
+            run(project, model, RunOptions(work_dir=tmp_path / "w0", finalize_above=0.9))
+        summary = run(project, model, RunOptions(work_dir=tmp_path / "work", limit=1))
+    (outcome,) = summary.outcomes
+    assert outcome.status == "draft_saved" and outcome.confidence is None
+    payload = json.loads(Path(outcome.files["payload"]).read_text())
+    assert payload["confidence"] is None
+    assert "no probabilities" in build_report(tmp_path / "work")
+    assert main(["status", "--work", str(tmp_path / "work"), "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["confidence"]
+    assert entry["confidence"] is None and entry["task_id"] == outcome.task_id
+    assert emulator.write_counts() == {outcome.task_id: 1}  # the refused run wrote nothing
+
+
+def test_thresholds_for_a_category_the_model_does_not_write_are_refused(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A per-category threshold naming no category of the run is a configuration error
+    naming the known ones (a typo never silently keeps a task from being submitted)."""
+    with pytest.raises(ConfigError, match=r"\['Lugn'\] are not categories.*Bone"):
+        _run(emulator, tmp_path, {}, finalize_above={"Lugn": 0.9})
+    with pytest.raises(ConfigError, match="drop --finalize"):
+        RunOptions(mode="final", finalize_above=0.9)
+
+
+# -- the definition and the decision, without a server -------------------------------------------
+
+
+def test_confidence_is_the_mean_probability_of_the_predicted_class_with_entropy() -> None:
+    """Mean probability of the predicted class over its region; entropy normalised by
+    ln(classes): 0 for a certain voxel, 1 for a uniform one; absent labels are absent."""
+    labels = np.array([[[1, 1, 2, 0]]], dtype=np.uint8)
+    probabilities = np.array(
+        [[[[0.0, 0.1, 1 / 3, 1.0]]], [[[1.0, 0.8, 1 / 3, 0.0]]], [[[0.0, 0.1, 1 / 3, 0.0]]]],
+        dtype=np.float32,
+    )
+    found = region_confidence(labels, probabilities)
+    assert set(found) == {1, 2}
+    assert found[1].confidence == pytest.approx(0.9) and found[1].voxels == 2
+    expected = -(0.8 * np.log(0.8) + 2 * 0.1 * np.log(0.1)) / np.log(3) / 2
+    assert found[1].entropy == pytest.approx(expected, rel=1e-4)
+    assert found[2].confidence == pytest.approx(1 / 3) and found[2].entropy == pytest.approx(1.0)
+    with pytest.raises(BadModelOutputError, match="no probability channel"):
+        region_confidence(labels, probabilities[:2])
+
+
+def test_a_plugins_own_scores_are_checked() -> None:
+    """A plug-in's confidence() scores must be label ids to numbers in [0, 1]."""
+    labels = np.array([[[1, 2]]], dtype=np.uint8)
+    found = plugin_confidence("p", {1: 0.7, 2: {"confidence": 0.4, "entropy": 0.2}, 3: 1.0}, labels)
+    assert (found[1].confidence, found[1].entropy) == (0.7, None)
+    assert (found[2].confidence, found[2].entropy) == (0.4, 0.2)
+    assert 3 not in found
+    with pytest.raises(BadModelOutputError, match="not a number in"):
+        plugin_confidence("p", {1: 1.5}, labels)
+    with pytest.raises(BadModelOutputError, match="not a mapping"):
+        plugin_confidence("p", [0.5], labels)
+
+
+def test_the_route_is_judged_on_every_predicted_category() -> None:
+    """Submitted only when each category reaches its threshold; no confidence or no
+    threshold for a category means a draft, with the reason; a draft's priority is
+    1 - its least sure category."""
+    confidence = {"Lung": {"confidence": 0.95}, "Bone": {"confidence": 0.85}}
+    assert decide_route(False, confidence, Thresholds(0.8)).finalize
+    below = decide_route(False, confidence, Thresholds(0.8, {"Bone": 0.9}))
+    assert (below.finalize, below.name) == (False, "draft") and "Bone 0.850 < 0.9" in below.reason
+    unnamed = decide_route(False, confidence, Thresholds(None, {"Lung": 0.5}))
+    assert not unnamed.finalize and "Bone: no threshold" in unnamed.reason
+    assert "no probabilities" in decide_route(False, None, Thresholds(0.5)).reason
+    assert decide_route(True, None, None).finalize  # no routing: the mode decides
+    assert draft_priority(confidence) == pytest.approx(0.15)
+    assert draft_priority(None) is None
