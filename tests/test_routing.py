@@ -218,7 +218,10 @@ def test_all_below_the_threshold_saves_every_task_as_a_draft(
     assert sorted(t["name"] for t in drafts) == names
     with Ledger(ledger_path(tmp_path / "work"), create=False) as ledger:
         writing = [
-            e for t in emulator.task_ids() for e in ledger.history(t) if e.state is TaskState.WRITING
+            e
+            for t in emulator.task_ids()
+            for e in ledger.history(t)
+            if e.state is TaskState.WRITING
         ]
     assert writing and all(e.detail["finalize"] is False for e in writing)
 

@@ -296,7 +296,10 @@ def _cases(label_file: Path) -> dict[str, tuple[Callable[[EmulatorHandle], None]
         "update task priorities": (
             _nothing,
             lambda p, emu, ids: p.upload.update_tasks_priority(
-                [{"taskId": ids.task(0), "priority": 0.75}, {"taskId": ids.task(1), "priority": 0.2}]
+                [
+                    {"taskId": ids.task(0), "priority": 0.75},
+                    {"taskId": ids.task(1), "priority": 0.2},
+                ]
             ),
         ),
         "open the project": (_nothing, OPEN),

@@ -112,8 +112,13 @@ def ct_taxonomy() -> dict[str, Any]:
                 # model's confidence in the label (NUMBER: redbrick/types/taxonomy.py).
                 "attributes": [
                     {"name": "Model", "attrType": "TEXT", "attrId": 0},
-                    {"name": "Confidence", "attrType": "NUMBER", "attrId": 1,
-                     "minValue": 0, "maxValue": 1},
+                    {
+                        "name": "Confidence",
+                        "attrType": "NUMBER",
+                        "attrId": 1,
+                        "minValue": 0,
+                        "maxValue": 1,
+                    },
                 ],
                 "archived": False,
                 "parents": [],
