@@ -291,3 +291,41 @@ def test_ctrl_c_on_a_cluster_run_finishes_tasks_in_hand_and_the_key_stays_out_of
     key = emulator.api_key.encode()
     leaks = [p for p in session.rglob("*") if p.is_file() and key in p.read_bytes()]
     assert leaks == []
+
+
+def test_a_ray_run_routes_by_confidence_as_a_local_run(
+    local_ray: Any, emulator_factory: Callable[..., EmulatorHandle], tmp_path: Path
+) -> None:
+    """--finalize-above and --prioritize decide the same routes and priorities on Ray
+    actors as on this machine: the flow decides on the driver, from the actors' confidence."""
+    from test_routing import _card
+
+    here, there = emulator_factory(), emulator_factory()
+    sure, unsure, middle = sorted(t.name for t in here.tasks("Label"))
+    scores = {
+        sure: {"Lung": 0.97, "Bone": 0.95},
+        unsure: {"Lung": 0.6, "Bone": 0.9},
+        middle: {"Lung": 0.91, "Bone": 0.8},
+    }
+    card = str(_card(tmp_path / "sure", scores))
+    routing: dict[str, Any] = {"finalize_above": 0.9, "prioritize": True, "previews": False}
+    with get_project(here.org_id, here.project_id, here.api_key, url=here.url) as project:
+        local = run(
+            project,
+            load_model(card, device="cpu"),
+            RunOptions(work_dir=tmp_path / "local", **routing),
+        )
+    options = RunOptions(work_dir=tmp_path / "ray", **routing)
+    scaled = run_on_ray(_connection(there), card, options, RayOptions(actors=2), device="cpu")
+
+    def routes(summary: RunSummary) -> dict[str, tuple[str, str, float | None]]:
+        return {o.task_name: (o.status, o.route, o.priority) for o in summary.outcomes}
+
+    assert routes(scaled) == routes(local)
+    assert routes(local) == {
+        sure: ("submitted", "finalize", None),
+        unsure: ("draft_saved", "draft", pytest.approx(0.4, abs=1e-3)),
+        middle: ("draft_saved", "draft", pytest.approx(0.2, abs=1e-3)),
+    }
+    assert scaled.routes == local.routes == {"finalize": 1, "draft": 2}
+    assert [t.name for t in there.tasks("Label")] == [t.name for t in here.tasks("Label")]
