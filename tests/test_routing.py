@@ -352,3 +352,24 @@ def test_the_route_is_judged_on_every_predicted_category() -> None:
     assert decide_route(True, None, None).finalize  # no routing: the mode decides
     assert draft_priority(confidence) == pytest.approx(0.15)
     assert draft_priority(None) is None
+
+
+def test_priorities_outside_0_to_1_or_of_other_tasks_are_refused(
+    emulator: EmulatorHandle,
+) -> None:
+    """The client refuses a priority outside [0, 1] before sending; the emulator refuses a
+    task that is not the project's, and sets none of the batch."""
+    import uuid
+
+    from autolabel.errors import PlatformError
+
+    first = emulator.task_ids("Label")[0]
+    with get_project(
+        emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+    ) as project:
+        with pytest.raises(ValueError, match=r"not in \[0, 1\]"):
+            project.upload.update_tasks_priority([{"taskId": first, "priority": 1.5}])
+        batch = [{"taskId": first, "priority": 0.9}, {"taskId": str(uuid.uuid4()), "priority": 0.5}]
+        with pytest.raises(PlatformError, match="does not exist"):
+            project.upload.update_tasks_priority(batch)
+    assert emulator.task(first).priority is None

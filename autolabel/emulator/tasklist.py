@@ -6,9 +6,10 @@
   ``status`` (``TaskStates``), ``taskId``, ``reviewState`` (the last review result of a task
   reviewed in ``stageName``), ``recentlyCompleted`` with ``completedAtFrom``/``To`` (tasks
   submitted or reviewed in ``stageName``, by ``userId`` if given, in that window).
-* A stage's listing is a queue: highest ``priority`` first (redbrick/types/task.py: "Tasks
-  will be ordered in descending order of priority"), creation order among equals; listings
-  by completion or review result stay in creation order.
+* A listing by stage (or of every task) is a queue: highest ``priority`` first
+  (redbrick/types/task.py: "Tasks will be ordered in descending order of priority"),
+  creation order among equals; listings by completion or review result stay in creation
+  order.
 * The cursor is the offset of the next page as a string; null after the last page.
 """
 
