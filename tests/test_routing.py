@@ -134,20 +134,36 @@ def _exported_categories(sdk: Any, task_id: str, folder: Path) -> dict[str, dict
 # -- the three routes ----------------------------------------------------------------------
 
 
-def test_all_above_the_threshold_submits_every_task(
-    emulator: EmulatorHandle, tmp_path: Path
+@pytest.mark.parametrize(
+    ("lung", "status", "route"),
+    [(0.97, "submitted", "finalize"), (0.8, "draft_saved", "draft")],
+    ids=["all-above", "all-below"],
+)
+def test_all_above_submits_every_task_and_all_below_drafts_every_task(
+    emulator: EmulatorHandle, tmp_path: Path, lung: float, status: str, route: str
 ) -> None:
-    """Every category of every task reaches --finalize-above: all leave the Label stage."""
+    """Every task reaches --finalize-above: all leave the Label stage for Review_1. No
+    task does: every one is a draft still queued in Label, and each intent recorded so."""
     names = _names(emulator)
-    summary = _run(
-        emulator, tmp_path, {n: {"Lung": 0.97, "Bone": 0.95} for n in names}, finalize_above=0.9
-    )
-    assert [o.status for o in summary.outcomes] == ["submitted"] * 3
-    assert summary.routes == {"finalize": 3}
-    assert summary.to_dict()["routes"] == {"finalize": 3}
+    scores = {n: {"Lung": lung, "Bone": 0.95} for n in names}
+    summary = _run(emulator, tmp_path, scores, finalize_above=0.9)
+    assert [o.status for o in summary.outcomes] == [status] * 3
+    assert summary.routes == summary.to_dict()["routes"] == {route: 3}
     sdk = _sdk(emulator)
-    assert _queue(sdk) == []
-    assert _in_stage(sdk, "Review_1") == set(names)
+    queued = sorted(t["name"] for t in _queue(sdk))
+    drafts = sdk.export.list_tasks(search=redbrick.TaskFilters.DRAFT, stage_name="Label")
+    if route == "finalize":
+        assert queued == [] and _in_stage(sdk, "Review_1") == set(names)
+    else:
+        assert queued == sorted(t["name"] for t in drafts) == names
+    with Ledger(ledger_path(tmp_path / "work"), create=False) as ledger:
+        intents = [
+            e
+            for t in emulator.task_ids()
+            for e in ledger.history(t)
+            if e.state is TaskState.WRITING
+        ]
+    assert len(intents) == 3 and all(e.detail["finalize"] is (route == "finalize") for e in intents)
 
 
 def test_mixed_confidence_submits_the_sure_tasks_and_drafts_the_others(
@@ -200,30 +216,6 @@ def test_mixed_confidence_submits_the_sure_tasks_and_drafts_the_others(
     assert routes == {sure: "finalize", unsure: "draft", other: "finalize"}
     payload = json.loads((work / "results" / queued[0]["taskId"] / "series.json").read_text())
     assert payload["confidence"]["Lung"]["confidence"] == pytest.approx(0.62, abs=1e-3)
-
-
-def test_all_below_the_threshold_saves_every_task_as_a_draft(
-    emulator: EmulatorHandle, tmp_path: Path
-) -> None:
-    """No task reaches --finalize-above: every one is a draft still queued in Label."""
-    names = _names(emulator)
-    summary = _run(
-        emulator, tmp_path, {n: {"Lung": 0.8, "Bone": 0.95} for n in names}, finalize_above=0.9
-    )
-    assert [o.status for o in summary.outcomes] == ["draft_saved"] * 3
-    assert summary.routes == {"draft": 3}
-    sdk = _sdk(emulator)
-    assert sorted(t["name"] for t in _queue(sdk)) == names
-    drafts = sdk.export.list_tasks(search=redbrick.TaskFilters.DRAFT, stage_name="Label")
-    assert sorted(t["name"] for t in drafts) == names
-    with Ledger(ledger_path(tmp_path / "work"), create=False) as ledger:
-        writing = [
-            e
-            for t in emulator.task_ids()
-            for e in ledger.history(t)
-            if e.state is TaskState.WRITING
-        ]
-    assert writing and all(e.detail["finalize"] is False for e in writing)
 
 
 def test_drop_below_leaves_out_the_unsure_category(
