@@ -365,3 +365,26 @@ def test_priorities_outside_0_to_1_or_of_other_tasks_are_refused(
         with pytest.raises(PlatformError, match="does not exist"):
             project.upload.update_tasks_priority(batch)
     assert emulator.task(first).priority is None
+
+
+def test_a_routed_submit_whose_reply_was_lost_is_settled_once_as_submitted(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A submit chosen by --finalize-above whose answer a gateway lost (the commit lands
+    later) is settled by re-reading as a submit -- written once, recorded submitted."""
+    import time
+
+    emulator.add_fault("putTaskAndLabelsSDK", "late_commit", status=504, delay_s=3.0, times=1)
+    names = _names(emulator)
+    model = load_model(str(_card(tmp_path / "sure", {n: {} for n in names})), device="cpu")
+    options = RunOptions(
+        work_dir=tmp_path / "work", previews=False, settle_window_s=8.0, finalize_above=0.9
+    )
+    with get_project(
+        emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+    ) as project:
+        summary = run(project, model, options)
+    assert [o.status for o in summary.outcomes] == ["submitted"] * 3, summary.to_dict()
+    time.sleep(3.0)  # past the late commit: a second send would show now
+    assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
+    assert {t.stage_name for t in emulator.tasks()} == {"Review_1"}
