@@ -19,7 +19,7 @@ from autolabel.pipeline.engine import EngineStats
 from autolabel.pipeline.fetch import LabelsMarker, select_tasks
 from autolabel.pipeline.flow import TaskFlow, plain_json
 from autolabel.pipeline.options import RunOptions
-from autolabel.pipeline.routing import Thresholds
+from autolabel.pipeline.routing import Thresholds, intent_finalizes
 from autolabel.pipeline.submit import default_settle_window, settle, write_landed
 from autolabel.pipeline.summary import RunListener, RunSummary, TaskOutcome, WorkerStats
 from autolabel.redbrick import Project, Task
@@ -192,7 +192,7 @@ class RunBook:
                 event.detail.get("labels_before_by"), event.detail.get("labels_before_at")
             )
             # the route the intent recorded (a run routing by confidence submits some tasks)
-            finalize = bool(event.detail.get("finalize", event.mode == "final"))
+            finalize = intent_finalizes(event.detail, event.mode)
             landed, _ = settle(
                 self.project,
                 event.task_id,

@@ -119,6 +119,12 @@ def check_categories(limits: Thresholds | None, known: Sequence[str], source: st
         )
 
 
+def intent_finalizes(detail: Mapping[str, Any], mode: str) -> bool:
+    """Whether a recorded ``writing`` intent was a submit: its ``finalize`` (the route), or
+    for a ledger older than routing its run's mode."""
+    return bool(detail.get("finalize", mode == "final"))
+
+
 def task_confidence(
     series: Sequence[SeriesConfidence | None], category_of: Mapping[int, str]
 ) -> dict[str, dict[str, Any]] | None:

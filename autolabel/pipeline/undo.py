@@ -250,13 +250,14 @@ class _Undoer:
             intent.detail.get("labels_before_by"), intent.detail.get("labels_before_at")
         )
         deadline = 0.0 if self.dry_run else intent.at + self.window
+        finalize = bool(intent.detail.get("finalize", intent.mode == "final"))  # its route
         landed, _ = settle(
             self.project, intent.task_id, stage_name=str(intent.detail.get("stage") or "Label"),
-            finalize=intent.mode == "final", before=before, deadline=deadline,
+            finalize=finalize, before=before, deadline=deadline,
         )  # fmt: skip
         if not landed:
             return None
-        state = TaskState.SUBMITTED if intent.mode == "final" else TaskState.DRAFT_SAVED
+        state = TaskState.SUBMITTED if finalize else TaskState.DRAFT_SAVED
         if self.dry_run:
             return intent
         return self.ledger.record(
