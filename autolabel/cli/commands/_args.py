@@ -52,3 +52,16 @@ def require_ledger(work: str) -> None:
             f"no ledger in {work}: nothing has run with this work folder "
             "(give the folder of `autolabel run` with --work)"
         )
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    doc: str | None,
+) -> argparse.ArgumentParser:
+    """Add sub-command ``name``: ``summary`` in the command list, the module's ``doc`` (as
+    written, line breaks kept) in its ``--help``."""
+    return subparsers.add_parser(
+        name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )

@@ -19,20 +19,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from autolabel.cli.commands._args import port
+from autolabel.cli.commands._args import add_command, port
 
 #: How the emulator's stages read in the summary.
 _STAGE_NAMES = {"END": "Ground Truth", "Label": "Label", "Review_1": "Review_1"}
 
+#: The line ``autolabel --help`` shows for this command.
+SUMMARY = "try everything on a local RedBrick with sample CT studies (no account needed)"
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` sub-command."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="try everything on a local RedBrick with sample CT studies (no account needed)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "demo", SUMMARY, __doc__)
     parser.add_argument(
         "--out",
         type=Path,

@@ -10,19 +10,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autolabel.cli.commands._args import task_id
+from autolabel.cli.commands._args import add_command, task_id
 from autolabel.cli.commands._connect import add_connection_arguments, connect
 from autolabel.errors import ConfigError
+
+#: The line ``autolabel --help`` shows for this command.
+SUMMARY = "send Ground Truth tasks back to Label (by id, or where the model disagrees)"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``reannotate`` sub-command."""
-    parser = subparsers.add_parser(
-        "reannotate",
-        help="send Ground Truth tasks back to Label (by id, or where the model disagrees)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "reannotate", SUMMARY, __doc__)
     add_connection_arguments(parser)
     parser.add_argument("--task-id", action="append", default=[], metavar="ID", type=task_id)
     parser.add_argument("--audit", action="store_true", help="let the model find disagreements")

@@ -13,22 +13,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autolabel.cli.commands._args import add_ledger_work, require_ledger
+from autolabel.cli.commands._args import add_command, add_ledger_work, require_ledger
 from autolabel.errors import ConfigError
 from autolabel.settings import ensure_writable_folder
 
 #: How every HTML file starts that ``--out`` may replace (autolabel's reports do).
 _HTML_START = b"<!doctype html"
 
+#: The line ``autolabel --help`` shows for this command.
+SUMMARY = "write an HTML report of a run (previews, volumes, timings, outcomes)"
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``report`` sub-command."""
-    parser = subparsers.add_parser(
-        "report",
-        help="write an HTML report of a run (previews, volumes, timings, outcomes)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "report", SUMMARY, __doc__)
     add_ledger_work(parser)
     parser.add_argument("--run", metavar="RUN_ID", help="report this run (default: the latest)")
     parser.add_argument(

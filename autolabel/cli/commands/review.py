@@ -11,19 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from autolabel.cli.commands._args import task_id
+from autolabel.cli.commands._args import add_command, task_id
 from autolabel.cli.commands._connect import add_connection_arguments, connect, require_stage
 from autolabel.errors import ConfigError
+
+#: The line ``autolabel --help`` shows for this command.
+SUMMARY = "accept / reject tasks in a review stage, by hand or by agreement with a model"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``review`` sub-command."""
-    parser = subparsers.add_parser(
-        "review",
-        help="accept / reject tasks in a review stage, by hand or by agreement with a model",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "review", SUMMARY, __doc__)
     add_connection_arguments(parser)
     parser.add_argument("--stage", default="Review_1", help="review stage (default: Review_1)")
     parser.add_argument("--task-id", action="append", default=[], metavar="ID", type=task_id)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from autolabel.cli.commands._args import task_id
+from autolabel.cli.commands._args import add_command, task_id
 from autolabel.cli.commands._connect import (
     add_connection_arguments,
     connect,
@@ -40,15 +40,13 @@ if TYPE_CHECKING:
     from autolabel.pipeline.ray import RayOptions
     from autolabel.pipeline.summary import RunSummary
 
+#: The line ``autolabel --help`` shows for this command.
+SUMMARY = "pre-label the tasks assigned to the API key (drafts by default)"
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``run`` sub-command."""
-    parser = subparsers.add_parser(
-        "run",
-        help="pre-label the tasks assigned to the API key (drafts by default)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "run", SUMMARY, __doc__)
     add_connection_arguments(parser)
     add_run_arguments(parser)
     add_ray_arguments(parser)

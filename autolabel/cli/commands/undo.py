@@ -18,18 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-from autolabel.cli.commands._args import add_ledger_work, require_ledger
+from autolabel.cli.commands._args import add_command, add_ledger_work, require_ledger
 from autolabel.cli.commands._connect import add_connection_arguments, connect
+
+#: The line ``autolabel --help`` shows for this command.
+SUMMARY = "revert what a run or model version wrote, where no person has touched it"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``undo`` sub-command."""
-    parser = subparsers.add_parser(
-        "undo",
-        help="revert what a run or model version wrote, where no person has touched it",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "undo", SUMMARY, __doc__)
     add_connection_arguments(parser)
     parser.add_argument(
         "--run", action="append", default=[], metavar="RUN_ID", help="a run to undo"

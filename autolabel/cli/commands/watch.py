@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+from autolabel.cli.commands._args import add_command
 from autolabel.cli.commands._connect import add_connection_arguments, connect, require_stage
 from autolabel.cli.commands.run import add_run_arguments, run_options, stop_on_signals
 from autolabel.settings import ensure_writable_folder
@@ -28,11 +29,8 @@ if TYPE_CHECKING:  # heavy imports stay inside the handler at run time
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``watch`` sub-command."""
-    parser = subparsers.add_parser(
-        "watch",
-        help="keep pre-labelling new tasks as they are assigned",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "watch", "keep pre-labelling new tasks as they are assigned", __doc__
     )
     add_connection_arguments(parser)
     add_run_arguments(parser)
