@@ -6,11 +6,21 @@ alternately (A B B A ...), each on a fresh copy of the seeded data served with
 ``serve_in_thread`` and each in its own process, timed from start to exit (imports and model
 load included):
 
-* ``autolabel``: the CLI, ``autolabel run --json --quiet`` with default settings (drafts,
-  model ``ct-threshold``);
+* ``autolabel``: the CLI, ``autolabel run --json --quiet`` with default settings (drafts)
+  and ``--model`` (default: the two-threshold python card of ``bench/cards``, the workload
+  of issue 16; ``ct-threshold`` is issue 5's);
 * ``sdk``: ``bench/sdk_baseline.py``, the sequential script written from RedBrick's docs
   (export with files and DICOM-to-NIfTI, ``nib.load(...).get_fdata()``, the same model,
   ``nib.save``, ``put_tasks(..., finalize=False)``, one task at a time).
+
+Start-up is measured from outside: the emulator (started, and its data copied, before the
+clock starts) records when each kind of request first reaches it, and each contender's
+time to its first request, first task listing and first image download (``storage GET``)
+is counted from the moment its process is spawned. Peak RSS is each process's own
+(``wait4``), and tasks per minute are ``--studies`` over the wall time.
+
+``--memory 50 200`` instead seeds that many small studies (``--memory-shape``) and prints
+the peak RSS of ``autolabel run`` on each: memory must stay flat in the number of tasks.
 
 After each run the emulator's state is checked: every task has exactly one accepted write,
 is still in Label and holds a draft. The stored label files are read back and mapped to
@@ -21,7 +31,8 @@ Medians of ``--repeats`` runs per contender, their ratio (sdk / autolabel, above
 autolabel is faster), the busy seconds per stage of our runs and the baseline's seconds per
 step go to a markdown table on stdout and to ``bench/results/pipeline.json``.
 
-    .venv/bin/python bench/bench_pipeline.py [--studies 12] [--shape 512 512 200] [--repeats 2]
+    .venv/bin/python bench/bench_pipeline.py [--studies 9] [--shape 512 512 160] [--repeats 3]
+        [--model CARD] [--memory 50 200]
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ from autolabel.emulator import EmulatorHandle, seed, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+#: The two-threshold python card (issue 16's workload).
+DEFAULT_CARD = str(ROOT / "bench" / "cards" / "two-threshold")
 CONTENDERS = ("autolabel", "sdk")
 
 
@@ -68,34 +81,105 @@ def seeded(cache: Path, studies: int, shape: tuple[int, int, int]) -> Path:
     return folder
 
 
-def run_autolabel(emu: EmulatorHandle, work: Path) -> dict[str, Any]:
+class FirstRequests:
+    """When each kind of request first reached the emulator (``time.time()``): GraphQL
+    operations by name, ``storage GET`` for image downloads. Installed on the emulator
+    object of this process, so the contender's process is untouched."""
+
+    def __init__(self, emu: EmulatorHandle) -> None:
+        self.first: dict[str, float] = {}
+        self.order: list[str] = []
+        emulator = emu.emulator
+        execute, read = emulator.execute, emulator.blobs.read
+
+        def timed_execute(op: Any, variables: Any, caller: Any) -> Any:
+            self._seen(op.name or ",".join(op.root_fields))
+            return execute(op, variables, caller)
+
+        def timed_read(key: str) -> Any:
+            self._seen("storage GET")
+            return read(key)
+
+        emulator.execute = timed_execute  # type: ignore[method-assign]
+        emulator.blobs.read = timed_read  # type: ignore[method-assign]
+
+    def _seen(self, name: str) -> None:
+        if name not in self.first:
+            self.first[name] = time.time()
+            self.order.append(name)
+
+    def since(self, start: float) -> dict[str, float]:
+        """Seconds from ``start`` to the first request, listing and image download."""
+        out = {"first_request_s": min(self.first.values()) - start} if self.first else {}
+        listing = [t for name, t in self.first.items() if name in LISTINGS]
+        if listing:
+            out["first_listing_s"] = min(listing) - start
+        if "storage GET" in self.first:
+            out["first_download_s"] = self.first["storage GET"] - start
+        return out
+
+
+#: The operations that list a stage's tasks (ours, and the SDK's export).
+LISTINGS = ("tasksListSDK", "tasksPagedSDK")
+
+
+def spawn(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run ``command``; its exit code, output, wall time, start time and peak RSS (MB)."""
+    out, err = cwd / ".stdout", cwd / ".stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        started = time.time()
+        began = time.perf_counter()
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - began
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "code": process.returncode,
+        "stdout": out.read_text(encoding="utf-8", errors="replace"),
+        "stderr": err.read_text(encoding="utf-8", errors="replace"),
+        "wall_s": wall,
+        "started": started,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+    }
+
+
+def run_autolabel(emu: EmulatorHandle, work: Path, model: str) -> dict[str, Any]:
     command = [
         PYTHON, "-m", "autolabel", "run", "--url", emu.url, "--org", emu.org_id,
-        "--project", emu.project_id, "--work", str(work), "--json", "--quiet",
+        "--project", emu.project_id, "--work", str(work), "--json", "--quiet", "--model", model,
     ]  # fmt: skip
     env = dict(os.environ, REDBRICK_API_KEY=emu.api_key)
-    began = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work)
-    wall = time.perf_counter() - began
-    if done.returncode != 0:
-        raise RuntimeError(f"autolabel run failed ({done.returncode}): {done.stderr[-3000:]}")
-    summary = json.loads(done.stdout)
-    return {"wall_s": wall, "summary": summary}
+    probe = FirstRequests(emu)
+    done = spawn(command, env, work)
+    if done["code"] != 0:
+        raise RuntimeError(f"autolabel run failed ({done['code']}): {done['stderr'][-3000:]}")
+    summary = json.loads(done["stdout"])
+    return {
+        "wall_s": done["wall_s"],
+        "peak_rss_mb": done["peak_rss_mb"],
+        "startup": probe.since(done["started"]),
+        "summary": summary,
+    }
 
 
-def run_sdk(emu: EmulatorHandle, work: Path) -> dict[str, Any]:
+def run_sdk(emu: EmulatorHandle, work: Path, model: str) -> dict[str, Any]:
     timings = work / "timings.json"
     command = [
         PYTHON, str(ROOT / "bench" / "sdk_baseline.py"), "--url", emu.url, "--org", emu.org_id,
         "--project", emu.project_id, "--work", str(work), "--timings", str(timings),
+        "--model", model,
     ]  # fmt: skip
     env = dict(os.environ, REDBRICK_API_KEY=emu.api_key)
-    began = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work)
-    wall = time.perf_counter() - began
-    if done.returncode != 0:
-        raise RuntimeError(f"sdk baseline failed ({done.returncode}): {done.stderr[-3000:]}")
-    return {"wall_s": wall, "timings": json.loads(timings.read_text(encoding="utf-8"))}
+    probe = FirstRequests(emu)
+    done = spawn(command, env, work)
+    if done["code"] != 0:
+        raise RuntimeError(f"sdk baseline failed ({done['code']}): {done['stderr'][-3000:]}")
+    return {
+        "wall_s": done["wall_s"],
+        "peak_rss_mb": done["peak_rss_mb"],
+        "startup": probe.since(done["started"]),
+        "timings": json.loads(timings.read_text(encoding="utf-8")),
+    }
 
 
 def stored_labels(emu: EmulatorHandle) -> dict[str, dict[str, Any]]:
@@ -166,7 +250,7 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any], tolerance: float) -> d
     }
 
 
-def one_run(name: str, data: Path, scratch: Path) -> dict[str, Any]:
+def one_run(name: str, data: Path, scratch: Path, model: str) -> dict[str, Any]:
     """A contender on a fresh copy of the seeded data; its result and stored labels."""
     copy = scratch / f"data-{name}"
     work = scratch / f"work-{name}"
@@ -177,7 +261,8 @@ def one_run(name: str, data: Path, scratch: Path) -> dict[str, Any]:
     load_before = load_average()
     try:
         with serve_in_thread(copy) as emu:
-            result = run_autolabel(emu, work) if name == "autolabel" else run_sdk(emu, work)
+            contender = run_autolabel if name == "autolabel" else run_sdk
+            result = contender(emu, work, model)
             result["labels"] = stored_labels(emu)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
@@ -186,8 +271,11 @@ def one_run(name: str, data: Path, scratch: Path) -> dict[str, Any]:
     result["load_after"] = load_average()
     problems = {k: v["problems"] for k, v in result["labels"].items() if v["problems"]}
     result["drafts_saved"] = sum(not v["problems"] for v in result["labels"].values())
+    startup = result["startup"]
     print(
         f"  {name:<9} {result['wall_s']:7.1f} s  drafts {result['drafts_saved']}"
+        f"  first download {startup.get('first_download_s', float('nan')):.2f} s"
+        f"  peak RSS {result['peak_rss_mb']:.0f} MB"
         f"  load {load_before[0]:.2f} -> {result['load_after'][0]:.2f}"
         + (f"  PROBLEMS {problems}" if problems else ""),
         flush=True,
@@ -235,39 +323,127 @@ def sdk_steps(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in totals.items()}
 
 
+def startup_runs(args: argparse.Namespace) -> None:
+    """``args.startup`` runs of ``autolabel run`` on two small studies, each on a fresh
+    emulator started before the clock: medians of the time to the first request, listing
+    and image download (the emulator's start-up is not counted)."""
+    shape = (args.memory_shape[0], args.memory_shape[1], args.memory_shape[2])
+    data = seeded(args.cache, 2, shape)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        for _ in range(args.startup):
+            result = one_run("autolabel", data, Path(tmp), args.model)
+            rows.append({**result["startup"], "load": result["load_before"][0]})
+    keys = ("first_request_s", "first_listing_s", "first_download_s")
+    medians = {k: statistics.median(r[k] for r in rows) for k in keys}
+    print(f"\n| start-up (median of {len(rows)} runs) | s |")
+    print("|---|---:|")
+    for key in keys:
+        print(f"| {key} | {medians[key]:.2f} |")
+    print(f"load average before each run: {[r['load'] for r in rows]}")
+    out = args.out.with_name("pipeline_startup.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"medians": medians, "runs": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Peak RSS of ``autolabel run`` over ``args.memory`` small studies each (flat in N)."""
+    shape = (args.memory_shape[0], args.memory_shape[1], args.memory_shape[2])
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        for count in args.memory:
+            data = seeded(args.cache, count, shape)
+            result = one_run("autolabel", data, Path(tmp), args.model)
+            rows.append({
+                "studies": count,
+                "peak_rss_mb": result["peak_rss_mb"],
+                "wall_s": result["wall_s"],
+                "drafts_saved": result["drafts_saved"],
+            })  # fmt: skip
+    print("\n| studies | shape | peak RSS MB | wall s | drafts |")
+    print("|---:|---|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['studies']} | {'x'.join(map(str, shape))} | {row['peak_rss_mb']:.0f}"
+            f" | {row['wall_s']:.1f} | {row['drafts_saved']} |"
+        )
+    out = args.out.with_name("pipeline_memory.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"shape": list(shape), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    if any(row["drafts_saved"] != row["studies"] for row in rows):
+        raise SystemExit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=12)
-    parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 200])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--studies", type=int, default=9)
+    parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 160])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default=DEFAULT_CARD, help="model card (name or path)")
     parser.add_argument("--tolerance", type=float, default=0.001)
+    parser.add_argument(
+        "--memory", type=int, nargs="+", metavar="N",
+        help="instead: peak RSS of autolabel run on N small studies, for each N",
+    )  # fmt: skip
+    parser.add_argument("--memory-shape", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument(
+        "--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS),
+        help="run only these (e.g. autolabel alone for a 40-task throughput run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--startup", type=int, metavar="N",
+        help="instead: N runs of autolabel on 2 small studies; medians of the start-up times",
+    )  # fmt: skip
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "autolabel-bench"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
     shape = (args.shape[0], args.shape[1], args.shape[2])
+    if args.memory:
+        memory(args)
+        return
+    if args.startup:
+        startup_runs(args)
+        return
 
     data = seeded(args.cache, args.studies, shape)
-    order = [CONTENDERS if i % 2 == 0 else CONTENDERS[::-1] for i in range(args.repeats)]
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    chosen = tuple(name for name in CONTENDERS if name in args.contenders)
+    order = [chosen if i % 2 == 0 else chosen[::-1] for i in range(args.repeats)]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     load_start = load_average()
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
         for i, pair in enumerate(order, 1):
             print(f"round {i}/{args.repeats}", flush=True)
             for name in pair:
-                runs[name].append(one_run(name, data, Path(tmp)))
+                runs[name].append(one_run(name, data, Path(tmp), args.model))
     load_end = load_average()
 
-    agreement = compare(runs["autolabel"][0]["labels"], runs["sdk"][0]["labels"], args.tolerance)
+    both = len(chosen) == 2
+    agreement = (
+        compare(runs["autolabel"][0]["labels"], runs["sdk"][0]["labels"], args.tolerance)
+        if both
+        else {"disagreements": [], "note": "one contender: labels not compared"}
+    )
     repeatable = {
         name: all(r["labels"] == rs[0]["labels"] for r in rs[1:]) for name, rs in runs.items()
     }
     walls = {name: [r["wall_s"] for r in rs] for name, rs in runs.items()}
     medians = {name: statistics.median(w) for name, w in walls.items()}
-    ratio = medians["sdk"] / medians["autolabel"]
-    stages = our_stages(runs["autolabel"])
-    steps = sdk_steps(runs["sdk"])
+    ratio = medians["sdk"] / medians["autolabel"] if both else float("nan")
+    startup = {
+        name: {
+            key: statistics.median(r["startup"][key] for r in rs if key in r["startup"])
+            for key in ("first_request_s", "first_listing_s", "first_download_s")
+            if any(key in r["startup"] for r in rs)
+        }
+        for name, rs in runs.items()
+    }
+    rss = {name: statistics.median(r["peak_rss_mb"] for r in rs) for name, rs in runs.items()}
+    stages = our_stages(runs["autolabel"]) if "autolabel" in runs else {}
+    steps = sdk_steps(runs["sdk"]) if "sdk" in runs else {}
     ok = (
         all(r["drafts_saved"] == args.studies for rs in runs.values() for r in rs)
         and not agreement["disagreements"]
@@ -276,13 +452,26 @@ def main() -> None:
     print()
     print("| contender | median wall (s) | runs (s) | s/study | drafts saved |")
     print("|---|---:|---|---:|---:|")
-    for name in CONTENDERS:
+    for name in chosen:
         drafts = ", ".join(str(r["drafts_saved"]) for r in runs[name])
         print(
             f"| {name} | {medians[name]:.1f} | {', '.join(f'{w:.1f}' for w in walls[name])} |"
             f" {medians[name] / args.studies:.2f} | {drafts} |"
         )
-    print(f"\n**ratio sdk / autolabel: {ratio:.2f}x** (target >= 3x)\n")
+    if both:
+        print(f"\n**ratio sdk / autolabel: {ratio:.2f}x** (target >= 6x)")
+    print()
+    print("| contender | first request s | first listing s | first download s | peak RSS MB "
+          "| tasks/min |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in chosen:
+        row = startup[name]
+        print(
+            f"| {name} | {row.get('first_request_s', 0):.2f} | {row.get('first_listing_s', 0):.2f}"
+            f" | {row.get('first_download_s', 0):.2f} | {rss[name]:.0f}"
+            f" | {60 * args.studies / medians[name]:.1f} |"
+        )
+    print()
     print("| autolabel stage | workers | busy s (median) | per task s |")
     print("|---|---:|---:|---:|")
     for name, row in stages.items():
@@ -290,25 +479,25 @@ def main() -> None:
             print(f"| {name} | {row['workers']} | {row['busy_s']:.1f} | {row['per_task_s']:.2f} |")
     print("\n| autolabel per-task step | median s |")
     print("|---|---:|")
-    for step, seconds in stages["per_task_steps_median_s"].items():
+    for step, seconds in stages.get("per_task_steps_median_s", {}).items():
         print(f"| {step} | {seconds:.2f} |")
     print("\n| sdk baseline step | total s (median) | per study s |")
     print("|---|---:|---:|")
     for step, seconds in steps.items():
         print(f"| {step} | {seconds:.1f} | {seconds / args.studies:.2f} |")
-    print(
-        f"\nlabels: {agreement['identical_voxels']}/{agreement['tasks']} tasks voxel-identical,"
-        f" worst per-category count difference {agreement['worst_relative_count_difference']:.2e}"
-        f" (tolerance {args.tolerance}); disagreements: {agreement['disagreements'] or 'none'};"
-        f" repeatable: {repeatable}"
-    )
+    if both:
+        print(
+            f"\nlabels: {agreement['identical_voxels']}/{agreement['tasks']} tasks voxel-identical,"
+            f" worst per-category count difference"
+            f" {agreement['worst_relative_count_difference']:.2e} (tolerance {args.tolerance});"
+            f" disagreements: {agreement['disagreements'] or 'none'}; repeatable: {repeatable}"
+        )
     print(f"load average: start {load_start}, end {load_end}; {'OK' if ok else 'CHECKS FAILED'}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "studies": args.studies,
         "shape": list(shape),
-        "model": "ct-threshold",
         "mode": "draft",
         "repeats": args.repeats,
         "order": [list(p) for p in order],
@@ -319,6 +508,10 @@ def main() -> None:
         "wall_s": walls,
         "median_wall_s": medians,
         "ratio_sdk_over_autolabel": ratio,
+        "model": args.model,
+        "startup_median_s": startup,
+        "peak_rss_mb_median": rss,
+        "tasks_per_min": {name: 60 * args.studies / m for name, m in medians.items()},
         "checks_ok": ok,
         "agreement": agreement,
         "repeatable_labels": repeatable,
@@ -331,6 +524,8 @@ def main() -> None:
                     "load_before": r["load_before"],
                     "load_after": r["load_after"],
                     "drafts_saved": r["drafts_saved"],
+                    "startup": r["startup"],
+                    "peak_rss_mb": r["peak_rss_mb"],
                     **(
                         {"summary_stages": r["summary"]["stages"],
                          "summary_wall_s": r["summary"]["wall_s"],

@@ -3,7 +3,7 @@ show, one task at a time.
 
 What a user of the docs writes: export the Label stage's tasks with their files, the SDK
 converting each DICOM series to NIfTI (``with_files=True, dicom_to_nifti=True``); load the
-image with nibabel (``get_fdata``); run the model; ``nib.save`` the label map on the image's
+image with nibabel (``get_fdata``); run the model (``--model``, default ``ct-threshold``); ``nib.save`` the label map on the image's
 grid; save it as a draft with ``project.labeling.put_tasks(..., finalize=False)``; next task.
 
 ``--listing per-task`` does the other way the docs show: ``list_tasks`` (queued in Label for
@@ -14,7 +14,7 @@ the export by wrapping dicom2nifti's function; nothing else is changed). The API
 from ``REDBRICK_API_KEY``; the timings go to ``--timings`` as JSON.
 
     REDBRICK_API_KEY=... .venv/bin/python bench/sdk_baseline.py --url URL --org ORG \\
-        --project PROJECT --work DIR [--listing stage|per-task] [--timings FILE]
+        --project PROJECT --work DIR [--listing stage|per-task] [--timings FILE] [--model CARD]
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ import redbrick
 
 from autolabel.inference import load_model
 from autolabel.records import Volume
-
-#: ct-threshold's labels -> the project's taxonomy categories.
-SEGMENT_MAP = {"1": "Body", "2": "Lung", "3": "Bone"}
 
 _convert_s: list[float] = []
 
@@ -80,6 +77,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--listing", choices=("stage", "per-task"), default="stage")
     parser.add_argument("--timings", type=Path)
+    parser.add_argument("--model", default="ct-threshold", help="model card (name or path)")
     args = parser.parse_args()
     started = time.perf_counter()
     _timed_conversion()
@@ -93,8 +91,10 @@ def main() -> None:
         )
     connect_s = time.perf_counter() - began
     began = time.perf_counter()
-    model = load_model("ct-threshold")
+    model = load_model(args.model)
     model_load_s = time.perf_counter() - began
+    # the card's labels -> the project's taxonomy categories
+    segment_map = {str(i): model.spec.category_of(i) for i in model.spec.labels}
 
     tasks: list[dict[str, Any]] = []
     exported = exported_tasks(project, args.listing, str(args.work / "export"))
@@ -122,7 +122,7 @@ def main() -> None:
         times["nifti_save"] = time.perf_counter() - began
 
         began = time.perf_counter()
-        series = [{"segmentations": str(path), "segmentMap": SEGMENT_MAP}]
+        series = [{"segmentations": str(path), "segmentMap": segment_map}]
         failed = project.labeling.put_tasks(
             "Label", [{"taskId": task["taskId"], "series": series}], finalize=False
         )

@@ -100,6 +100,12 @@ def checksum_files(paths: Sequence[PathLike]) -> str:
             for block in iter(lambda: fp.read(1 << 20), b""):
                 digest.update(block)
         digests.append(digest.digest())
+    return checksum_digests(digests)
+
+
+def checksum_digests(digests: Sequence[bytes]) -> str:
+    """:func:`checksum_files` from the SHA-256 digest of each file, when the files were
+    hashed already (as they were downloaded): the same value, without reading them again."""
     combined = hashlib.sha256()
     for d in sorted(digests):
         combined.update(d)

@@ -53,9 +53,6 @@ def load_model(
     ``off``). Raises :class:`ConfigError` for an unknown or malformed card and
     :class:`ModelError` when the model's framework or weights are missing.
     """
-    from autolabel.inference import external, runners
-    from autolabel.inference.device import resolve_device
-
     if "," in device:
         from autolabel.inference.replicas import ReplicaPool, split_devices
 
@@ -64,17 +61,22 @@ def load_model(
         ]
         return ReplicaPool(replicas)
     card = read_card(find_card(name_or_path))
-    torch_device = resolve_device(device)
     ok, reason = card.availability()
     if not ok and card.kind in ("python", "torchscript"):
         from autolabel.errors import ModelError
 
         raise ModelError(f"model {card.name!r} cannot be loaded here: {reason}")
+    if card.kind == "python":  # no torch unless the card's own code imports it
+        from autolabel.inference.python_card import PythonModel, python_card_device
+
+        return PythonModel(card, card.spec(), python_card_device(device))  # type: ignore[return-value]
+    from autolabel.inference import external, runners
+    from autolabel.inference.device import resolve_device
+
+    torch_device = resolve_device(device)
     if card.kind == "torchscript":
         net = runners.load_torchscript(card, torch_device)
         return runners.TorchModel(card, card.spec(), torch_device, net, autocast=autocast)
-    if card.kind == "python":
-        return runners.PythonModel(card, card.spec(), torch_device)
     # A framework's own loader meeting a broken folder (a damaged plans.json, a bad
     # inference.json) raises its own errors: one usage error naming the card instead.
     if card.kind == "nnunet":

@@ -43,9 +43,10 @@ Every :meth:`Run.record` is its own committed transaction. The database is in WA
 With ``power_safe=True`` (the default, ``synchronous=FULL``) each commit is fsynced, so it
 survives a power cut as well; with ``power_safe=False`` (``synchronous=NORMAL``) a commit
 survives the process being killed (``kill -9``, a crash) but the last commits may be lost if
-the machine loses power. One :class:`Ledger` may be shared by threads (a lock serialises
-its one connection); several processes may open the same file (writes take SQLite's write
-lock, waiting up to ``timeout`` seconds for it).
+the machine loses power. Progress events (:data:`PROGRESS`) get no fsync of their own: a
+killed process keeps them, and the next fsynced commit carries them. One :class:`Ledger` may
+be shared by threads (a lock serialises its one connection); several processes may open the
+same file (writes take SQLite's write lock, waiting up to ``timeout`` seconds for it).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ APPLICATION_ID = 0x416C4C67
 _WRITTEN = (TaskState.DRAFT_SAVED, TaskState.SUBMITTED)
 _UNDO = (TaskState.UNDOING, TaskState.UNDONE)
 _ANY_RUN = (TaskState.SKIPPED, TaskState.FAILED)
+#: Progress events, committed with no fsync of their own: no write depends on them.
+PROGRESS = frozenset({TaskState.FETCHED, TaskState.PREDICTED, TaskState.CONVERTED})
 
 _SCHEMA = f"""
 CREATE TABLE runs (
@@ -182,6 +185,7 @@ class Ledger(LedgerQueries):
     ) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._sync = "FULL" if power_safe else "NORMAL"
         if not create and not self.path.is_file():
             raise LedgerError(f"no ledger at {self.path}: nothing has run with this work folder")
         try:
@@ -255,9 +259,11 @@ class Ledger(LedgerQueries):
             ) from exc
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front."""
+    def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front. Not
+        ``durable``: committed with ``synchronous=NORMAL`` (no fsync of its own)."""
         with self._lock, self._translate("write"):
+            self._db.execute(f"PRAGMA synchronous = {self._sync if durable else 'NORMAL'}")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -356,7 +362,7 @@ class Ledger(LedgerQueries):
         message = redact(str(error)) if error is not None else None
         task_name = redact(task_name)
         detail = redact_value(dict(detail or {}))
-        with self._transaction() as db:
+        with self._transaction(durable=state not in PROGRESS) as db:
             row = db.execute("SELECT mode FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise ValueError(f"unknown run {run_id!r}")
@@ -426,6 +432,7 @@ __all__ = [
     "DONE_STATES",
     "LEDGER_FILENAME",
     "MODES",
+    "PROGRESS",
     "SCHEMA_VERSION",
     "Ledger",
     "LedgerSummary",

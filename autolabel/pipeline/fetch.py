@@ -288,7 +288,12 @@ def load_task_series(
         files = [path for series in downloaded for path in series.paths]
         if not files:
             raise ImageError(f"task {task.task_id} ({task.name}): it has no image items")
-        checksum = imaging.checksum_files(files)
+        hashed = all(len(s.digests) == len(s.paths) for s in downloaded)
+        checksum = (
+            imaging.checksum_digests([d for s in downloaded for d in s.digests])
+            if hashed  # hashed as they streamed in: the files are read once, to decode
+            else imaging.checksum_files(files)
+        )
         decoded = []
         for series in downloaded:
             label = series.name or f"series {series.index}"

@@ -1,9 +1,10 @@
 """The local schedule of a run: three overlapped phases on one machine.
 
 Each task goes *fetch* (re-read, download, decode; ``fetch_workers`` threads) → *infer*
-(one thread per warm model replica: the model stays warm on its device) → *write* (label files, payload, preview,
-then the write; ``write_workers`` threads), with bounded queues between them
-(:mod:`autolabel.pipeline.engine`). The work is :class:`~autolabel.pipeline.steps.TaskSteps`;
+(one thread per warm model replica: the model stays warm on its device) → *write* (label
+files and payload, then the write; ``write_workers`` threads), with bounded queues between
+them (:mod:`autolabel.pipeline.engine`). Preview PNGs are rendered by their own worker
+(:mod:`autolabel.pipeline.previews`), off the write's path. The work is :class:`~autolabel.pipeline.steps.TaskSteps`;
 every outcome is the task's :class:`~autolabel.pipeline.flow.TaskFlow` decision -- this
 module only schedules.
 """
@@ -22,6 +23,7 @@ from autolabel.pipeline.book import RunBook
 from autolabel.pipeline.engine import EngineStats, Stage, StageEngine
 from autolabel.pipeline.fetch import FetchedTask
 from autolabel.pipeline.flow import TaskFlow
+from autolabel.pipeline.previews import PreviewWorker
 from autolabel.pipeline.steps import TaskSteps
 from autolabel.pipeline.summary import WorkerStats
 from autolabel.redbrick import Task
@@ -64,7 +66,12 @@ class LocalSchedule:
             queue_depth=options.queue_depth,
             stop=self.book.stop,
         )
-        return engine.run(_Job(self.book.start(task)) for task in tasks)
+        self.steps.previews = PreviewWorker()  # previews off the write's path
+        try:
+            return engine.run(_Job(self.book.start(task)) for task in tasks)
+        finally:
+            self.steps.previews.drain()  # every preview on disk before the run returns
+            self.steps.previews = None
 
     def _fetch(self, job: _Job) -> bool:
         task = job.flow.task

@@ -23,12 +23,7 @@ from autolabel.imaging import ImageLimits
 from autolabel.inference.confidence import SeriesConfidence
 from autolabel.inference.guard import guard_model
 from autolabel.inference.spec import ModelSpec, SegmentationModel
-from autolabel.pipeline.fetch import (
-    FetchedTask,
-    Stamp,
-    fetch_task,
-    provenance,
-)
+from autolabel.pipeline.fetch import FetchedSeries, FetchedTask, Stamp, fetch_task, provenance
 from autolabel.pipeline.options import RunOptions
 from autolabel.pipeline.routing import (
     check_categories,
@@ -40,10 +35,10 @@ from autolabel.pipeline.submit import default_settle_window, is_transient, write
 from autolabel.pipeline.summary import model_key
 from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
-from autolabel.report.overlay import save_overlay
 
 if TYPE_CHECKING:
     from autolabel.pipeline.flow import WriteClaim
+    from autolabel.pipeline.previews import PreviewWorker
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,8 @@ class TaskSteps:
     * :meth:`predict` -- one label map per series (:class:`Prediction`);
     * :meth:`convert` -- label files, previews and the ``series`` payload in the task's
       own folder ``options.results_dir/<task id>/`` (:func:`autolabel.files.task_folder`:
-      never the name, so tasks whose names collide keep apart) (:class:`Converted`);
+      never the name, so tasks whose names collide keep apart) (:class:`Converted`); with
+      :attr:`previews` set, the previews are rendered there, off the write's path;
     * :meth:`write` -- the guarded, exactly-once write of
       :func:`autolabel.pipeline.submit.write_task`, under a committed
       :class:`~autolabel.pipeline.flow.WriteClaim`.
@@ -143,6 +139,8 @@ class TaskSteps:
             if options.settle_window_s is not None
             else default_settle_window(project)
         )
+        #: Where previews are rendered (the local run's worker); None: in :meth:`convert`.
+        self.previews: PreviewWorker | None = None
 
     def _check_routing(self, options: RunOptions) -> None:
         """Refuse confidence routing with a model that gives no confidence, and thresholds
@@ -277,6 +275,7 @@ class TaskSteps:
         for series, label_map in zip(fetched.series, label_maps, strict=True):
             path = folder / f"series-{series.index}-labels.nii.gz"
             name = series.name or f"{task.name or task.task_id}-{series.index}"
+            counts = _counts(label_map, segment_map)  # once: entry and volumes
             entry = convert.to_series(
                 label_map,
                 series.volume,
@@ -286,25 +285,19 @@ class TaskSteps:
                 empty=options.empty,
                 instances=options.instances,
                 min_component_voxels=options.min_component_voxels,
+                counts=counts,
             )
             found.append(entry)
             names.append(name)
             if entry is None:
                 continue
             files[f"labels-{series.index}"] = str(path)
-            for category, ml in _volumes_ml(label_map, series.volume, segment_map).items():
+            volumes_ml = _volumes_ml(counts, label_map, series.volume, segment_map)
+            for category, ml in volumes_ml.items():
                 volumes[category] = volumes.get(category, 0.0) + ml
             if options.previews:
                 preview = folder / f"series-{series.index}-preview.png"
-                save_overlay(
-                    preview,
-                    np.asarray(series.volume.array),
-                    label_map,
-                    series.volume.spacing,
-                    orientation=series.volume.orientation,
-                    names=dict(self.model.spec.labels),
-                    title=f"{task.name} · {series.name or series.index} · {self.key}",
-                )
+                self._preview(preview, series, label_map, task)
                 files[f"preview-{series.index}"] = str(preview)
         # One entry per series in the task's order: RedBrick matches them by position.
         entries = convert.positional(found, names) if any(found) else []
@@ -314,6 +307,27 @@ class TaskSteps:
         _write_json(payload_path, {**payload, "dropped": list(dropped)})
         files["payload"] = str(payload_path)
         return entries
+
+    def _preview(
+        self, path: Path, series: FetchedSeries, label_map: npt.NDArray[np.integer], task: Task
+    ) -> None:
+        """The preview PNG of one series: on :attr:`previews` if set, else now."""
+        from autolabel.report.overlay import save_overlay  # Pillow, on first use
+
+        volume = series.volume
+        title = f"{task.name} · {series.name or series.index} · {self.key}"
+        names = dict(self.model.spec.labels)
+
+        def render() -> object:
+            return save_overlay(
+                path, np.asarray(volume.array), label_map, volume.spacing,
+                orientation=volume.orientation, names=names, title=title,
+            )  # fmt: skip
+
+        if self.previews is None:
+            render()
+        else:
+            self.previews.submit(path, render)
 
     def write(
         self,
@@ -370,12 +384,35 @@ def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> Fetche
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _counts(
+    label_map: npt.NDArray[np.integer], segment_map: convert.SegmentMap
+) -> npt.NDArray[np.int64] | None:
+    """:func:`autolabel.convert.label_counts`, or None for a map that is not a 3-D integer
+    map within the model's ids (:func:`autolabel.convert.to_series` then says what is wrong
+    with it, before anything the size of its largest value is allocated)."""
+    array = np.asarray(label_map)
+    if array.ndim != 3 or array.size == 0:
+        return None
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        return None
+    if int(array.max()) > max(segment_map.values, default=0):
+        return None
+    try:
+        return convert.label_counts(array)
+    except ValueError:  # negative values
+        return None
+
+
 def _volumes_ml(
-    label_map: npt.NDArray[np.integer], volume: Volume, segment_map: convert.SegmentMap
+    counts: npt.NDArray[np.int64] | None,
+    label_map: npt.NDArray[np.integer],
+    volume: Volume,
+    segment_map: convert.SegmentMap,
 ) -> dict[str, float]:
     """Predicted millilitres per taxonomy category (model classes mapped as written)."""
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    counts = np.bincount(label_map.ravel(order="K"), minlength=max(segment_map.values) + 1)
+    if counts is None:
+        counts = convert.label_counts(label_map)  # to_series checked the values
     out: dict[str, float] = {}
     for label_id, value in segment_map.values.items():
         if value and label_id < counts.size and counts[label_id]:

@@ -279,6 +279,10 @@ class RedBrickClient:
         """Stream a presigned GET URL to ``destination`` (atomic, retried)."""
         return self.transport.download(url, destination)
 
+    def download_sha256(self, url: str, destination: Path) -> bytes:
+        """:meth:`download`, returning the SHA-256 digest of the file (hashed as it streams)."""
+        return self.transport.download_sha256(url, destination)
+
     def upload(
         self, url: str, data: bytes, *, content_type: str, content_encoding: str | None = None
     ) -> None:

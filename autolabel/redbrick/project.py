@@ -13,6 +13,7 @@ Typed, for the pipeline: :meth:`Project.get_task`, :meth:`Project.list_assigned_
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import tempfile
 import urllib.parse
@@ -205,7 +206,8 @@ class Project:
         """Download the task's images into ``folder`` and return the files per series.
 
         The result has one entry per series in the task's order, each with its files in the
-        series' item order, under ``folder/<index>-<series name>/``. Items are presigned
+        series' item order, under ``folder/<index>-<series name>/``, and the SHA-256 digest
+        of each file (hashed as it streamed in). Items are presigned
         once per call; each file is streamed to a temporary name and renamed when complete,
         with retries. A task from a listing is re-read first to get its items.
         """
@@ -253,9 +255,19 @@ class Project:
             ]
             result.append(DownloadedSeries(index=series.index, name=series.name, paths=paths))
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="download") as pool:
-            for _ in pool.map(lambda job: self.client.download(*job), jobs):
-                pass
-        return result
+            digests = dict(
+                zip(
+                    (path for _, path in jobs),
+                    pool.map(lambda job: self.client.download_sha256(*job), jobs),
+                    strict=True,
+                )
+            )
+        return [
+            dataclasses.replace(series, digests=tuple(digests[p] for p in series.paths))
+            if series.paths
+            else series
+            for series in result
+        ]
 
     def download_labels(self, task: Task, folder: str | Path) -> dict[int, Path]:
         """Download the task's stored label files; ``{series index: local .nii.gz path}``."""

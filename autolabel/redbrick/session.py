@@ -18,13 +18,16 @@ class DownloadedSeries:
 
     A series of a Datasets (AltaDB) project comes as ``instances`` (DICOM headers and frame
     files, see :mod:`autolabel.redbrick.altadb`) with no ``paths``: the caller writes the
-    DICOM files (:func:`autolabel.imaging.altadb.from_altadb_instance`).
+    DICOM files (:func:`autolabel.imaging.altadb.from_altadb_instance`). ``digests``
+    spares the caller reading the files again to checksum them.
     """
 
     index: int
     name: str | None
     paths: tuple[Path, ...]
     instances: tuple[AltaInstance, ...] = ()
+    #: The SHA-256 digest of each file of ``paths`` (as downloaded), or empty.
+    digests: tuple[bytes, ...] = ()
 
 
 class Context:

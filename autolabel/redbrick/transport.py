@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -307,14 +308,23 @@ class Transport:
         404 raises :class:`NotFoundError`, other 4xx a :class:`PlatformError` (an expired
         URL must be presigned again). No API key is sent to storage.
         """
+        self.download_sha256(url, destination, operation=operation)
+        return Path(destination)
+
+    def download_sha256(
+        self, url: str, destination: Path, *, operation: str = "storage GET"
+    ) -> bytes:
+        """:meth:`download`, returning the SHA-256 digest of the bytes written: hashed as
+        they stream in (the attempt that completed), so the file is never read again."""
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
         return self._with_retries(
             operation, True, lambda: self._download_once(url, destination, operation)
         )
 
-    def _download_once(self, url: str, destination: Path, operation: str) -> Path:
+    def _download_once(self, url: str, destination: Path, operation: str) -> bytes:
         shown = without_query(url)
+        digest = hashlib.sha256()
         fd, temp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -329,13 +339,14 @@ class Transport:
                             raise error
                         for chunk in response.iter_content(_CHUNK):
                             out.write(chunk)
+                            digest.update(chunk)
                 except requests.RequestException as exc:
                     raise _Retry(self._transport_error(operation, exc, shown)) from exc
             os.replace(temp_name, destination)
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
             raise
-        return destination
+        return digest.digest()
 
     def upload(
         self,

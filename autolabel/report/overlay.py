@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from autolabel.convert import label_counts
 from autolabel.files import atomic_file
 
 #: Soft-tissue window (level 40 HU, width 400 HU) for CT.
@@ -113,8 +114,15 @@ def _render(
         raise ValueError(f"image {image.shape} and label map {label_map.shape} must be equal 3-D")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be within 0..1, got {alpha}")
+    # The centre and the labels present are found on the map as it lies in memory (a
+    # flipped, transposed view is several times slower to scan), then moved to RAS.
+    native_centre, present = _centre_and_labels(label_map)
     image, label_map, spacing = _to_ras(image, label_map, spacing, orientation)
-    centre, present = _centre_and_labels(label_map)
+    order, flips = _ras_axes(orientation)
+    centre = tuple(
+        label_map.shape[t] - 1 - native_centre[order[t]] if t in flips else native_centre[order[t]]
+        for t in range(3)
+    )
     planes = [
         (image[:, :, centre[2]], label_map[:, :, centre[2]], (spacing[0], spacing[1])),
         (image[:, centre[1], :], label_map[:, centre[1], :], (spacing[0], spacing[2])),
@@ -147,7 +155,7 @@ def save_overlay(
     picture = render_overlay(image, label_map, spacing, **options)
     target = Path(path)
     with atomic_file(target) as stream:
-        picture.save(stream, format="PNG")
+        picture.save(stream, format="PNG", compress_level=1)  # 5x faster, a little larger
     return target
 
 
@@ -170,6 +178,16 @@ def _to_ras(
     orientation: str,
 ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.integer], tuple[float, float, float]]:
     """Views of the arrays with axes permuted and flipped to RAS (no copy)."""
+    order, flips = _ras_axes(orientation)
+    image, labels = image.transpose(order), labels.transpose(order)
+    if flips:
+        image, labels = np.flip(image, axis=tuple(flips)), np.flip(labels, axis=tuple(flips))
+    ras_spacing = (spacing[order[0]], spacing[order[1]], spacing[order[2]])
+    return image, labels, ras_spacing
+
+
+def _ras_axes(orientation: str) -> tuple[list[int], list[int]]:
+    """For each RAS axis, the array axis that runs along it; and the RAS axes to flip."""
     codes = orientation.upper()
     if len(codes) != 3 or sorted(_AXES[c][0] for c in codes if c in _AXES) != [0, 1, 2]:
         raise ValueError(f"orientation must be three RAS/LPI axis codes, got {orientation!r}")
@@ -180,19 +198,13 @@ def _to_ras(
         order[target] = axis
         if sign < 0:
             flips.append(target)
-    image, labels = image.transpose(order), labels.transpose(order)
-    if flips:
-        image, labels = np.flip(image, axis=tuple(flips)), np.flip(labels, axis=tuple(flips))
-    ras_spacing = (spacing[order[0]], spacing[order[1]], spacing[order[2]])
-    return image, labels, ras_spacing
+    return order, flips
 
 
 def _centre_and_labels(labels: npt.NDArray[np.integer]) -> tuple[tuple[int, int, int], list[int]]:
     """Centroid (voxel index) of the labelled voxels and the label ids present."""
     if labels.dtype.kind == "u" and labels.dtype.itemsize <= 2:
-        # order="K": no copy of a transposed or flipped view (a plain ravel copies it).
-        counts = np.bincount(labels.ravel(order="K"), minlength=int(labels.max()) + 1)
-        present = [int(v) for v in np.flatnonzero(counts) if v]
+        present = [int(v) for v in np.flatnonzero(label_counts(labels)) if v]
     else:
         present = [int(v) for v in np.unique(labels) if v]
     if not present:

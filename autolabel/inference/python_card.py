@@ -1,0 +1,170 @@
+"""Python-card models without torch: a run with a numpy model (``ct-threshold``) starts
+in well under a second, where importing torch alone takes seconds (issue 16).
+
+* :func:`python_card_device` -- the device a python card is handed, asking torch only when
+  a CUDA device could be there (the card asks for one, or the machine has NVIDIA device
+  nodes);
+* :class:`PythonModel` -- the card's ``module:attr`` entry, its output validated like every
+  runner's (:func:`autolabel.inference.spec.validate_output`).
+
+A card whose own code imports torch still gets it, when its module is imported.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from autolabel.errors import BadModelOutputError, ConfigError, ModelError
+from autolabel.inference.card import ModelCard
+from autolabel.inference.spec import ModelSpec, validate_output
+from autolabel.records import Volume
+
+T = TypeVar("T")
+
+
+def python_card_device(name: str = "auto") -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as the device name a python card is built with.
+
+    ``cpu``, and ``auto`` on a machine that can have no CUDA device (torch not installed,
+    or Linux without ``/dev/nvidia<N>``), need no torch; otherwise
+    :func:`autolabel.inference.device.resolve_device` decides (and raises
+    :class:`ConfigError` as it does).
+    """
+    if name == "cpu":
+        return "cpu"
+    if name == "auto" and not _cuda_possible():
+        return "cpu"
+    from autolabel.inference.device import resolve_device
+
+    return str(resolve_device(name))
+
+
+def _cuda_possible() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    if sys.platform.startswith("linux"):
+        return bool(glob.glob("/dev/nvidia[0-9]*"))
+    return sys.platform != "darwin"
+
+
+class PythonModel:
+    """A python plug-in named by the card's ``entry``, ready to predict.
+
+    The entry is either a function ``predict(volume) -> label map`` or a class built once
+    as ``Class(card=card, device=device)`` whose instances have ``predict(volume)`` (and may
+    set ``weights_sha256`` for provenance when their weights live outside the card's
+    folder). Its output goes through the same validation as every other runner's;
+    ``events`` stays empty (no device fallback happens here).
+    """
+
+    def __init__(self, card: ModelCard, spec: ModelSpec, device: str) -> None:
+        self.card = card
+        self._spec = spec
+        self.device = device
+        self.events: list[object] = []
+        target: Any = import_entry(card)
+        if isinstance(target, type):
+            instance: Any = run_card_code(
+                card, f"building {card.entry}", lambda: target(card=card, device=device)
+            )
+            target = getattr(instance, "predict", None)
+            digest = getattr(instance, "weights_sha256", None)
+            if isinstance(digest, str):
+                self._spec = card.spec(weights_sha256=digest)
+        if not callable(target):
+            raise BadModelOutputError(
+                f"model {spec.name!r}: entry {card.entry!r} gives no callable predict"
+            )
+        self._call: Callable[[Volume], object] = target
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's declaration (labels, default categories, provenance)."""
+        return self._spec
+
+    def predict(self, volume: Volume) -> npt.NDArray[np.integer]:
+        """A label map of ``volume.shape`` on the volume's grid, checked against the spec.
+
+        Raises :class:`ModelError` when the volume's modality is not the model's or the
+        model fails, :class:`BadModelOutputError` when its output breaks the contract.
+        """
+        wanted = self._spec.modality
+        if wanted and volume.modality and volume.modality.upper() != wanted.upper():
+            raise ModelError(
+                f"model {self._spec.name!r} expects {wanted} images, "
+                f"{volume.source or 'the volume'} is {volume.modality}"
+            )
+        try:
+            output = self._call(volume)
+        except (ModelError, ConfigError):
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return validate_output(self._spec, volume, output)
+
+    def predict_probabilities(self, volume: Volume) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """Python cards give no class probabilities: raises :class:`ModelError`."""
+        raise ModelError(
+            f"model {self._spec.name!r} ({self.card.kind}) does not give class probabilities"
+        )
+
+
+def run_card_code(card: ModelCard, what: str, call: Callable[[], T]) -> T:
+    """``call()`` -- a card's own code (or its framework's loader) run while the model loads
+    -- with any failure, an ``sys.exit()`` included, raised as :class:`ConfigError` naming
+    the card (a broken card is a configuration error, exit 2), never a traceback or the
+    process's exit; the working folder is put back if the code changed it."""
+    cwd = os.getcwd()
+    try:
+        return call()
+    except (ModelError, ConfigError):
+        raise
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(
+            f"model card {card.path}: {what} failed ({type(exc).__name__}: {exc}); fix the "
+            "card or the files it names"
+        ) from exc
+    finally:
+        if os.getcwd() != cwd:  # a card that moved the working folder: relative paths hold
+            os.chdir(cwd)
+
+
+def import_entry(card: ModelCard) -> Any:
+    """The object named by the card's ``entry`` (``module:attr``)."""
+    module_name, _, attr = card.entry.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"model card {card.path}: entry {card.entry!r} is not 'module:attr'")
+    beside = card.folder / (module_name.replace(".", "/") + ".py")
+    if beside.is_file():
+        unique = f"autolabel_models.{card.name.replace('-', '_')}.{module_name}"
+        module_spec = importlib.util.spec_from_file_location(unique, beside)
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"cannot import {beside}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[unique] = module
+        loader = module_spec.loader
+        run_card_code(card, f"importing {beside.name}", lambda: loader.exec_module(module))
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"model card {card.path}: cannot import {module_name!r} ({exc}); put "
+                f"{module_name}.py beside the card or install it"
+            ) from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise ConfigError(f"model card {card.path}: {module_name} has no {attr!r}") from exc

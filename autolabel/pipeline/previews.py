@@ -1,0 +1,63 @@
+"""Preview PNGs off a run's critical path: one worker thread renders them while the
+write phase goes on with the task's upload and commit (issue 16: a preview took as long as
+the whole write).
+
+:class:`PreviewWorker` keeps at most ``depth`` previews waiting (each holds its task's
+volume and label map until rendered), so a slow renderer holds the write phase back rather
+than filling memory. A preview that fails is logged and left out: the report shows it as
+missing, and the task's outcome does not depend on it. :meth:`PreviewWorker.drain`
+returns once every preview asked for is on disk (the run calls it before it returns, so
+its report finds them).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: A preview to render: writes the PNG at its path.
+Render = Callable[[], object]
+
+
+class PreviewWorker:
+    """Renders previews on one daemon thread, in the order they were asked for."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self._jobs: queue.Queue[tuple[Path, Render] | None] = queue.Queue(maxsize=depth)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, path: Path, render: Render) -> None:
+        """Render ``path`` with ``render()`` on the worker (waits while ``depth`` are queued)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._work, name="autolabel-previews", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put((path, render))
+
+    def drain(self) -> None:
+        """Wait until every submitted preview is rendered (or failed), then stop the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._jobs.put(None)
+        thread.join()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            path, render = job
+            try:
+                render()
+            except Exception as exc:  # a preview never fails its task: it is left out
+                log.warning("preview %s not written: %s: %s", path, type(exc).__name__, exc)
