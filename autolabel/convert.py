@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from autolabel import imaging
 from autolabel.errors import ConfigError, ConversionError
+from autolabel.inference.spec import label_counts
 from autolabel.records import Volume
 
 if sys.version_info >= (3, 11):
@@ -308,61 +309,21 @@ def _undeclared(values: Sequence[int], segment_map: SegmentMap, what: str) -> Co
     )
 
 
-#: Up to this many distinct values a label map is counted one value at a time (a compare
-#: and a count per value is 3x faster than ``bincount``, which converts every voxel to intp).
-_FEW_VALUES = 8
-
-
-def label_counts(label_map: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """Voxel count of every value ``0..max`` of a non-negative integer (or bool) label map.
-
-    No copy of the map: C- and F-ordered maps are read as they lie; ``bincount``'s
-    conversion to intp is done in cache-sized chunks. Raises ``ValueError`` for a negative
-    value.
-    """
-    flat = np.asarray(label_map).ravel(order="K")  # a view for C- or F-contiguous maps
-    if flat.dtype == np.bool_:
-        flat = flat.view(np.uint8)
-    if flat.size == 0:
-        return np.zeros(1, dtype=np.int64)
-    hi = int(flat.max())
-    if np.issubdtype(flat.dtype, np.signedinteger) and int(flat.min()) < 0:
-        raise ValueError("label_counts: the label map holds negative values")
-    counts = np.zeros(hi + 1, dtype=np.int64)
-    step = 1 << 18  # each chunk's temporary (a mask, or bincount's intp copy) stays in cache
-    for start in range(0, flat.size, step):
-        chunk = flat[start : start + step]
-        if hi < _FEW_VALUES:
-            for value in range(1, hi + 1):
-                counts[value] += np.count_nonzero(chunk == value)
-        else:
-            counts += np.bincount(chunk, minlength=hi + 1)
-    if hi < _FEW_VALUES:
-        counts[0] = flat.size - int(counts[1:].sum())
-    return counts
-
-
 def _id_counts(
     indices: npt.NDArray[Any],
     segment_map: SegmentMap,
     what: str,
     counts: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[Any]:
-    """Voxel count of every id in the map (``counts``: :func:`label_counts` of it, when the
-    caller has them), raising for ids the model does not declare."""
+    """Voxel count of every id in the map (``counts``: the caller's :func:`label_counts` of
+    it), raising for ids the model does not declare."""
     declared = {0, *segment_map.values}
-    if counts is not None:
-        unknown = sorted(set(np.flatnonzero(counts).tolist()) - declared)
-        if unknown:
-            raise _undeclared(unknown, segment_map, what)
-        return counts
-    if np.issubdtype(indices.dtype, np.signedinteger) and int(indices.min()) < 0:
-        raise _undeclared(np.unique(indices[indices < 0]).tolist(), segment_map, what)
-    hi = int(indices.max())
-    declared = {0, *segment_map.values}
-    if hi > max(declared):
-        raise _undeclared([hi], segment_map, what)
-    counts = label_counts(indices)
+    if counts is None:
+        if np.issubdtype(indices.dtype, np.signedinteger) and int(indices.min()) < 0:
+            raise _undeclared(np.unique(indices[indices < 0]).tolist(), segment_map, what)
+        if int(indices.max()) > max(declared):
+            raise _undeclared([int(indices.max())], segment_map, what)
+        counts = label_counts(indices)
     unknown = sorted(set(np.flatnonzero(counts).tolist()) - declared)
     if unknown:
         raise _undeclared(unknown, segment_map, what)
@@ -442,8 +403,7 @@ def to_series(
 ) -> SeriesEntry | None:
     """Turn a model's label map into a RedBrick series entry and its label file.
 
-    ``counts``, when the caller has them, are :func:`label_counts` of ``label_map`` (the
-    map is then not counted again).
+    ``counts``: :func:`label_counts` of ``label_map``, when the caller has them.
 
     Contract:
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autolabel.convert import label_counts
 from autolabel.emulator import EmulatorHandle
 from autolabel.imaging import checksum_digests, checksum_files
 from autolabel.inference import load_model
+from autolabel.inference.spec import label_counts
 from autolabel.ledger import Ledger, ModelKey, TaskState, ledger_path
 from autolabel.pipeline import RunOptions, run
 from autolabel.pipeline.previews import PreviewWorker

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from autolabel.errors import BadModelOutputError, ConfigError, ModelError
 from autolabel.inference.card import ModelCard
+from autolabel.inference.confidence import SeriesConfidence, plugin_confidence, region_confidence
 from autolabel.inference.spec import ModelSpec, validate_output
 from autolabel.records import Volume
 
@@ -64,7 +65,15 @@ class PythonModel:
     set ``weights_sha256`` for provenance when their weights live outside the card's
     folder). Its output goes through the same validation as every other runner's;
     ``events`` stays empty (no device fallback happens here).
+
+    Confidence (optional, one of): an instance with ``predict_probabilities(volume) ->
+    (label map, probabilities (classes, *volume.shape))`` is measured by autolabel's own
+    definition (:mod:`autolabel.inference.confidence`); one with ``confidence(volume,
+    label_map)`` gives its own scores (:func:`~autolabel.inference.confidence.plugin_confidence`).
+    Without either the plug-in gives no confidence.
     """
+
+    _instance: Any = None
 
     def __init__(self, card: ModelCard, spec: ModelSpec, device: str) -> None:
         self.card = card
@@ -80,6 +89,7 @@ class PythonModel:
             digest = getattr(instance, "weights_sha256", None)
             if isinstance(digest, str):
                 self._spec = card.spec(weights_sha256=digest)
+            self._instance = instance
         if not callable(target):
             raise BadModelOutputError(
                 f"model {spec.name!r}: entry {card.entry!r} gives no callable predict"
@@ -103,8 +113,53 @@ class PythonModel:
                 f"model {self._spec.name!r} expects {wanted} images, "
                 f"{volume.source or 'the volume'} is {volume.modality}"
             )
+        return validate_output(self._spec, volume, self._guarded(volume, self._call))
+
+    @property
+    def gives_confidence(self) -> bool:
+        """Whether the plug-in has ``predict_probabilities`` or ``confidence``."""
+        return any(
+            callable(getattr(self._instance, n, None))
+            for n in ("predict_probabilities", "confidence")
+        )
+
+    def predict_probabilities(
+        self, volume: Volume
+    ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.float32]]:
+        """The plug-in's label map and class probabilities ``(classes, *volume.shape)``;
+        :class:`ModelError` when it gives none."""
+        own = getattr(self._instance, "predict_probabilities", None)
+        if not callable(own):
+            raise ModelError(
+                f"model {self._spec.name!r} ({self.card.kind}) does not give class probabilities"
+            )
+        labels, given = self._guarded(volume, own)
+        probabilities = np.asarray(given, dtype=np.float32)
+        if probabilities.shape[1:] != volume.shape:
+            raise BadModelOutputError(
+                f"model {self._spec.name!r}: probabilities of shape {probabilities.shape} do "
+                f"not cover the volume's {volume.shape}"
+            )
+        return validate_output(self._spec, volume, labels), probabilities
+
+    def predict_with_confidence(
+        self, volume: Volume
+    ) -> tuple[npt.NDArray[np.integer], SeriesConfidence | None]:
+        """The plug-in's probabilities measured, or its own scores, or no confidence."""
+        if callable(getattr(self._instance, "predict_probabilities", None)):
+            labels, probabilities = self.predict_probabilities(volume)
+            return labels, region_confidence(labels, probabilities)
+        scores = getattr(self._instance, "confidence", None)
+        labels = self.predict(volume)
+        if not callable(scores):
+            return labels, None
+        own = self._guarded(volume, lambda v: scores(v, labels))
+        return labels, plugin_confidence(self._spec.name, own, labels)
+
+    def _guarded(self, volume: Volume, call: Callable[[Volume], T]) -> T:
+        """``call(volume)``, any failure but ours raised as :class:`ModelError` naming the model."""
         try:
-            output = self._call(volume)
+            return call(volume)
         except (ModelError, ConfigError):
             raise
         except Exception as exc:
@@ -112,13 +167,6 @@ class PythonModel:
                 f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        return validate_output(self._spec, volume, output)
-
-    def predict_probabilities(self, volume: Volume) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
-        """Python cards give no class probabilities: raises :class:`ModelError`."""
-        raise ModelError(
-            f"model {self._spec.name!r} ({self.card.kind}) does not give class probabilities"
-        )
 
 
 def run_card_code(card: ModelCard, what: str, call: Callable[[], T]) -> T:

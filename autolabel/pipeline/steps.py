@@ -22,7 +22,7 @@ from autolabel.files import atomic_file, task_folder
 from autolabel.imaging import ImageLimits
 from autolabel.inference.confidence import SeriesConfidence
 from autolabel.inference.guard import guard_model
-from autolabel.inference.spec import ModelSpec, SegmentationModel
+from autolabel.inference.spec import ModelSpec, SegmentationModel, label_counts
 from autolabel.pipeline.fetch import FetchedSeries, FetchedTask, Stamp, fetch_task, provenance
 from autolabel.pipeline.options import RunOptions
 from autolabel.pipeline.routing import (
@@ -387,7 +387,7 @@ def _with_retries(fetch: Callable[[], FetchedTask], attempts: int = 3) -> Fetche
 def _counts(
     label_map: npt.NDArray[np.integer], segment_map: convert.SegmentMap
 ) -> npt.NDArray[np.int64] | None:
-    """:func:`autolabel.convert.label_counts`, or None for a map that is not a 3-D integer
+    """:func:`autolabel.inference.spec.label_counts`, or None for a map that is not a 3-D integer
     map within the model's ids (:func:`autolabel.convert.to_series` then says what is wrong
     with it, before anything the size of its largest value is allocated)."""
     array = np.asarray(label_map)
@@ -398,7 +398,7 @@ def _counts(
     if int(array.max()) > max(segment_map.values, default=0):
         return None
     try:
-        return convert.label_counts(array)
+        return label_counts(array)
     except ValueError:  # negative values
         return None
 
@@ -412,7 +412,7 @@ def _volumes_ml(
     """Predicted millilitres per taxonomy category (model classes mapped as written)."""
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     if counts is None:
-        counts = convert.label_counts(label_map)  # to_series checked the values
+        counts = label_counts(label_map)  # to_series checked the values
     out: dict[str, float] = {}
     for label_id, value in segment_map.values.items():
         if value and label_id < counts.size and counts[label_id]:

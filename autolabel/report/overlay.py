@@ -28,8 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from autolabel.convert import label_counts
 from autolabel.files import atomic_file
+from autolabel.inference.spec import label_counts
 
 #: Soft-tissue window (level 40 HU, width 400 HU) for CT.
 SOFT_TISSUE_WINDOW: tuple[float, float] = (-160.0, 240.0)
