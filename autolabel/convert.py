@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from autolabel.errors import ConfigError, ConversionError
 from autolabel.imaging import write_label_nifti
-from autolabel.inference.postprocess import remove_small
+from autolabel.inference.postprocess import label_counts, remove_small
 from autolabel.records import Volume
 
 if sys.version_info >= (3, 11):
@@ -318,11 +318,7 @@ def _id_counts(indices: npt.NDArray[Any], segment_map: SegmentMap, what: str) ->
     declared = {0, *segment_map.values}
     if hi > max(declared):
         raise _undeclared([hi], segment_map, what)
-    flat = indices.ravel(order="K")  # a view for C- or F-contiguous maps
-    counts = np.zeros(hi + 1, dtype=np.int64)
-    step = 1 << 22  # bincount converts to intp: keep the temporary small
-    for start in range(0, flat.size, step):
-        counts += np.bincount(flat[start : start + step], minlength=hi + 1)
+    counts = label_counts(indices, hi + 1)
     unknown = sorted(set(np.flatnonzero(counts).tolist()) - declared)
     if unknown:
         raise _undeclared(unknown, segment_map, what)

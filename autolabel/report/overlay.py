@@ -29,6 +29,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from autolabel.files import atomic_file
+from autolabel.inference.postprocess import label_counts
 
 #: Soft-tissue window (level 40 HU, width 400 HU) for CT.
 SOFT_TISSUE_WINDOW: tuple[float, float] = (-160.0, 240.0)
@@ -190,8 +191,7 @@ def _to_ras(
 def _centre_and_labels(labels: npt.NDArray[np.integer]) -> tuple[tuple[int, int, int], list[int]]:
     """Centroid (voxel index) of the labelled voxels and the label ids present."""
     if labels.dtype.kind == "u" and labels.dtype.itemsize <= 2:
-        # order="K": no copy of a transposed or flipped view (a plain ravel copies it).
-        counts = np.bincount(labels.ravel(order="K"), minlength=int(labels.max()) + 1)
+        counts = label_counts(labels)  # in slabs: never an int64 copy of the whole map
         present = [int(v) for v in np.flatnonzero(counts) if v]
     else:
         present = [int(v) for v in np.unique(labels) if v]

@@ -1,0 +1,108 @@
+"""Benchmark: the infer phase's overhead beyond the model call itself.
+
+Issue #16: validation, copies and casts around a model's ``predict`` must cost at most
+0.1 s per 512x512x160 volume. On the same volume (a synthetic trunk CT, int16, Fortran
+order as the DICOM and NIfTI readers give it), alternating after a warm-up:
+
+* ``bare``: the ``ct-threshold`` card's own class called directly (the floor);
+* ``product``: the same card through the path every run takes -- ``load_model`` (the
+  python runner: modality check, :func:`~autolabel.inference.spec.validate_output`) behind
+  :func:`~autolabel.inference.guard.guard_model` (a predict thread with its time limit).
+
+Prints both medians and their difference (the overhead), and checks the label maps agree.
+
+    .venv/bin/python bench/bench_infer.py [--slices 160] [--repeats 5]
+
+Writes ``bench/results/infer.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autolabel.emulator.phantom import make_phantom
+from autolabel.inference import load_model, read_card
+from autolabel.inference.card import find_card
+from autolabel.inference.guard import guard_model
+from autolabel.inference.runners import _import_entry
+from autolabel.records import Volume
+
+ROOT = Path(__file__).resolve().parents[1]
+_TARGET_S = 0.1  # issue #16: at most 0.1 s of overhead per 512x512x160 volume
+
+
+def make_volume(slices: int) -> Volume:
+    """A 512x512x``slices`` int16 CT volume in F order, LPS index axes."""
+    phantom = make_phantom((512, 512, slices), seed=16, fov_mm=(400.0, 400.0, slices * 1.0))
+    affine = np.diag([-phantom.spacing[0], -phantom.spacing[1], phantom.spacing[2], 1.0])
+    array = np.asfortranarray(phantom.hu)
+    array.flags.writeable = False  # as the readers give it: the volume owns its array
+    return Volume(array=array, affine=affine, modality="CT", source="bench volume")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--slices", type=int, default=160)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+
+    volume = make_volume(args.slices)
+    card = read_card(find_card("ct-threshold"))
+    bare_model: Any = _import_entry(card)(card=card, device="cpu")
+    product = guard_model(load_model("ct-threshold", device="cpu"))
+    methods: dict[str, Callable[[Volume], Any]] = {
+        "bare": bare_model.predict,
+        "product": product.predict,
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    labels: dict[str, Any] = {}
+    for call in methods.values():  # warm-up
+        call(volume)
+    for _ in range(args.repeats):
+        for name, call in methods.items():
+            started = time.perf_counter()
+            labels[name] = call(volume)
+            times[name].append(round(time.perf_counter() - started, 4))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    overhead = medians["product"] - medians["bare"]
+    # Per-run pairs (product minus the bare call just before it) are less exposed to load.
+    paired = statistics.median(p - b for p, b in zip(times["product"], times["bare"], strict=True))
+    result = {
+        "benchmark": "infer_overhead",
+        "model": card.name,
+        "shape": list(volume.shape),
+        "dtype": str(volume.array.dtype),
+        "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "seconds": times,
+        "median_s": medians,
+        "overhead_s": round(overhead, 4),
+        "overhead_paired_median_s": round(paired, 4),
+        "target_overhead_s": _TARGET_S,
+        "labels_equal": bool(np.array_equal(labels["bare"], labels["product"])),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        f"{card.name} on 512x512x{args.slices}: bare model call {medians['bare']:.3f} s, "
+        f"product predict {medians['product']:.3f} s, overhead {overhead:.3f} s "
+        f"(paired median {paired:.3f} s; target <= {_TARGET_S} s)",
+        flush=True,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "infer.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
