@@ -309,6 +309,22 @@ def test_torchscript_probabilities_are_a_softmax_whose_argmax_is_predict(tmp_pat
     assert len(np.unique(labels)) > 1
 
 
+def test_confidence_leaves_predicts_labels_unchanged_on_a_resampled_grid() -> None:
+    """Measuring confidence never changes a label: phantom-unet (a 5 mm model grid, so the
+    volume is resampled both ways) gives ``predict``'s map voxel for voxel, and a
+    confidence in (0, 1] for each label present in it."""
+    from autolabel.emulator.phantom import make_phantom
+
+    phantom = make_phantom((48, 40, 24), seed=7)
+    volume = Volume(array=phantom.hu, affine=phantom.affine_lps, modality="CT")
+    model = load_model("phantom-unet", device="cpu")
+    labels, confidence = model.predict_with_confidence(volume)
+    assert np.array_equal(labels, model.predict(volume))
+    present = {int(v) for v in np.unique(labels)} - {0}
+    assert confidence is not None and set(confidence) <= present and confidence
+    assert all(0.0 < c.confidence <= 1.0 for c in confidence.values())
+
+
 def test_a_runner_without_probabilities_says_so(tmp_path: Path) -> None:
     """A python plug-in gives no probabilities: a ModelError naming the model."""
     card = _plugin_card(

@@ -79,13 +79,16 @@ class LoadedModel:
         Raises :class:`ModelError` when the volume's modality is not the model's or the
         model fails, :class:`BadModelOutputError` when its output breaks the contract.
         """
+        self._check_modality(volume)
+        return validate_output(self._spec, volume, self._guarded(volume, self._predict))
+
+    def _check_modality(self, volume: Volume) -> None:
         wanted = self._spec.modality
         if wanted and volume.modality and volume.modality.upper() != wanted.upper():
             raise ModelError(
                 f"model {self._spec.name!r} expects {wanted} images, "
                 f"{volume.source or 'the volume'} is {volume.modality}"
             )
-        return validate_output(self._spec, volume, self._guarded(volume, self._predict))
 
     def _guarded(self, volume: Volume, call: Callable[[Volume], T]) -> T:
         """``call(volume)``, any failure but ours raised as :class:`ModelError` naming the model."""
@@ -190,6 +193,31 @@ class TorchModel(LoadedModel):
         labels = np.asfortranarray(on_volume.argmax(0)).astype(self._spec.label_dtype)
         postprocess(labels, self.card.postprocess, volume.spacing)
         return labels, on_volume
+
+    def predict_with_confidence(self, volume: Volume) -> tuple[LabelMap, SeriesConfidence | None]:
+        """:meth:`predict`'s label map, voxel for voxel, and the confidence of each label
+        measured on the model's grid (its region there, before postprocessing).
+
+        One pass of the windows: the argmax of the blended softmax is the labels path's
+        argmax of the blended logits, resampled (nearest) to the volume as :meth:`predict`
+        does; the probabilities are never resampled, so they cost a float per class and
+        model-grid voxel only while the volume is measured.
+        """
+        self._check_modality(volume)
+
+        def measured(volume: Volume) -> tuple[LabelMap, SeriesConfidence]:
+            image, grid = to_model_grid(volume, self.card.preprocess)
+            probabilities = self._run(image, volume.source, self._softmax_windows)
+            dtype = torch.uint8 if probabilities.shape[0] <= 256 else torch.int32
+            on_model = probabilities.argmax(0).to(dtype)
+            confidence = region_confidence(on_model.numpy(), probabilities.numpy())
+            del probabilities
+            labels: LabelMap = grid.to_volume_grid(on_model)  # type: ignore[assignment]
+            postprocess(labels, self.card.postprocess, volume.spacing)
+            return labels.astype(self._spec.label_dtype, copy=False), confidence
+
+        labels, confidence = self._guarded(volume, measured)
+        return validate_output(self._spec, volume, labels), confidence
 
     def _window_settings(self, device: torch.device, batch: int) -> dict[str, Any]:
         """The card's sliding-window keywords for ``device`` and ``batch``."""
