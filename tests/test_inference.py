@@ -115,6 +115,34 @@ def test_valid_plugin_output_passes_unchanged(tmp_path: Path) -> None:
     assert np.array_equal(labels == 2, volume.array > 500)
 
 
+def test_a_value_between_declared_ids_is_refused_in_any_memory_order(tmp_path: Path) -> None:
+    """Labels {1, 3}: a 2 in the last slice of an F-ordered or a flipped map is caught (the
+    range check alone passes it), and a map of only 0, 1 and 3 passes unchanged."""
+    card = _plugin_card(
+        tmp_path,
+        """
+        import numpy as np
+        def predict(volume):
+            out = np.zeros(volume.shape, np.uint8, order="F")
+            out[volume.array > 0] = 3
+            out[volume.array > 500] = 1
+            if volume.source == "bad-f":
+                out[-1, -1, -1] = 2
+            if volume.source == "bad-flipped":
+                out = np.flip(np.ascontiguousarray(out), axis=2)
+                out[0, 0, 0] = 2
+            return out
+        """,
+        labels='1 = "a"\n3 = "c"',
+    )
+    model = load_model(card, device="cpu")
+    for source in ("bad-f", "bad-flipped"):
+        with pytest.raises(BadModelOutputError, match=r"values \[2\]"):
+            model.predict(_volume(source=source))
+    labels = model.predict(_volume(source="good"))
+    assert set(np.unique(labels).tolist()) == {0, 1, 3}
+
+
 def test_plugin_exception_becomes_model_error(tmp_path: Path) -> None:
     """A crash inside a model is a ModelError naming the model and the volume."""
     card = _plugin_card(tmp_path, "def predict(volume):\n    raise RuntimeError('boom')\n")
@@ -279,6 +307,22 @@ def test_torchscript_probabilities_are_a_softmax_whose_argmax_is_predict(tmp_pat
     assert np.array_equal(labels, model.predict(volume))
     assert np.array_equal(probabilities.argmax(0), labels)
     assert len(np.unique(labels)) > 1
+
+
+def test_confidence_leaves_predicts_labels_unchanged_on_a_resampled_grid() -> None:
+    """Measuring confidence never changes a label: phantom-unet (a 5 mm model grid, so the
+    volume is resampled both ways) gives ``predict``'s map voxel for voxel, and a
+    confidence in (0, 1] for each label present in it."""
+    from autolabel.emulator.phantom import make_phantom
+
+    phantom = make_phantom((48, 40, 24), seed=7)
+    volume = Volume(array=phantom.hu, affine=phantom.affine_lps, modality="CT")
+    model = load_model("phantom-unet", device="cpu")
+    labels, confidence = model.predict_with_confidence(volume)
+    assert np.array_equal(labels, model.predict(volume))
+    present = {int(v) for v in np.unique(labels)} - {0}
+    assert confidence is not None and set(confidence) <= present and confidence
+    assert all(0.0 < c.confidence <= 1.0 for c in confidence.values())
 
 
 def test_a_runner_without_probabilities_says_so(tmp_path: Path) -> None:

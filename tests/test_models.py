@@ -125,6 +125,29 @@ def test_ct_threshold_on_phantom_lungs_and_bone() -> None:
     assert not labels[0, 0, :].any()  # the corner is air, outside the body
 
 
+def test_ct_threshold_labels_do_not_depend_on_slabs_or_memory_order() -> None:
+    """ct-threshold works slab by slab to stay within ~1.5x the volume's memory (issue #16):
+    cutting a phantom into 3-slice slabs gives the labels of one slab, and an F-ordered copy
+    of the volume (as the DICOM and NIfTI readers give it) the labels of the C-ordered one."""
+    import sys
+
+    volume, _ = phantom_volume((96, 96, 40), seed=78)
+    model = load_model("ct-threshold")
+    whole = model.predict(volume)
+    plugin = sys.modules[type(model._call.__self__).__module__]  # type: ignore[attr-defined]
+    default = plugin._SLAB_VOXELS
+    plugin._SLAB_VOXELS = 96 * 96 * 3
+    try:
+        slabbed = model.predict(volume)
+        f_order = Volume(array=np.asfortranarray(volume.array), affine=volume.affine)
+        from_f = model.predict(f_order)
+    finally:
+        plugin._SLAB_VOXELS = default
+    assert set(np.unique(whole).tolist()) == {0, 1, 2, 3}
+    assert np.array_equal(slabbed, whole)
+    assert np.array_equal(from_f, whole)
+
+
 @needs_colin
 def test_deepbet_brain_on_colin27() -> None:
     """deepbet-brain reaches Dice >= 0.90 against Colin27's brain-extracted reference."""

@@ -10,6 +10,9 @@ The one definition autolabel uses (``docs`` and the report say the same):
 * **entropy** beside it = the mean, over the same voxels, of the Shannon entropy of the
   voxel's class distribution divided by ``ln(classes)`` (0: certain, 1: uniform);
 * a label the map does not contain has no region, hence no confidence (it is absent).
+* a TorchScript card measures it on the model's own grid (the region its argmax gives
+  there, before postprocessing): the probabilities are never resampled, and the label map
+  written is exactly :meth:`~autolabel.inference.runners.LoadedModel.predict`'s;
 
 A model without probabilities (``ct-threshold``, the default, and most python plug-ins)
 gives **no** confidence: ``None``, never a made-up number. A python plug-in may give its

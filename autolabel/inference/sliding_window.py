@@ -41,14 +41,19 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
 
 
 def gaussian_weights(patch: tuple[int, int, int], sigma_scale: float) -> torch.Tensor:
-    """Window weights ``(px, py, pz, 1)``: a Gaussian peaking at 1 in the centre, never 0."""
+    """Window weights ``(px, py, pz, 1)``: a Gaussian of ``sigma_scale`` times the patch size
+    per axis, centred on the patch, clamped to at least 1e-3 (never 0).
+
+    Not rescaled to a peak of 1 (for an even size the centre lies between voxels): the
+    clamp then bites at the same voxels as in MONAI's ``compute_importance_map``, so the
+    blend is MONAI's exactly (tests/test_sliding_window_parity.py).
+    """
     axes = []
     for size in patch:
         x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
         sigma = max(size * sigma_scale, 1e-3)
         axes.append(torch.exp(-0.5 * (x / sigma) ** 2))
     weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    weights = weights / weights.max()
     return weights.clamp_(min=1e-3)[..., None]
 
 

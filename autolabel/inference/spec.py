@@ -113,32 +113,57 @@ def validate_output(spec: ModelSpec, volume: Volume, output: object) -> npt.NDAr
         raise BadModelOutputError(
             f"{where}: label map shape {output.shape} differs from the volume's {volume.shape}"
         )
-    allowed = np.zeros(max(spec.labels) + 1, dtype=bool)
-    allowed[0] = True
-    allowed[list(spec.labels)] = True
-    if output.size:
-        low, high = int(output.min()), int(output.max())
-        if low < 0 or high >= allowed.size:
-            bad = sorted({v for v in (low, high) if v < 0 or v >= allowed.size})
-        else:
-            # A lookup table costs one byte per voxel, unlike bincount's int64 copy.
-            ok = allowed[output]
-            bad = [] if ok.all() else [int(v) for v in np.unique(output[~ok])]
-        if bad:
-            raise BadModelOutputError(
-                f"{where}: label map holds values {bad} that are not in its spec "
-                f"(allowed: 0 and {sorted(spec.labels)})"
-            )
+    bad = _values_outside(output, spec)
+    if bad:
+        raise BadModelOutputError(
+            f"{where}: label map holds values {bad} that are not in its spec "
+            f"(allowed: 0 and {sorted(spec.labels)})"
+        )
     return output
 
 
-def label_counts(label_map: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """Voxel count of every value ``0..max`` of a non-negative integer (or bool) label map,
-    read as it lies (no copy) in cache-sized chunks; up to 7 values by one compare each (3x
-    faster than ``bincount``, which copies every voxel to intp). ``ValueError`` if negative."""
+#: Voxels per step of the lookup in :func:`_values_outside` (bounds its temporary mask).
+_LOOKUP_CHUNK = 1 << 22
+
+
+def _values_outside(output: npt.NDArray[np.integer], spec: ModelSpec) -> list[int]:
+    """The values of ``output`` that are neither 0 nor a label of ``spec``, sorted.
+
+    One pass for the range (``max``; ``min`` only for signed dtypes); when every id from 0
+    to the maximum is allowed (labels ``1..N``, the common case) that settles it. Otherwise
+    a lookup table over slabs of about :data:`_LOOKUP_CHUNK` voxels, so the temporary mask
+    stays a few MB whatever the volume's size (no copy of the map, no int64 counts).
+    """
+    if not output.size:
+        return []
+    allowed = np.zeros(max(spec.labels) + 1, dtype=bool)
+    allowed[0] = True
+    allowed[list(spec.labels)] = True
+    high = int(output.max())
+    low = int(output.min()) if np.issubdtype(output.dtype, np.signedinteger) else 0
+    if low < 0 or high >= allowed.size:
+        return sorted({v for v in (low, high) if v < 0 or v >= allowed.size})
+    if allowed[: high + 1].all():
+        return []
+    # Slabs along the last axis: views of any layout, never a copy of the whole map.
+    step = max(1, _LOOKUP_CHUNK // max(1, output[..., 0].size))
+    found: set[int] = set()
+    for start in range(0, output.shape[-1], step):
+        chunk = output[..., start : start + step]
+        ok = allowed[chunk]
+        if not ok.all():
+            found.update(int(v) for v in np.unique(chunk[~ok]))
+    return sorted(found)
+
+
+def label_counts(label_map: npt.NDArray[Any], minlength: int = 0) -> npt.NDArray[np.int64]:
+    """Voxel count of every value ``0..max`` of a non-negative integer (or bool) label map
+    (at least ``minlength`` counts), read as it lies (no copy) in cache-sized chunks; up to
+    7 values by one compare each (3x faster than ``bincount``, which copies every voxel to
+    intp). ``ValueError`` if negative."""
     flat = np.asarray(label_map).ravel(order="K")  # a view for C- or F-contiguous maps
     flat = flat.view(np.uint8) if flat.dtype == np.bool_ else flat
-    hi = int(flat.max(initial=0))
+    hi = max(int(flat.max(initial=0)), minlength - 1)
     if np.issubdtype(flat.dtype, np.signedinteger) and int(flat.min(initial=0)) < 0:
         raise ValueError("label_counts: the label map holds negative values")
     counts = np.zeros(hi + 1, dtype=np.int64)

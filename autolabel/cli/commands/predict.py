@@ -46,7 +46,9 @@ def label_summary(
     labels: npt.NDArray[np.integer], spacing: tuple[float, float, float], spec: Any
 ) -> list[dict[str, Any]]:
     """Voxel count, volume in ml and category for every label of ``spec`` (0 if absent)."""
-    counts = np.bincount(labels.ravel(), minlength=max(spec.labels) + 1)
+    from autolabel.inference.spec import label_counts
+
+    counts = label_counts(labels, max(spec.labels) + 1)  # no int64 copy of the whole map
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return [
         {
