@@ -39,7 +39,7 @@ from autolabel.emulator.phantom import make_phantom
 from autolabel.inference import load_model, read_card
 from autolabel.inference.card import find_card
 from autolabel.inference.guard import guard_model
-from autolabel.inference.runners import _import_entry
+from autolabel.inference.python_card import import_entry
 from autolabel.records import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def two_threshold_card(folder: Path) -> Path:
 def measure(card_path: Path, volume: Volume, repeats: int) -> dict[str, Any]:
     """Alternating medians of the bare call and the product's predict for one card."""
     card = read_card(card_path)
-    entry: Any = _import_entry(card)
+    entry: Any = import_entry(card)
     bare = entry(card=card, device="cpu").predict if isinstance(entry, type) else entry
     product = guard_model(load_model(card_path, device="cpu"))
     methods: dict[str, Callable[[Volume], Any]] = {"bare": bare, "product": product.predict}

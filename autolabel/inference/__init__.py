@@ -72,6 +72,7 @@ def load_model(
         return PythonModel(card, card.spec(), python_card_device(device))  # type: ignore[return-value]
     from autolabel.inference import external, runners
     from autolabel.inference.device import resolve_device
+    from autolabel.inference.python_card import run_card_code
 
     torch_device = resolve_device(device)
     if card.kind == "torchscript":
@@ -80,12 +81,12 @@ def load_model(
     # A framework's own loader meeting a broken folder (a damaged plans.json, a bad
     # inference.json) raises its own errors: one usage error naming the card instead.
     if card.kind == "nnunet":
-        return runners.run_card_code(
+        return run_card_code(
             card, "loading the nnU-Net folder", lambda: external.NnUNetModel(card, torch_device)
         )
     if card.kind == "totalsegmentator":
         return external.TotalSegmentatorModel(card, torch_device)
-    return runners.run_card_code(
+    return run_card_code(
         card,
         "loading the MONAI bundle",
         lambda: external.load_monai_bundle(card, torch_device, autocast),

@@ -3,7 +3,6 @@
 * :class:`LoadedModel` -- base: modality check, runner call, output validation.
 * :class:`TorchModel` -- any ``nn.Module``/TorchScript network through the card's
   preprocessing, our sliding window and postprocessing, with the CUDA OOM fallback.
-* :class:`PythonModel` -- a ``module:attr`` plug-in from the card's folder or the path.
 
 A loaded model is meant to be kept warm: build it once with
 :func:`autolabel.inference.load_model` and call ``predict`` for every volume, from one
@@ -12,10 +11,6 @@ thread at a time.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +22,7 @@ import torch
 
 from autolabel.errors import BadModelOutputError, ConfigError, ModelError
 from autolabel.inference.card import ModelCard
-from autolabel.inference.confidence import SeriesConfidence, plugin_confidence, region_confidence
+from autolabel.inference.confidence import SeriesConfidence, region_confidence
 from autolabel.inference.device import (
     DeviceEvent,
     autocast_dtype,
@@ -294,118 +289,6 @@ def freeze_for_inference(net: torch.nn.Module) -> torch.nn.Module:
     except (RuntimeError, AttributeError):
         return net
     return frozen
-
-
-def run_card_code(card: ModelCard, what: str, call: Callable[[], T]) -> T:
-    """``call()`` -- a card's own code (or its framework's loader) run while the model loads
-    -- with any failure, an ``sys.exit()`` included, raised as :class:`ConfigError` naming
-    the card (a broken card is a configuration error, exit 2), never a traceback or the
-    process's exit; the working folder is put back if the code changed it."""
-    cwd = os.getcwd()
-    try:
-        return call()
-    except (ModelError, ConfigError):
-        raise
-    except (Exception, SystemExit) as exc:
-        raise ConfigError(
-            f"model card {card.path}: {what} failed ({type(exc).__name__}: {exc}); fix the "
-            "card or the files it names"
-        ) from exc
-    finally:
-        if os.getcwd() != cwd:  # a card that moved the working folder: relative paths hold
-            os.chdir(cwd)
-
-
-def _import_entry(card: ModelCard) -> Any:
-    """The object named by the card's ``entry`` (``module:attr``)."""
-    module_name, _, attr = card.entry.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"model card {card.path}: entry {card.entry!r} is not 'module:attr'")
-    beside = card.folder / (module_name.replace(".", "/") + ".py")
-    if beside.is_file():
-        unique = f"autolabel_models.{card.name.replace('-', '_')}.{module_name}"
-        module_spec = importlib.util.spec_from_file_location(unique, beside)
-        if module_spec is None or module_spec.loader is None:
-            raise ConfigError(f"cannot import {beside}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[unique] = module
-        loader = module_spec.loader
-        run_card_code(card, f"importing {beside.name}", lambda: loader.exec_module(module))
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"model card {card.path}: cannot import {module_name!r} ({exc}); put "
-                f"{module_name}.py beside the card or install it"
-            ) from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError as exc:
-        raise ConfigError(f"model card {card.path}: {module_name} has no {attr!r}") from exc
-
-
-class PythonModel(LoadedModel):
-    """A python plug-in named by the card's ``entry``.
-
-    The entry is either a function ``predict(volume) -> label map`` or a class built once
-    as ``Class(card=card, device=device)`` whose instances have ``predict(volume)`` (and may
-    set ``weights_sha256`` for provenance when their weights live outside the card's
-    folder). Its output goes through the same validation as every other runner's.
-
-    Confidence (optional, one of): an instance with ``predict_probabilities(volume) ->
-    (label map, probabilities (classes, *volume.shape))`` is measured by autolabel's own
-    definition (:mod:`autolabel.inference.confidence`); one with ``confidence(volume,
-    label_map)`` gives its own scores (:func:`~autolabel.inference.confidence.plugin_confidence`).
-    Without either the plug-in gives no confidence.
-    """
-
-    def __init__(self, card: ModelCard, spec: ModelSpec, device: torch.device) -> None:
-        super().__init__(card, spec, device)
-        target: Any = _import_entry(card)
-        if isinstance(target, type):
-            instance: Any = run_card_code(
-                card, f"building {card.entry}", lambda: target(card=card, device=str(device))
-            )
-            target = getattr(instance, "predict", None)
-            digest = getattr(instance, "weights_sha256", None)
-            if isinstance(digest, str):
-                self._spec = card.spec(weights_sha256=digest)
-            self._instance = instance
-        if not callable(target):
-            raise BadModelOutputError(
-                f"model {spec.name!r}: entry {card.entry!r} gives no callable predict"
-            )
-        self._call: Callable[[Volume], object] = target
-
-    _instance: Any = None
-
-    @property
-    def gives_confidence(self) -> bool:
-        """Whether the plug-in has ``predict_probabilities`` or ``confidence``."""
-        return any(
-            callable(getattr(self._instance, n, None))
-            for n in ("predict_probabilities", "confidence")
-        )
-
-    def _predict(self, volume: Volume) -> object:
-        return self._call(volume)
-
-    def _probabilities(self, volume: Volume) -> tuple[object, Probabilities]:
-        own = getattr(self._instance, "predict_probabilities", None)
-        if not callable(own):
-            return super()._probabilities(volume)
-        labels, probabilities = own(volume)
-        return labels, np.asarray(probabilities, dtype=np.float32)
-
-    def predict_with_confidence(self, volume: Volume) -> tuple[LabelMap, SeriesConfidence | None]:
-        """The plug-in's probabilities measured, or its own scores (see the class docstring)."""
-        scores = getattr(self._instance, "confidence", None)
-        if callable(getattr(self._instance, "predict_probabilities", None)) or not callable(scores):
-            return super().predict_with_confidence(volume)
-        labels = self.predict(volume)
-        own = self._guarded(volume, lambda v: scores(v, labels))
-        return labels, plugin_confidence(self._spec.name, own, labels)
 
 
 def load_torchscript(card: ModelCard, device: torch.device) -> torch.nn.Module:
