@@ -24,7 +24,7 @@ from autolabel.inference import load_model
 from autolabel.inference.confidence import plugin_confidence, region_confidence
 from autolabel.ledger import Ledger, TaskState, ledger_path
 from autolabel.pipeline import RunOptions, RunSummary, run
-from autolabel.pipeline.routing import Thresholds, decide_route, draft_priority
+from autolabel.pipeline.routing import Thresholds, decide_route, draft_priority, dropped_categories
 from autolabel.redbrick import get_project
 from autolabel.report import build_report
 
@@ -388,3 +388,47 @@ def test_a_routed_submit_whose_reply_was_lost_is_settled_once_as_submitted(
     time.sleep(3.0)  # past the late commit: a second send would show now
     assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)
     assert {t.stage_name for t in emulator.tasks()} == {"Review_1"}
+
+
+# -- hostile model output (breaker15) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("lung", [float("nan"), 5.0], ids=["nan", "logits"])
+def test_probabilities_that_are_not_probabilities_never_submit_a_task(
+    emulator: EmulatorHandle, tmp_path: Path, lung: float
+) -> None:
+    """A model whose "probabilities" are NaN or logits (5.0) on one task's lung: that task
+    fails with a clear error naming it, and is neither submitted nor saved (NaN compares
+    false against every threshold, so it used to pass --finalize-above); the others route
+    as usual. Judged through the official SDK's listings."""
+    bad, *good = _names(emulator)
+    scores = {n: {"Lung": 0.97, "Bone": 0.95} for n in good}
+    scores[bad] = {"Lung": lung, "Bone": 0.95}
+    summary = _run(emulator, tmp_path, scores, finalize_above=0.9)
+    by_name = {o.task_name: o for o in summary.outcomes}
+    assert by_name[bad].status == "failed"
+    assert "probabilit" in by_name[bad].reason and "[0, 1]" in by_name[bad].reason
+    assert [by_name[n].status for n in good] == ["submitted", "submitted"]
+    sdk = _sdk(emulator)
+    assert _in_stage(sdk, "Review_1") == set(good)
+    assert [t["name"] for t in _queue(sdk)] == [bad]
+    assert list(sdk.export.list_tasks(search=redbrick.TaskFilters.DRAFT, stage_name="Label")) == []
+
+
+def test_a_non_finite_confidence_never_reaches_a_threshold() -> None:
+    """However a NaN confidence got in, it routes the task to a draft and is dropped by
+    --drop-below, never taken as sure."""
+    nan = {"Lung": {"confidence": float("nan"), "entropy": None, "voxels": 3}}
+    route = decide_route(False, nan, Thresholds(0.5))
+    assert not route.finalize and "Lung" in route.reason
+    assert dropped_categories(nan, Thresholds(0.5)) == ["Lung"]
+
+
+def test_a_plugins_numpy_scores_are_accepted() -> None:
+    """A plug-in naturally keys its scores by ``np.unique(label_map)`` and scores them with
+    numpy floats: those are label ids and numbers too."""
+    labels = np.array([[[0, 1], [2, 2]]], dtype=np.uint8)
+    found = plugin_confidence("p", {np.int64(1): np.float32(0.75), np.uint8(2): 1}, labels)
+    assert found[1].confidence == pytest.approx(0.75) and found[2].confidence == 1.0
+    with pytest.raises(BadModelOutputError, match="not a number in"):
+        plugin_confidence("p", {1: np.float64("nan")}, labels)

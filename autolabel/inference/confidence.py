@@ -23,6 +23,7 @@ numpy only: the runners hand over the probabilities (:meth:`LoadedModel.predict_
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,8 +60,9 @@ def region_confidence(
     """The confidence and entropy of each non-zero label id present in ``labels``.
 
     ``probabilities`` is ``(classes, *labels.shape)``; class ``c`` is label id ``c``.
-    Raises :class:`BadModelOutputError` when the shapes disagree or a label id has no
-    probability channel.
+    Raises :class:`BadModelOutputError` when the shapes disagree, a label id has no
+    probability channel, or a probability is not a finite number in ``[0, 1]`` (NaN, or
+    logits not passed through a softmax: a NaN would pass every threshold unnoticed).
 
     >>> labels = np.array([[[0, 1], [1, 1]]])
     >>> p1 = np.array([[[0.2, 0.9], [0.6, 0.9]]])
@@ -85,6 +87,7 @@ def region_confidence(
         lab = np.asarray(labels[start : start + _SLAB]).reshape(-1).astype(np.intp)
         p = np.asarray(probabilities[:, start : start + _SLAB], dtype=np.float32)
         p = p.reshape(classes, -1)
+        _check_probabilities(p)
         picked = p[lab, np.arange(lab.size)]
         entropy = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(0) / scale
         picked_sum += np.bincount(lab, weights=picked, minlength=classes)
@@ -92,11 +95,33 @@ def region_confidence(
         counts += np.bincount(lab, minlength=classes)
     return {
         c: LabelConfidence(
-            float(picked_sum[c] / counts[c]), float(entropy_sum[c] / counts[c]), int(counts[c])
+            min(1.0, max(0.0, float(picked_sum[c] / counts[c]))),
+            min(1.0, max(0.0, float(entropy_sum[c] / counts[c]))),
+            int(counts[c]),
         )
         for c in range(1, classes)
         if counts[c]
     }
+
+
+#: How far a probability may stray outside ``[0, 1]`` by float rounding.
+_ROUNDING = 1e-3
+
+
+def _check_probabilities(p: npt.NDArray[np.floating]) -> None:
+    """:class:`BadModelOutputError` unless every value of ``p`` is finite and in ``[0, 1]``."""
+    if p.size == 0:
+        return
+    low, high = float(p.min()), float(p.max())  # NaN propagates through min/max
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise BadModelOutputError(
+            "class probabilities contain NaN or infinity; give finite probabilities in [0, 1]"
+        )
+    if low < -_ROUNDING or high > 1 + _ROUNDING:
+        raise BadModelOutputError(
+            f"class probabilities must lie in [0, 1], found {low:g} to {high:g} (logits? "
+            "pass them through a softmax first)"
+        )
 
 
 def plugin_confidence(
@@ -119,8 +144,9 @@ def plugin_confidence(
     present = {int(v) for v in np.unique(labels)} - {0}
     out: SeriesConfidence = {}
     for key, value in scores.items():
-        if not isinstance(key, int) or isinstance(key, bool):
+        if not isinstance(key, numbers.Integral) or isinstance(key, bool | np.bool_):
             raise BadModelOutputError(f"model {name!r}: confidence key {key!r} is not a label id")
+        key = int(key)  # numpy ids (np.unique of the label map) are label ids too
         if key not in present:
             continue
         raw: Any = value.get("confidence") if isinstance(value, Mapping) else value
@@ -134,7 +160,11 @@ def plugin_confidence(
 
 
 def _unit(name: str, value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+    if (
+        isinstance(value, bool | np.bool_)
+        or not isinstance(value, numbers.Real)
+        or not 0 <= float(value) <= 1  # NaN fails this too
+    ):
         raise BadModelOutputError(f"model {name!r}: {what} {value!r} is not a number in [0, 1]")
     return float(value)
 

@@ -166,7 +166,7 @@ def dropped_categories(
     return sorted(
         c
         for c, v in confidence.items()
-        if (t := limits.of(c)) is not None and float(v["confidence"]) < t
+        if (t := limits.of(c)) is not None and not float(v["confidence"]) >= t  # NaN: below
     )
 
 
@@ -202,7 +202,7 @@ def decide_route(
         t, c = limits.of(category), float(value["confidence"])
         if t is None:
             short.append(f"{category}: no threshold")
-        elif c < t:
+        elif not c >= t:  # a NaN never reaches a threshold
             short.append(f"{category} {c:.3f} < {t:g}")
     if short:
         return Route(False, DRAFT, "below --finalize-above: " + "; ".join(short))
