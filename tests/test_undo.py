@@ -391,3 +391,31 @@ def test_a_task_the_key_already_emptied_is_recorded_undone_without_a_write(
     with Ledger(ledger_path(work), create=False) as ledger:
         states = [e.state for e in ledger.history(task_id)]
     assert states[-2:] == [TaskState.UNDOING, TaskState.UNDONE]
+
+
+def test_labels_a_script_saved_with_the_same_key_after_the_run_are_kept(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path, capsys: Any
+) -> None:
+    """After the run, a script using the same API key saves its own labels (no ``Model``
+    stamp) on one task through the official SDK: undo keeps that task (autolabel cannot
+    tell those labels from a person's) and reverts the other two."""
+    work = tmp_path / "work"
+    run_id = _draft_run(emulator, ct_model, work)
+    ids = emulator.task_ids("Label")
+    labels = np.zeros((32, 32, 16), dtype=np.uint8)
+    labels[2:9, 2:9, 1:5] = 1
+    path = tmp_path / "script.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
+    series = [{"segmentations": str(path), "segmentMap": {"1": "Liver"}}]
+    assert (
+        _sdk(emulator).labeling.put_tasks(
+            "Label", [{"taskId": ids[0], "series": series}], finalize=False
+        )
+        == []
+    )
+    before = _exported(emulator)[ids[0]]
+
+    result = _undo_cli(emulator, work, capsys, "--run", run_id)
+
+    assert _by_task(result) == {ids[0]: "kept", ids[1]: "reverted", ids[2]: "reverted"}
+    assert _exported(emulator)[ids[0]] == before

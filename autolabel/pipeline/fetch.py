@@ -101,6 +101,28 @@ def _carries(label: Mapping[str, object], attributes: Mapping[str, str]) -> bool
     return all(values.get(name) == value for name, value in attributes.items())
 
 
+def stampable(project: Project, labels: Sequence[dict[str, Any]]) -> bool:
+    """Whether some label object is of a category whose taxonomy object defines the
+    provenance attribute: a run's write of it carries the stamp (``Project.with_provenance``),
+    so labels without any stamp there were saved by something else."""
+    allowed = {
+        str(ot.get("category"))
+        for ot in project.taxonomy.get("objectTypes") or []
+        if any(a.get("name") == PROVENANCE_ATTRIBUTE for a in ot.get("attributes") or [])
+    }
+    return any(str(label.get("category")) in allowed for label in labels)
+
+
+def model_stamps(labels: Sequence[dict[str, Any]]) -> set[str]:
+    """The provenance values (``Model`` attributes) on the label objects."""
+    found: set[str] = set()
+    for label in labels:
+        for attribute in label.get("attributes") or []:
+            if isinstance(attribute, dict) and attribute.get("name") == PROVENANCE_ATTRIBUTE:
+                found.add(str(attribute.get("value")))
+    return found
+
+
 def done_elsewhere_reason(task: Task, stamp: Stamp) -> str:
     """Why a task that bears ``stamp`` at fetch time is skipped."""
     at = LabelsMarker.of(task, stamp.user_id).created_at

@@ -12,8 +12,8 @@
   ``putManualLabelingTaskAndLabels(labelsData: "[]", labelsMap: [])``
   (redbrick/labeling/public.py ``put_tasks``, redbrick/utils/upload.py
   ``process_segmentation_upload``);
-* ``kept``: a person saved labels since (or this key saved other labels: another model,
-  a script), the task was handed to someone else, or the labels before the run were this
+* ``kept``: a person saved labels since (or this key saved other labels: another model's
+  stamp, or none where the taxonomy makes a run's labels carry one: a script), the task was handed to someone else, or the labels before the run were this
   key's own (an earlier autolabel write, of which autolabel keeps no copy: undo that run
   too, and both revert to no labels);
 * ``needs_reviewer``: the write was submitted and the task has left the stage; ``todo``
@@ -44,7 +44,9 @@ from autolabel.pipeline.fetch import (
     PROVENANCE_ATTRIBUTE,
     LabelsMarker,
     has_no_labels,
+    model_stamps,
     provenance,
+    stampable,
 )
 from autolabel.pipeline.lock import lock_work_folder
 from autolabel.pipeline.submit import default_settle_window, settle, wait_until, write_task
@@ -329,10 +331,14 @@ class _Undoer:
         if labels is None:
             return "the task has no labels any more: nothing to revert", ""
         ours = provenance(top.event.model.name, top.event.model.version)[PROVENANCE_ATTRIBUTE]
-        found = _model_stamps(labels.labels)
+        found = model_stamps(labels.labels)
         if found and ours not in found:
             return (f"this API key saved labels of {', '.join(sorted(found))} since the run; "
                     "they are kept (undo that run instead)", "")  # fmt: skip
+        if not found and stampable(self.project, labels.labels):
+            return ("this API key saved labels without autolabel's Model stamp since the run "
+                    "(a script using the key?); they are kept: clear them in RedBrick if "
+                    "they should go", "")  # fmt: skip
         owner = task.part_of(self.user) if task.is_consensus else None
         if task.is_consensus and (owner is None or owner.state == "COMPLETED"):
             return "the key's own part of this consensus task was submitted", ""
@@ -435,16 +441,6 @@ def _popped(standing: list[_Write]) -> list[_Write]:
             break
         count += 1
     return standing[-count:] if count else standing[-1:]
-
-
-def _model_stamps(labels: Sequence[dict[str, Any]]) -> set[str]:
-    """The provenance values (``Model`` attributes) on the label objects."""
-    found: set[str] = set()
-    for label in labels:
-        for attribute in label.get("attributes") or []:
-            if isinstance(attribute, dict) and attribute.get("name") == PROVENANCE_ATTRIBUTE:
-                found.add(str(attribute.get("value")))
-    return found
 
 
 __all__ = ["RESTORED", "UndoItem", "UndoSummary", "parse_model", "undo"]
