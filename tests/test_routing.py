@@ -24,7 +24,13 @@ from autolabel.inference import load_model
 from autolabel.inference.confidence import plugin_confidence, region_confidence
 from autolabel.ledger import Ledger, TaskState, ledger_path
 from autolabel.pipeline import RunOptions, RunSummary, run
-from autolabel.pipeline.routing import Thresholds, decide_route, draft_priority, dropped_categories
+from autolabel.pipeline.routing import (
+    Thresholds,
+    decide_route,
+    draft_priority,
+    dropped_categories,
+    load_thresholds,
+)
 from autolabel.redbrick import get_project
 from autolabel.report import build_report
 
@@ -432,3 +438,24 @@ def test_a_plugins_numpy_scores_are_accepted() -> None:
     assert found[1].confidence == pytest.approx(0.75) and found[2].confidence == 1.0
     with pytest.raises(BadModelOutputError, match="not a number in"):
         plugin_confidence("p", {1: np.float64("nan")}, labels)
+
+
+@pytest.mark.parametrize(
+    ("content", "wrong"),
+    [('{"Lung": true}', "True"), ('{"*": true}', "True"), ('{"Lung": 1e400}', "inf"),
+     ('{"Lung": NaN}', "nan"), ("Lung = 1.5", "1.5")],
+    ids=["bool", "bool-default", "overflow", "nan", "above-1"],
+)  # fmt: skip
+def test_a_wrong_threshold_file_is_refused_naming_the_file(
+    tmp_path: Path, content: str, wrong: str
+) -> None:
+    """A threshold of ``true`` (not read as 1), NaN, inf or above 1 in a file is refused
+    with an error naming the flag, the file and the value."""
+    path = tmp_path / ("limits.toml" if "=" in content else "limits.json")
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_thresholds(str(path), "--finalize-above")
+    assert "--finalize-above" in str(refused.value) and str(path) in str(refused.value)
+    assert wrong in str(refused.value)
+    with pytest.raises(ConfigError, match=r"--drop-below 1\.5"):
+        load_thresholds("1.5", "--drop-below")

@@ -73,17 +73,21 @@ class Thresholds:
 
 def thresholds(value: object, source: str) -> Thresholds | None:
     """``value`` (a number, a ``{category: T}`` mapping, a :class:`Thresholds` or None) as
-    :class:`Thresholds`; :class:`ConfigError` naming ``source`` otherwise."""
+    :class:`Thresholds`; :class:`ConfigError` naming ``source`` otherwise (a boolean is no
+    threshold: ``true`` is refused, not read as 1)."""
     if value is None or isinstance(value, Thresholds):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return Thresholds(float(value))
-    if isinstance(value, Mapping):
-        named = {str(k): v for k, v in value.items() if k != "*"}
-        try:
-            return Thresholds(value.get("*"), {k: float(v) for k, v in named.items()})
-        except (TypeError, ValueError):
-            pass
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return Thresholds(float(value))
+        if isinstance(value, Mapping) and not any(isinstance(v, bool) for v in value.values()):
+            default = value.get("*")
+            named = {str(k): float(v) for k, v in value.items() if k != "*"}
+            return Thresholds(None if default is None else float(default), named)
+    except (TypeError, ValueError):
+        pass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     raise ConfigError(
         f"{source}: a confidence threshold is a number in [0, 1] or a table of category = "
         f"number, got {value!r}"
@@ -93,9 +97,13 @@ def thresholds(value: object, source: str) -> Thresholds | None:
 def load_thresholds(text: str, source: str) -> Thresholds:
     """A flag's value: a number (``0.9``) or a TOML/JSON file of ``{category: T}``."""
     try:
-        return Thresholds(float(text))
+        number = float(text)
     except ValueError:
         pass
+    else:
+        found = thresholds(number, f"{source} {text}")
+        assert found is not None
+        return found
     path = Path(text)
     try:
         raw = path.read_text(encoding="utf-8")
