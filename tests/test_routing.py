@@ -459,3 +459,23 @@ def test_a_wrong_threshold_file_is_refused_naming_the_file(
     assert wrong in str(refused.value)
     with pytest.raises(ConfigError, match=r"--drop-below 1\.5"):
         load_thresholds("1.5", "--drop-below")
+
+
+def test_a_task_whose_every_category_is_dropped_is_skipped_for_that_reason(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """--drop-below leaves out every category of one task: it is skipped saying so (not
+    "the model found nothing", whose advice ``--empty submit`` would submit an empty task),
+    counted as dropped, and left untouched in Label (the SDK's export shows no labels)."""
+    unsure, *sure = _names(emulator)
+    scores = {n: {"Lung": 0.97, "Bone": 0.96} for n in sure}
+    scores[unsure] = {"Lung": 0.5, "Bone": 0.4}
+    summary = _run(emulator, tmp_path, scores, drop_below=0.9)
+    by_name = {o.task_name: o for o in summary.outcomes}
+    assert by_name[unsure].status == "skipped"
+    assert "--drop-below" in by_name[unsure].reason and "--empty" not in by_name[unsure].reason
+    assert "Bone" in by_name[unsure].reason and "Lung" in by_name[unsure].reason
+    assert summary.routes["dropped"] == 1
+    sdk = _sdk(emulator)
+    assert _exported_categories(sdk, by_name[unsure].task_id, tmp_path / "export") == {}
+    assert [by_name[n].status for n in sure] == ["draft_saved", "draft_saved"]

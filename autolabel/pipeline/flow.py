@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from autolabel.errors import TaskSkipped, classify
 from autolabel.ledger import TaskState
 from autolabel.pipeline.fetch import FetchReport, LabelsMarker
-from autolabel.pipeline.routing import Route, decide_route, draft_priority
+from autolabel.pipeline.routing import Route, all_dropped_reason, decide_route, draft_priority
 from autolabel.pipeline.summary import TaskOutcome
 from autolabel.redbrick import Task
 
@@ -152,7 +152,9 @@ class TaskFlow:
         )
         if not conversion.entries:
             self.book.emit(self.task.task_id, "write")
-            self._finish("skipped", EMPTY_REASON)
+            dropped = conversion.dropped  # --drop-below left nothing: say so, not "empty"
+            why = all_dropped_reason(dropped, conversion.confidence) if dropped else EMPTY_REASON
+            self._finish("skipped", why)
             return None
         if self.book.mode.written is TaskState.DRY_RUN:
             self.book.emit(self.task.task_id, "write")

@@ -178,6 +178,20 @@ def dropped_categories(
     )
 
 
+def all_dropped_reason(
+    dropped: Sequence[str], confidence: Mapping[str, Mapping[str, Any]] | None
+) -> str:
+    """Why a task is skipped when ``--drop-below`` left out everything the model found."""
+    shown = ", ".join(
+        f"{c} {float((confidence or {}).get(c, {}).get('confidence', float('nan'))):.3f}"
+        for c in dropped
+    )
+    return (
+        f"every category the model found is below --drop-below ({shown}): nothing written, "
+        "the task is left for a person to label"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """How a task's write goes: ``finalize`` (submit) or not, and why.

@@ -173,11 +173,13 @@ class RunSummary:
     @property
     def routes(self) -> dict[str, int]:
         """How many tasks took each route (``finalize``, ``draft``) and how many had a
-        category dropped (``dropped``); empty when the run did not route by confidence."""
+        category dropped (``dropped``, a task skipped because every category was dropped
+        included); empty when the run did not route by confidence."""
         counts: dict[str, int] = {}
         for o in self.done:
             if o.route:
                 counts[o.route] = counts.get(o.route, 0) + 1
+        for o in [*self.done, *self.skipped]:
             if o.dropped:
                 counts["dropped"] = counts.get("dropped", 0) + 1
         return counts
