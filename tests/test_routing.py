@@ -479,3 +479,12 @@ def test_a_task_whose_every_category_is_dropped_is_skipped_for_that_reason(
     sdk = _sdk(emulator)
     assert _exported_categories(sdk, by_name[unsure].task_id, tmp_path / "export") == {}
     assert [by_name[n].status for n in sure] == ["draft_saved", "draft_saved"]
+
+
+def test_a_plugin_that_leaves_a_predicted_label_unscored_fails_the_task() -> None:
+    """Scores keyed off by one (``{0: .., 1: ..}`` for labels 1 and 2) would leave label 2
+    unjudged -- and a task whose unjudged category is never below a threshold would be
+    submitted. Every label id the map contains needs a score."""
+    labels = np.array([[[0, 1], [2, 2]]], dtype=np.uint8)
+    with pytest.raises(BadModelOutputError, match=r"no score for label id 2"):
+        plugin_confidence("p", {0: 0.2, 1: 0.95}, labels)

@@ -132,8 +132,9 @@ def plugin_confidence(
     The contract: a plug-in class may define ``confidence(volume, label_map)`` (called
     after its ``predict``, with the label map it returned) returning a mapping of label id
     to either a score in ``[0, 1]`` or ``{"confidence": score, "entropy": e}`` (``e`` in
-    ``[0, 1]`` or absent). Ids the label map does not contain are ignored; an id it
-    contains but the mapping lacks has no confidence. Anything else raises
+    ``[0, 1]`` or absent); numpy ids and numbers count. Ids the label map does not contain
+    are ignored; every id it contains needs a score (one left out -- scores keyed off by
+    one, say -- would go unjudged by ``--finalize-above``). Anything else raises
     :class:`BadModelOutputError` naming the model.
     """
     if not isinstance(scores, Mapping):
@@ -155,6 +156,12 @@ def plugin_confidence(
             _unit(name, raw, "confidence"),
             None if entropy is None else _unit(name, entropy, "entropy"),
             0,
+        )
+    unscored = sorted(present - set(out))
+    if unscored:
+        raise BadModelOutputError(
+            f"model {name!r}: confidence() gave no score for label id {unscored[0]}, which its "
+            f"label map contains (scored: {sorted(out) or 'none'}); score every predicted label"
         )
     return out
 
