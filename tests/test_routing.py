@@ -488,3 +488,27 @@ def test_a_plugin_that_leaves_a_predicted_label_unscored_fails_the_task() -> Non
     labels = np.array([[[0, 1], [2, 2]]], dtype=np.uint8)
     with pytest.raises(BadModelOutputError, match=r"no score for label id 2"):
         plugin_confidence("p", {0: 0.2, 1: 0.95}, labels)
+
+
+@pytest.mark.parametrize(
+    "submit",
+    [{"finalize_above": 0.5}, {"mode": "final"}],
+    ids=["finalize-above-below-drop-below", "finalize-mode"],
+)
+def test_a_dropped_category_keeps_the_task_a_draft_whatever_the_thresholds(
+    emulator: EmulatorHandle, tmp_path: Path, submit: dict[str, Any]
+) -> None:
+    """A lung at 0.7 is dropped by --drop-below 0.9, yet reaches --finalize-above 0.5 (or
+    the run submits everything, --finalize). The task must stay a draft in Label for a
+    person to draw the lung, not go to review without it. Judged through the SDK."""
+    unsure, *sure = _names(emulator)
+    scores = {n: {"Lung": 0.97, "Bone": 0.97} for n in sure}
+    scores[unsure] = {"Lung": 0.7, "Bone": 0.97}
+    summary = _run(emulator, tmp_path, scores, drop_below=0.9, **submit)
+    by_name = {o.task_name: o for o in summary.outcomes}
+    assert by_name[unsure].dropped == ["Lung"] and by_name[unsure].status == "draft_saved"
+    assert "Lung" in by_name[unsure].route_reason and "--drop-below" in by_name[unsure].route_reason
+    sdk = _sdk(emulator)
+    assert [t["name"] for t in _queue(sdk)] == [unsure]
+    assert _in_stage(sdk, "Review_1") == set(sure)
+    assert set(_exported_categories(sdk, by_name[unsure].task_id, tmp_path / "export")) == {"Bone"}

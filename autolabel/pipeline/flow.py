@@ -135,7 +135,10 @@ class TaskFlow:
         outcome.volumes_ml = dict(conversion.volumes_ml)
         options = self.book.options
         self.route = decide_route(
-            self.book.mode == "final", conversion.confidence, options.finalize_above
+            self.book.mode == "final",
+            conversion.confidence,
+            options.finalize_above,
+            conversion.dropped,
         )
         priority = None
         if options.prioritize and not self.route.finalize:

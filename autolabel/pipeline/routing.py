@@ -9,9 +9,9 @@ through :func:`decide_route` (the only place a route is decided).
   when the model gives no probabilities.
 * ``--drop-below T`` (:func:`dropped_categories`): a category whose confidence is below its
   threshold is left out of the labels written (a person labels it).
-* ``--finalize-above T`` (:func:`decide_route`): a task whose *every* predicted category --
-  a dropped one included -- reaches its threshold is submitted; any other is saved as a
-  draft, with the reason. A category the model found nowhere in the task is not judged.
+* ``--finalize-above T`` (:func:`decide_route`): a task whose *every* predicted category
+  reaches its threshold, none dropped, is submitted; any other is saved as a draft, with
+  the reason. A category the model found nowhere in the task is not judged.
 * ``--prioritize`` (:func:`draft_priority`): a draft's RedBrick priority is
   ``1 - (its least confident category's confidence)``: the least sure first.
 
@@ -209,17 +209,22 @@ def decide_route(
     mode_finalizes: bool,
     confidence: Mapping[str, Mapping[str, Any]] | None,
     limits: Thresholds | None,
+    dropped: Sequence[str] = (),
 ) -> Route:
     """The route of a task (see the module docstring): the mode's, or with ``limits``
     (``--finalize-above``) submitted only when every predicted category reaches its
-    threshold."""
-    if limits is None:
+    threshold and none was ``dropped`` by ``--drop-below`` (whatever the two thresholds:
+    a task written without a category it has is left for a person, never submitted)."""
+    if limits is None and not (mode_finalizes and dropped):
         return Route(mode_finalizes)
+    if limits is None:  # --finalize: a task missing a dropped category is not submitted
+        reason = "; ".join(f"{c} left out by --drop-below" for c in dropped)
+        return Route(False, DRAFT, f"not submitted: {reason}, for a person to draw")
     if confidence is None:
         return Route(False, DRAFT, "no probabilities: the model gives no confidence")
     if not confidence:
         return Route(False, DRAFT, "no category predicted: nothing to judge")
-    short = []
+    short = [f"{category} left out by --drop-below" for category in dropped]
     for category, value in confidence.items():
         t, c = limits.of(category), float(value["confidence"])
         if t is None:
