@@ -419,3 +419,21 @@ def test_labels_a_script_saved_with_the_same_key_after_the_run_are_kept(
 
     assert _by_task(result) == {ids[0]: "kept", ids[1]: "reverted", ids[2]: "reverted"}
     assert _exported(emulator)[ids[0]] == before
+
+
+def test_undoing_a_dry_run_or_an_undo_is_a_usage_error_that_records_nothing(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path, capsys: Any
+) -> None:
+    """A dry run wrote nothing and an undo's revert is not a run's write: ``undo --run`` of
+    either says so (exit 2) instead of recording an empty undo."""
+    work = tmp_path / "work"
+    dry = _draft_run(emulator, ct_model, work, mode="dry-run")
+    run_id = _draft_run(emulator, ct_model, work)
+    undone = _undo_cli(emulator, work, capsys, "--run", run_id)["undo_run_id"]
+    flags = [*emulator.cli_flags(), "--work", str(work)]
+    for chosen, why in ((dry, "a dry run"), (undone, "an undo")):
+        capsys.readouterr()
+        assert main(["undo", *flags, "--run", chosen]) == 2
+        assert why in capsys.readouterr().err
+    with Ledger(ledger_path(work), create=False) as ledger:
+        assert [r.mode for r in ledger.runs()] == ["undo", "draft", "dry-run"]

@@ -53,6 +53,8 @@ from autolabel.pipeline.submit import default_settle_window, settle, wait_until,
 from autolabel.records import UNDO_MODE
 from autolabel.redbrick import Project, Task
 
+#: Runs whose ``--run`` undo has nothing to revert, and why.
+_NOT_WRITES = {"dry-run": "a dry run: it wrote nothing", UNDO_MODE: "an undo: run the model again"}
 #: What a reverted task holds afterwards.
 RESTORED = "no labels (a draft with an empty series, as before the run)"
 
@@ -153,10 +155,12 @@ def undo(
     if not ledger_path(work_dir).is_file():
         raise ConfigError(f"no ledger in {work_dir}: give the --work folder of the run to undo")
     with lock_work_folder(work_dir), Ledger(ledger_path(work_dir), create=False) as ledger:
-        known = {r.run_id for r in ledger.runs()}
+        known = {r.run_id: r.mode for r in ledger.runs()}
         missing = [r for r in run_ids if r not in known]
         if missing:
             raise ConfigError(f"no run {missing[0]!r} in the ledger of {work_dir}")
+        for run_id in (r for r in run_ids if known[r] in _NOT_WRITES):  # say so, record no undo
+            raise ConfigError(f"run {run_id!r} was {_NOT_WRITES[known[run_id]]}; nothing to undo")
         writes = ledger.writes_of(run_ids, chosen)
         if chosen and not writes and not run_ids:
             raise ConfigError(f"the ledger of {work_dir} has no writes of {', '.join(models)}")
