@@ -437,7 +437,9 @@ def test_a_plugins_numpy_scores_are_accepted() -> None:
     found = plugin_confidence("p", {np.int64(1): np.float32(0.75), np.uint8(2): 1}, labels)
     assert found[1].confidence == pytest.approx(0.75) and found[2].confidence == 1.0
     with pytest.raises(BadModelOutputError, match="not a number in"):
-        plugin_confidence("p", {1: np.float64("nan")}, labels)
+        plugin_confidence("p", {1: np.float64("nan"), 2: 1.0}, labels)
+    rounded = plugin_confidence("p", {1: np.float32(1.0000001), 2: 1.0}, labels)
+    assert rounded[1].confidence == 1.0  # float32 rounding past 1 is 1, not an error
 
 
 @pytest.mark.parametrize(

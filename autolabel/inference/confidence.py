@@ -170,10 +170,10 @@ def _unit(name: str, value: Any, what: str) -> float:
     if (
         isinstance(value, bool | np.bool_)
         or not isinstance(value, numbers.Real)
-        or not 0 <= float(value) <= 1  # NaN fails this too
+        or not -_ROUNDING <= float(value) <= 1 + _ROUNDING  # NaN fails this too
     ):
         raise BadModelOutputError(f"model {name!r}: {what} {value!r} is not a number in [0, 1]")
-    return float(value)
+    return min(1.0, max(0.0, float(value)))  # a float32 mean may stray past 1 by rounding
 
 
 def gives_confidence(model: object) -> bool:
