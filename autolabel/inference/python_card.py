@@ -157,16 +157,20 @@ class PythonModel:
         return labels, plugin_confidence(self._spec.name, own, labels)
 
     def _guarded(self, volume: Volume, call: Callable[[Volume], T]) -> T:
-        """``call(volume)``, any failure but ours raised as :class:`ModelError` naming the model."""
-        try:
-            return call(volume)
-        except (ModelError, ConfigError):
-            raise
-        except Exception as exc:
-            raise ModelError(
-                f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        return call_model(self._spec.name, volume, call)
+
+
+def call_model(name: str, volume: Volume, call: Callable[[Volume], T]) -> T:
+    """``call(volume)`` -- a model's own code on a volume -- with any failure but ours
+    raised as :class:`ModelError` naming the model and the volume (every runner's rule)."""
+    try:
+        return call(volume)
+    except (ModelError, ConfigError):
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"model {name!r} failed on {volume.source or 'a volume'}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def run_card_code(card: ModelCard, what: str, call: Callable[[], T]) -> T:

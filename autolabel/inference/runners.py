@@ -30,6 +30,7 @@ from autolabel.inference.device import (
 )
 from autolabel.inference.postprocess import postprocess
 from autolabel.inference.preprocess import to_model_grid
+from autolabel.inference.python_card import call_model
 from autolabel.inference.sliding_window import (
     sliding_window_labels,
     sliding_window_probabilities,
@@ -86,16 +87,8 @@ class LoadedModel:
             )
 
     def _guarded(self, volume: Volume, call: Callable[[Volume], T]) -> T:
-        """``call(volume)``, any failure but ours raised as :class:`ModelError` naming the model."""
-        try:
-            return call(volume)
-        except (ModelError, ConfigError):
-            raise
-        except Exception as exc:
-            raise ModelError(
-                f"model {self._spec.name!r} failed on {volume.source or 'a volume'}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        """``call(volume)`` under :func:`~autolabel.inference.python_card.call_model`."""
+        return call_model(self._spec.name, volume, call)
 
     def _predict(self, volume: Volume) -> object:
         raise NotImplementedError
