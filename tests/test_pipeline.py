@@ -319,3 +319,43 @@ def test_the_front_door_exports_every_error_a_caller_may_catch() -> None:
     }
     assert classes <= set(autolabel.__all__)
     assert all(getattr(autolabel, name) is getattr(errors, name) for name in classes)
+
+
+def test_the_front_door_names_an_unknown_option_and_its_likely_spelling(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo or a command-line flag name given to ``autolabel.run`` is refused before the
+    run starts, with the option it was likely meant as; nothing is written."""
+    import autolabel
+
+    monkeypatch.chdir(tmp_path)
+    connection = dict(
+        url=emulator.url,
+        org_id=emulator.org_id,
+        project_id=emulator.project_id,
+        api_key=emulator.api_key,
+    )
+    with pytest.raises(TypeError, match=r"unknown run option 'limt' \(did you mean limit\?\)"):
+        autolabel.run(model=ct_model, limt=2, **connection)
+    with pytest.raises(TypeError, match=r"'dry_run' \(did you mean mode=\"dry-run\"\?\)"):
+        autolabel.run(model=ct_model, dry_run=True, **connection)
+    with pytest.raises(autolabel.ConfigError, match="model_timeout_s must be a positive"):
+        autolabel.run(model=ct_model, mode="dry-run", model_timeout_s="5", **connection)
+    with pytest.raises(autolabel.ConfigError, match="name must be a task name"):
+        autolabel.run(model=ct_model, mode="dry-run", name=3, **connection)
+    assert emulator.write_counts() == {} and not (tmp_path / ".autolabel").exists()
+
+
+def test_the_front_door_takes_one_task_id_given_as_a_string(
+    emulator: EmulatorHandle, ct_model: Any, tmp_path: Path
+) -> None:
+    """``task_ids="<id>"`` runs that one task, not one task per character of the id."""
+    import autolabel
+
+    task_id = emulator.task_ids()[0]
+    summary = autolabel.run(
+        model=ct_model, url=emulator.url, org_id=emulator.org_id,
+        project_id=emulator.project_id, api_key=emulator.api_key, mode="dry-run", task_ids=task_id, previews=False,
+        work_dir=tmp_path / "work",
+    )  # fmt: skip
+    assert [(o.task_id, o.status) for o in summary.outcomes] == [(task_id, "dry_run")]

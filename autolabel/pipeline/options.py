@@ -126,7 +126,10 @@ class RunOptions:
             raise ConfigError(
                 f"min_component_voxels must be 0 or more, got {self.min_component_voxels}"
             )
-        if self.model_timeout_s is not None and not self.model_timeout_s > 0:
+        if self.name is not None and not isinstance(self.name, str):
+            raise ConfigError(f"name must be a task name (a string), got {self.name!r}")
+        timeout = self.model_timeout_s
+        if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
             raise ConfigError(
                 f"model_timeout_s must be a positive number of seconds, got {self.model_timeout_s}"
             )
@@ -153,7 +156,8 @@ def resolve_options(
     A ``None`` in ``given`` for one of :data:`FILE_OPTIONS` means "not given"; other
     options are taken as given. Relative ``work_dir``/``out_dir`` from the file are taken
     relative to the file's folder. Raises :class:`~autolabel.errors.ConfigError` for a bad
-    file or value, ``TypeError`` for an option :class:`RunOptions` does not have.
+    file or value, ``TypeError`` naming the option (and the closest known one) for an option
+    :class:`RunOptions` does not have. A single string as ``task_ids`` is one task id.
     """
     data, config_file = load_config(config_path, cwd=cwd)
     table = data.get("run", {})
@@ -167,12 +171,37 @@ def resolve_options(
     merged: dict[str, Any] = {}
     for name, value in table.items():
         merged[name] = _coerce(name, value, f"{config_file} [run]", base=config_file)
-    for name, value in (given or {}).items():
-        if name not in FILE_OPTIONS:
-            merged[name] = tuple(value) if name == "task_ids" else value
+    given = dict(given or {})
+    _refuse_unknown(given)
+    for name, value in given.items():
+        if name == "task_ids":  # "one-id" is one task, not one task per character
+            merged[name] = (value,) if isinstance(value, str) else tuple(value)
+        elif name not in FILE_OPTIONS:
+            merged[name] = value
         elif value is not None:
             merged[name] = _coerce(name, value, "command line", base=None)
     return RunOptions(**merged)
+
+
+#: Options a newcomer guesses from the command line's flags, and what to write instead.
+_FLAG_HINTS = {
+    "dry_run": 'mode="dry-run"', "finalize": 'mode="final"', "task_id": "task_ids=[...]",
+    "work": "work_dir", "out": "out_dir",
+}  # fmt: skip
+
+
+def _refuse_unknown(given: Mapping[str, Any]) -> None:
+    """A caller's option :class:`RunOptions` does not have: one ``TypeError`` saying which."""
+    import dataclasses
+    import difflib
+
+    known = [field.name for field in dataclasses.fields(RunOptions)]
+    for name in sorted(set(given) - set(known)):
+        hint = _FLAG_HINTS.get(name) or next(iter(difflib.get_close_matches(name, known, 1)), "")
+        raise TypeError(
+            f"unknown run option {name!r}" + (f" (did you mean {hint}?)" if hint else "")
+            + f"; the options are the fields of autolabel.RunOptions: {', '.join(known)}"
+        )  # fmt: skip
 
 
 def _coerce(name: str, value: Any, source: str, *, base: Path | None) -> Any:
