@@ -59,5 +59,8 @@ class PreviewWorker:
             path, render = job
             try:
                 render()
-            except Exception as exc:  # a preview never fails its task: it is left out
+            # A preview never fails its task: it is left out. BaseException too (as the
+            # engine's stages do): a renderer's SystemExit would otherwise end this thread
+            # with previews still queued, and drain() would wait for them forever.
+            except BaseException as exc:
                 log.warning("preview %s not written: %s: %s", path, type(exc).__name__, exc)
