@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -142,25 +141,3 @@ def test_a_job_raising_systemexit_or_keyboardinterrupt_fails_alone(escape: BaseE
     assert not runner.is_alive(), "the run hung after a job raised SystemExit"
     assert failures == [(1, type(escape).__name__)]
     assert sorted(done) == [0, 2, 3]
-
-
-def test_a_preview_that_exits_leaves_the_previews_queued_after_it_rendered(
-    tmp_path: Path,
-) -> None:
-    """A renderer raising ``SystemExit`` loses only its own preview: the ones queued behind
-    it are still written before :meth:`PreviewWorker.drain` returns (drain never hangs)."""
-    from autolabel.pipeline.previews import PreviewWorker
-
-    previews = PreviewWorker(depth=2)
-    queued = threading.Event()
-    rendered: list[str] = []
-
-    def exits() -> object:
-        queued.wait(10)  # the next preview is queued behind this one before it fails
-        raise SystemExit(3)
-
-    previews.submit(tmp_path / "a.png", exits)
-    previews.submit(tmp_path / "b.png", lambda: rendered.append("b"))
-    queued.set()
-    previews.drain()
-    assert rendered == ["b"]

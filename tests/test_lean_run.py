@@ -150,3 +150,35 @@ def test_progress_events_are_committed_for_other_readers(tmp_path: Path) -> None
         handle.record("t1", TaskState.FETCHED, task_name="a")  # a progress event: no fsync
         with Ledger(path) as reader:  # another connection, as another process would see it
             assert [e.state for e in reader.history("t1")] == [TaskState.FETCHED]
+
+
+def test_a_preview_that_exits_leaves_the_previews_queued_after_it_rendered(
+    tmp_path: Path,
+) -> None:
+    """A renderer raising ``SystemExit`` loses only its own preview: the ones queued behind
+    it are still written before :meth:`PreviewWorker.drain` returns (drain never hangs)."""
+    previews = PreviewWorker(depth=2)
+    queued = threading.Event()
+    rendered: list[str] = []
+
+    def exits() -> object:
+        queued.wait(10)  # the next preview is queued behind this one before it fails
+        raise SystemExit(3)
+
+    previews.submit(tmp_path / "a.png", exits)
+    previews.submit(tmp_path / "b.png", lambda: rendered.append("b"))
+    queued.set()
+    previews.drain()
+    assert rendered == ["b"]
+
+
+def test_a_python_card_is_handed_a_gpu_wherever_torch_may_see_one(tmp_path: Path) -> None:
+    """``--device auto`` asks torch for a GPU on machines exposing one as NVIDIA nodes, as
+    WSL2 does (``/dev/dxg``) or as ROCm does (``/dev/kfd``); not where there is none."""
+    from autolabel.inference.python_card import _cuda_possible
+
+    assert not _cuda_possible(str(tmp_path))
+    for node in ("nvidia0", "dxg", "kfd"):
+        (tmp_path / node).touch()
+        assert _cuda_possible(str(tmp_path)) == sys.platform.startswith("linux")
+        (tmp_path / node).unlink()

@@ -36,7 +36,7 @@ def python_card_device(name: str = "auto") -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as the device name a python card is built with.
 
     ``cpu``, and ``auto`` on a machine that can have no CUDA device (torch not installed,
-    or Linux without ``/dev/nvidia<N>``), need no torch; otherwise
+    or Linux without a GPU device node: see :func:`_cuda_possible`), need no torch; otherwise
     :func:`autolabel.inference.device.resolve_device` decides (and raises
     :class:`ConfigError` as it does).
     """
@@ -49,11 +49,13 @@ def python_card_device(name: str = "auto") -> str:
     return str(resolve_device(name))
 
 
-def _cuda_possible() -> bool:
+def _cuda_possible(dev: str = "/dev") -> bool:
+    """Whether torch may see a CUDA device here: Linux shows one as a device node in ``dev``
+    (NVIDIA's ``nvidia<N>``, WSL2's ``dxg``, ROCm's ``kfd``)."""
     if importlib.util.find_spec("torch") is None:
         return False
     if sys.platform.startswith("linux"):
-        return bool(glob.glob("/dev/nvidia[0-9]*"))
+        return any(glob.glob(os.path.join(dev, node)) for node in ("nvidia[0-9]*", "dxg", "kfd"))
     return sys.platform != "darwin"
 
 
