@@ -133,6 +133,8 @@ def run(
     from autolabel.pipeline.options import resolve_options
 
     loaded = None if model is None or isinstance(model, str | Path) else model
+    if loaded is not None:
+        _require_model(loaded)
     name = loaded.spec.name if loaded is not None else None if model is None else str(model)
     resolved = resolve_options({**options, "model": name, "device": device}, config_path=config)
     connection: dict[str, Any] = {"url": url, "org_id": org_id, "project_id": project_id}
@@ -178,6 +180,8 @@ def review(
     target = project or open_project(**connection)
     try:
         loaded = None if isinstance(model, str | Path) else model
+        if loaded is not None:
+            _require_model(loaded)
         if loaded is None and decision in ("auto", "correct"):
             loaded = load(resolved.model, device=resolved.device)
         return review_tasks(
@@ -216,6 +220,17 @@ def undo(
     finally:
         if project is None:
             target.close()
+
+
+def _require_model(model: object) -> None:
+    """A caller's ``model`` that is neither a card name/path nor a loaded model: a TypeError."""
+    from autolabel.inference.spec import SegmentationModel
+
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(
+            f"model must be a card name or path, or a model from autolabel.load(...) "
+            f"(with .spec and .predict), got {type(model).__name__} {model!r}"
+        )
 
 
 def _run_on_ray(

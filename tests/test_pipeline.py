@@ -343,7 +343,9 @@ def test_the_front_door_names_an_unknown_option_and_its_likely_spelling(
         autolabel.run(model=ct_model, mode="dry-run", model_timeout_s="5", **connection)
     with pytest.raises(autolabel.ConfigError, match="name must be a task name"):
         autolabel.run(model=ct_model, mode="dry-run", name=3, **connection)
-    assert emulator.write_counts() == {} and not (tmp_path / ".autolabel").exists()
+    with pytest.raises(TypeError, match="model must be a card name or path, or a model"):
+        autolabel.run(model=3, mode="dry-run", **connection)
+    assert emulator.write_counts() == {} and not (tmp_path / "autolabel-work").exists()
 
 
 def test_the_front_door_takes_one_task_id_given_as_a_string(
