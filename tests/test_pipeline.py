@@ -29,6 +29,16 @@ def _project(emulator: EmulatorHandle) -> Project:
     return get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url)
 
 
+def _connection(emulator: EmulatorHandle) -> dict[str, str]:
+    """The connection arguments of ``autolabel.run`` for ``emulator``."""
+    return dict(
+        url=emulator.url,
+        org_id=emulator.org_id,
+        project_id=emulator.project_id,
+        api_key=emulator.api_key,
+    )
+
+
 def _run(emulator: EmulatorHandle, model: Any, tmp_path: Path, **options: Any) -> RunSummary:
     with _project(emulator) as project:
         return run(project, model, RunOptions(work_dir=tmp_path / "work", **options))
@@ -294,12 +304,7 @@ def test_the_front_door_resolves_run_options_like_the_command_line(
 
     (tmp_path / "autolabel.toml").write_text('[run]\nmode = "dry-run"\nlimit = 2\n')
     monkeypatch.chdir(tmp_path)
-    connection = dict(
-        url=emulator.url,
-        org_id=emulator.org_id,
-        project_id=emulator.project_id,
-        api_key=emulator.api_key,
-    )
+    connection = _connection(emulator)
     summary = autolabel.run(model=ct_model, previews=False, **connection)
     assert [o.status for o in summary.outcomes] == ["dry_run", "dry_run"]
     assert summary.mode == "dry-run" and emulator.write_counts() == {}
@@ -329,12 +334,7 @@ def test_the_front_door_names_an_unknown_option_and_its_likely_spelling(
     import autolabel
 
     monkeypatch.chdir(tmp_path)
-    connection = dict(
-        url=emulator.url,
-        org_id=emulator.org_id,
-        project_id=emulator.project_id,
-        api_key=emulator.api_key,
-    )
+    connection = _connection(emulator)
     with pytest.raises(TypeError, match=r"unknown run option 'limt' \(did you mean limit\?\)"):
         autolabel.run(model=ct_model, limt=2, **connection)
     with pytest.raises(TypeError, match=r"'dry_run' \(did you mean mode=\"dry-run\"\?\)"):
@@ -356,8 +356,7 @@ def test_the_front_door_takes_one_task_id_given_as_a_string(
 
     task_id = emulator.task_ids()[0]
     summary = autolabel.run(
-        model=ct_model, url=emulator.url, org_id=emulator.org_id,
-        project_id=emulator.project_id, api_key=emulator.api_key, mode="dry-run", task_ids=task_id, previews=False,
+        model=ct_model, **_connection(emulator), mode="dry-run", task_ids=task_id, previews=False,
         work_dir=tmp_path / "work",
     )  # fmt: skip
     assert [(o.task_id, o.status) for o in summary.outcomes] == [(task_id, "dry_run")]
