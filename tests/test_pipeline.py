@@ -360,3 +360,5 @@ def test_the_front_door_takes_one_task_id_given_as_a_string(
         work_dir=tmp_path / "work",
     )  # fmt: skip
     assert [(o.task_id, o.status) for o in summary.outcomes] == [(task_id, "dry_run")]
+    with pytest.raises(autolabel.ConfigError, match="task_ids must be RedBrick task ids"):
+        autolabel.run(model=ct_model, mode="dry-run", task_ids=[1, 2], **_connection(emulator))

@@ -157,7 +157,7 @@ def resolve_options(
     options are taken as given. Relative ``work_dir``/``out_dir`` from the file are taken
     relative to the file's folder. Raises :class:`~autolabel.errors.ConfigError` for a bad
     file or value, ``TypeError`` naming the option (and the closest known one) for an option
-    :class:`RunOptions` does not have. A single string as ``task_ids`` is one task id.
+    :class:`RunOptions` does not have. A single string as ``task_ids`` is one task id, ``None`` none.
     """
     data, config_file = load_config(config_path, cwd=cwd)
     table = data.get("run", {})
@@ -174,13 +174,24 @@ def resolve_options(
     given = dict(given or {})
     _refuse_unknown(given)
     for name, value in given.items():
-        if name == "task_ids":  # "one-id" is one task, not one task per character
-            merged[name] = (value,) if isinstance(value, str) else tuple(value)
+        if name == "task_ids":
+            merged[name] = _task_ids(value)
         elif name not in FILE_OPTIONS:
             merged[name] = value
         elif value is not None:
             merged[name] = _coerce(name, value, "command line", base=None)
     return RunOptions(**merged)
+
+
+def _task_ids(value: Any) -> tuple[str, ...]:
+    """``task_ids`` as given: None is none (all assigned tasks), a string is one task id
+    (not one task per character), else an iterable of string ids."""
+    if value is None:
+        return ()
+    ids = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(i, str) for i in ids):
+        raise ConfigError(f"task_ids must be RedBrick task ids (strings), got {value!r}")
+    return ids
 
 
 #: Options a newcomer guesses from the command line's flags, and what to write instead.
