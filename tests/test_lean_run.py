@@ -126,6 +126,21 @@ def test_a_failing_preview_is_left_out_and_drain_waits_for_the_others(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "c.png"]
 
 
+def test_a_hung_preview_never_hangs_the_run(tmp_path: Path) -> None:
+    """A renderer that never returns: submits stop waiting for it, the previews still to
+    come are left out, and drain returns; the previews rendered before it stay on disk."""
+    worker = PreviewWorker(depth=1, stuck_after_s=0.3)
+    forever = threading.Event()
+    worker.submit(tmp_path / "a.png", lambda: (tmp_path / "a.png").write_bytes(b"png"))
+    worker.submit(tmp_path / "hung.png", lambda: forever.wait(60))
+    for name in ("b.png", "c.png", "d.png"):  # one waits in the queue, then it is stuck
+        worker.submit(tmp_path / name, lambda name=name: (tmp_path / name).write_bytes(b"png"))
+    worker.drain()
+    assert worker.stuck
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    forever.set()  # let the daemon thread go
+
+
 @pytest.mark.parametrize(
     ("dtype", "high", "order"),
     [(np.uint8, 3, "F"), (np.uint8, 200, "C"), (np.uint16, 3000, "F"), (np.int32, 5, "C")],
