@@ -362,3 +362,36 @@ def test_the_front_door_takes_one_task_id_given_as_a_string(
     assert [(o.task_id, o.status) for o in summary.outcomes] == [(task_id, "dry_run")]
     with pytest.raises(autolabel.ConfigError, match="task_ids must be RedBrick task ids"):
         autolabel.run(model=ct_model, mode="dry-run", task_ids=[1, 2], **_connection(emulator))
+
+
+def test_a_stopped_run_says_not_everything_is_done_and_the_next_run_does_the_rest(
+    emulator_factory: Any, ct_model: Any, tmp_path: Path
+) -> None:
+    """Stopped after its first task (the first Ctrl-C), a run exits 130, not 0 ("everything
+    done" would be untrue); the same run again does the other tasks, each written once."""
+    import threading
+
+    emulator: EmulatorHandle = emulator_factory(studies=10, shape=(32, 32, 16))
+
+    from autolabel.pipeline.summary import TaskOutcome
+
+    stop = threading.Event()
+
+    class StopAfterOne:
+        def on_phase(self, task_id: str, phase: str) -> None:
+            pass
+
+        def on_task(self, outcome: TaskOutcome) -> None:
+            stop.set()
+
+    options = RunOptions(work_dir=tmp_path / "work", previews=False, fetch_workers=1)
+    with get_project(
+        emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+    ) as project:
+        first = run(project, ct_model, options, stop=stop, listener=StopAfterOne())
+        assert first.interrupted and first.exit_code == 130
+        assert first.to_dict()["interrupted"] is True
+        assert 1 <= len(first.done) < len(emulator.task_ids())
+        second = run(project, ct_model, options)
+    assert not second.interrupted and second.exit_code == 0
+    assert emulator.key_writes() == dict.fromkeys(emulator.task_ids(), 1)

@@ -272,7 +272,7 @@ def test_ctrl_c_on_a_cluster_run_finishes_tasks_in_hand_and_the_key_stays_out_of
     _wait_for(lambda: sum(emulator.key_writes().values()) >= 1, "a first write", limit=90)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err.decode()[-2000:]
+    assert process.returncode == 130, err.decode()[-2000:]  # stopped: not everything done
     report = json.loads(out)
     written = emulator.key_writes()
     assert max(written.values()) == 1 and 1 <= sum(written.values()) < 6

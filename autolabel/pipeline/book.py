@@ -68,6 +68,8 @@ class RunBook:
         self.resolved = 0
         self._fed = 0
         self._unlisted = 0
+        #: The whole selection was taken from the listing (a stop after that left nothing).
+        self.listed_all = False
         self._lock = threading.Lock()
         self._handle: Run | None = None
         self._began = time.perf_counter()
@@ -103,6 +105,7 @@ class RunBook:
             resolved=self.resolved,
             already_done=self.already_done,
             notes=self.notes(),
+            interrupted=self.stop.is_set() and not self.listed_all,
             **extra,
         )
 
@@ -149,10 +152,11 @@ class RunBook:
                 self.already_done += 1
                 continue
             if options.limit is not None and self._fed >= options.limit:
-                return
+                break
             self._fed += 1
             self.emit(task.task_id, "queued")
             yield task
+        self.listed_all = True  # nothing of the run's selection is left for a next run
 
     def _skip_unselected(self, task_id: str, name: str, reason: str) -> None:
         self.start(_stub(task_id, name)).skipped(reason)

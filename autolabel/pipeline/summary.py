@@ -151,6 +151,8 @@ class RunSummary:
     workers: list[WorkerStats] = field(default_factory=list)
     #: Things about the project the user should know about this run (one line each).
     notes: list[str] = field(default_factory=list)
+    #: The run was stopped (Ctrl-C, SIGTERM, ``stop``) before it ran out of tasks.
+    interrupted: bool = False
 
     def _with(self, *statuses: str) -> list[TaskOutcome]:
         return [o for o in self.outcomes if o.status in statuses]
@@ -186,8 +188,11 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when no task failed, 1 otherwise."""
-        return 1 if self.failed else 0
+        """1 when a task failed; else 130 when the run was stopped before it ran out of
+        tasks (the rest are for the next run: "everything done" would be untrue); else 0."""
+        if self.failed:
+            return 1
+        return 130 if self.interrupted else 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``--json`` prints)."""
@@ -221,6 +226,7 @@ class RunSummary:
                 "resolved_in_doubt": self.resolved,
             },
             "routes": self.routes,
+            "interrupted": self.interrupted,
             "wall_s": round(self.wall_s, 3),
             "stages": stages,
             "tasks": [o.to_dict() for o in self.outcomes],

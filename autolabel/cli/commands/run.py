@@ -406,4 +406,6 @@ def _report(
             )  # fmt: skip
         console.print(table)
     console.print(f"results: {options.results_dir}")
+    if summary.interrupted:
+        console.print("stopped before every task was done: run the same command again for the rest")
     return summary.exit_code
