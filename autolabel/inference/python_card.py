@@ -109,12 +109,7 @@ class PythonModel:
         Raises :class:`ModelError` when the volume's modality is not the model's or the
         model fails, :class:`BadModelOutputError` when its output breaks the contract.
         """
-        wanted = self._spec.modality
-        if wanted and volume.modality and volume.modality.upper() != wanted.upper():
-            raise ModelError(
-                f"model {self._spec.name!r} expects {wanted} images, "
-                f"{volume.source or 'the volume'} is {volume.modality}"
-            )
+        check_modality(self._spec, volume)
         return validate_output(self._spec, volume, self._guarded(volume, self._call))
 
     @property
@@ -160,6 +155,17 @@ class PythonModel:
 
     def _guarded(self, volume: Volume, call: Callable[[Volume], T]) -> T:
         return call_model(self._spec.name, volume, call)
+
+
+def check_modality(spec: ModelSpec, volume: Volume) -> None:
+    """Raise :class:`ModelError` when ``volume``'s modality is known and not the model's
+    (every runner's first check)."""
+    wanted = spec.modality
+    if wanted and volume.modality and volume.modality.upper() != wanted.upper():
+        raise ModelError(
+            f"model {spec.name!r} expects {wanted} images, "
+            f"{volume.source or 'the volume'} is {volume.modality}"
+        )
 
 
 def call_model(name: str, volume: Volume, call: Callable[[Volume], T]) -> T:

@@ -30,7 +30,7 @@ from autolabel.inference.device import (
 )
 from autolabel.inference.postprocess import postprocess
 from autolabel.inference.preprocess import to_model_grid
-from autolabel.inference.python_card import call_model
+from autolabel.inference.python_card import call_model, check_modality
 from autolabel.inference.sliding_window import (
     sliding_window_labels,
     sliding_window_probabilities,
@@ -75,16 +75,8 @@ class LoadedModel:
         Raises :class:`ModelError` when the volume's modality is not the model's or the
         model fails, :class:`BadModelOutputError` when its output breaks the contract.
         """
-        self._check_modality(volume)
+        check_modality(self._spec, volume)
         return validate_output(self._spec, volume, self._guarded(volume, self._predict))
-
-    def _check_modality(self, volume: Volume) -> None:
-        wanted = self._spec.modality
-        if wanted and volume.modality and volume.modality.upper() != wanted.upper():
-            raise ModelError(
-                f"model {self._spec.name!r} expects {wanted} images, "
-                f"{volume.source or 'the volume'} is {volume.modality}"
-            )
 
     def _guarded(self, volume: Volume, call: Callable[[Volume], T]) -> T:
         """``call(volume)`` under :func:`~autolabel.inference.python_card.call_model`."""
@@ -191,7 +183,7 @@ class TorchModel(LoadedModel):
         does; the probabilities are never resampled, so they cost a float per class and
         model-grid voxel only while the volume is measured.
         """
-        self._check_modality(volume)
+        check_modality(self._spec, volume)
 
         def measured(volume: Volume) -> tuple[LabelMap, SeriesConfidence]:
             image, grid = to_model_grid(volume, self.card.preprocess)
