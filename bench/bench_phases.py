@@ -17,6 +17,10 @@ alternating which goes first:
   payload, ledger records and intent, server conversion, upload, re-read, the saving
   mutation); previews go to the run's own preview worker, whose time is printed apart.
 
+The emulator runs in its own process by default (``--emulator process``), as RedBrick is
+remote: in the bench's process (``--emulator thread``) its request handling shares one
+interpreter lock with the downloads and the header parsing being measured.
+
 The infer phase runs between them (the card's model; its own overhead is
 ``bench_sliding_window.py``'s and the infer bench's business). Medians per task, their
 ratio (product / floor), and the load average go to stdout and ``bench/results/phases.json``.
@@ -28,14 +32,18 @@ Every task must end ``draft_saved`` with exactly one accepted write.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,7 +56,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_pipeline import DEFAULT_CARD, load_average, seeded  # noqa: E402
 
 import autolabel  # noqa: E402
-from autolabel.emulator import serve_in_thread  # noqa: E402
+from autolabel.emulator import Connection, Emulator, EmulatorHandle, serve_in_thread  # noqa: E402
 from autolabel.imaging import load_dicom_series, write_label_nifti  # noqa: E402
 from autolabel.inference import load_model  # noqa: E402
 from autolabel.pipeline import open_books  # noqa: E402
@@ -58,6 +66,42 @@ from autolabel.pipeline.options import RunOptions  # noqa: E402
 from autolabel.pipeline.previews import PreviewWorker  # noqa: E402
 from autolabel.pipeline.steps import TaskSteps  # noqa: E402
 from autolabel.redbrick import Project, Task  # noqa: E402
+
+
+@contextlib.contextmanager
+def served(data: Path, where: str) -> Iterator[tuple[Connection, Callable[[], dict[str, int]]]]:
+    """Serve ``data`` in this process's thread or in a child process; yield its connection
+    and a function giving the accepted writes per task (read once the server stopped)."""
+    if where == "thread":
+        with serve_in_thread(data) as emu:
+            yield emu.connection, emu.write_counts
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "autolabel", "emulator", "serve", "--data", str(data)]
+    child = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    stopped: list[bool] = []
+
+    def counts() -> dict[str, int]:
+        assert stopped, "write counts are read once the emulator has stopped"
+        emulator = Emulator(data)
+        try:
+            return EmulatorHandle(emulator, Connection.load(data)).write_counts()
+        finally:
+            emulator.close()
+
+    try:
+        assert child.stdout is not None
+        if b"emulator serving" not in child.stdout.readline():
+            raise RuntimeError("the emulator did not start")
+        yield Connection.load(data), counts
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+        stopped.append(True)
 
 
 def _get(session: requests.Session, url: str, path: Path) -> None:
@@ -153,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
         copy = Path(tmp) / "data"
         shutil.copytree(data, copy)
-        with serve_in_thread(copy) as emu, requests.Session() as session:
+        with served(copy, args.emulator) as (emu, write_counts), requests.Session() as session:
             project = autolabel.open_project(
                 url=emu.url, org_id=emu.org_id, project_id=emu.project_id, api_key=emu.api_key
             )
@@ -201,8 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 previews.drain()
                 preview_wait_s = time.perf_counter() - began
                 handle.finish("finished")
-            writes = emu.write_counts()
-            once = all(writes.get(task_id, 0) == 1 for task_id in chosen)
+        writes = write_counts()
+        once = all(writes.get(task_id, 0) == 1 for task_id in chosen)
     return {"rows": rows, "preview_drain_s": preview_wait_s, "exactly_once": once}
 
 
@@ -212,6 +256,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 160])
     parser.add_argument("--model", default=DEFAULT_CARD)
     parser.add_argument("--download-threads", type=int, default=4)
+    parser.add_argument("--emulator", choices=("process", "thread"), default="process")
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "autolabel-bench"
     )
@@ -253,6 +298,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "studies": args.studies,
+        "emulator": args.emulator,
         "shape": list(args.shape),
         "model": args.model,
         "cpu_count": os.cpu_count(),

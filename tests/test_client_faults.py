@@ -7,6 +7,7 @@ reported, and the emulator's write log proves nothing was written twice or behin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 from autolabel.emulator import EmulatorHandle
 from autolabel.errors import GraphQLError, PlatformError, TransportError
 from autolabel.redbrick import Project, RetryPolicy, get_project
+from autolabel.redbrick.types import ITEM_URLS_FRESH_S
 
 FAST = RetryPolicy(attempts=3, backoff_base=0.01, backoff_max=0.05, retry_after_max=2.0)
 
@@ -155,6 +157,25 @@ def test_expired_download_url_is_a_platform_error(
         project.download_items(project.get_task(emulator.task_ids("Label")[0]), tmp_path)
     assert caught.value.status == 403
     assert "AuthError" not in type(caught.value).__name__
+
+
+def test_a_task_read_long_ago_is_presigned_again(
+    project: Project, emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """The download uses the item URLs a fresh read came with (taskSDK's itemsPresigned:
+    no second presign); a read older than ITEM_URLS_FRESH_S is presigned again, so URLs that
+    expired since the read never reach storage."""
+    task_id = emulator.task_ids("Label")[0]
+    emulator.set_presign_ttl(-10)  # this read's URLs are expired
+    stale = project.get_task(task_id)
+    emulator.set_presign_ttl(600)
+    with pytest.raises(PlatformError) as caught:  # a fresh read: its own URLs are used
+        project.download_items(stale, tmp_path / "fresh")
+    assert caught.value.status == 403
+    old = dataclasses.replace(stale, read_at=time.monotonic() - ITEM_URLS_FRESH_S - 1)
+    (files,) = project.download_items(old, tmp_path / "old")
+    for item, path in zip(old.items, files.paths, strict=True):
+        assert path.read_bytes() == emulator.read_file(item)
 
 
 def test_key_appears_in_no_log_error_or_file(

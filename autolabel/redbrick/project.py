@@ -212,9 +212,9 @@ class Project:
 
         The result has one entry per series in the task's order, each with its files in the
         series' item order, under ``folder/<index>-<series name>/``, and the SHA-256 digest
-        of each file (hashed as it streamed in). Items are presigned
-        once per call; each file is streamed to a temporary name and renamed when complete,
-        with retries. A task from a listing is re-read first to get its items.
+        of each file (hashed as it streamed in). The URLs a fresh read came with are used
+        (:meth:`Task.item_urls`), else items are presigned once per call; each file is
+        streamed to a temporary name and renamed when complete, with retries. A task from a listing is re-read first to get its items.
         ``on_file(path)`` is called in the downloading thread as soon as each file is
         complete under its final name (not for a Datasets series), e.g. to parse it while
         the others are still coming; it must not raise.
@@ -223,7 +223,7 @@ class Project:
             task = self.get_task(task.task_id)
         if not task.items:
             return [DownloadedSeries(index=s.index, name=s.name, paths=()) for s in task.series]
-        urls = self.client.presign_items(
+        urls = task.item_urls() or self.client.presign_items(
             self.org_id, task.storage_id or REDBRICK_STORAGE_ID, task.items
         )
         by_item = dict(zip(task.items, urls, strict=True))

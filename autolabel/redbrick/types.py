@@ -8,6 +8,7 @@ the pipeline depends on (``taskId``, the stage name).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
@@ -199,6 +200,13 @@ class SubTask:
     labels: Labels | None = None
 
 
+#: How long the item URLs a task was read with are used for its download. The SDK's task
+#: reads ask for them (``itemsPresigned: items(presigned: true)``, redbrick/repo/shards.py)
+#: and downloads from them (redbrick/utils/rb_dicom_utils.py); past this, or for a
+#: listing, the items are presigned again (``presignItemsSDK``) so that no URL has expired.
+ITEM_URLS_FRESH_S = 60.0
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Task:
     """A task as the pipeline sees it.
@@ -225,6 +233,18 @@ class Task:
     updated_at: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
     sub_tasks: tuple[SubTask, ...] = ()
+    items_presigned: tuple[str | None, ...] = field(default=(), repr=False, compare=False)
+    read_at: float = field(default_factory=time.monotonic, repr=False, compare=False)
+
+    def item_urls(self, max_age_s: float = ITEM_URLS_FRESH_S) -> list[str | None] | None:
+        """The GET URLs the read came with (``itemsPresigned``, aligned with ``items``),
+        while the read is at most ``max_age_s`` old; ``None`` when the task must be
+        presigned again (a listing, an old read, or any item without a URL)."""
+        fresh = time.monotonic() - self.read_at <= max_age_s
+        urls = self.items_presigned
+        if not fresh or not self.items or len(urls) != len(self.items) or not all(urls):
+            return None
+        return list(urls)
 
     @property
     def is_consensus(self) -> bool:
@@ -256,6 +276,7 @@ class Task:
         assigned = subtask.get("assignedTo") or {}
         loaded = "items" in datapoint
         items = tuple(str(i) for i in (datapoint.get("items") or []))
+        presigned = datapoint.get("itemsPresigned")
         latest = raw.get("latestTaskData")
         storage = (datapoint.get("storageMethod") or {}).get("storageId")
         meta = json_field(datapoint.get("metaData"))
@@ -280,6 +301,11 @@ class Task:
             updated_at=raw.get("updatedAt"),
             raw=raw,
             sub_tasks=_sub_tasks(subtask, datapoint.get("seriesInfo") or [], len(items)),
+            items_presigned=(
+                tuple(str(u) if u else None for u in presigned)
+                if isinstance(presigned, list)
+                else ()
+            ),
         )
 
 
