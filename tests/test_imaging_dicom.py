@@ -16,12 +16,7 @@ from pydicom.uid import generate_uid
 
 from autolabel.emulator.phantom import make_phantom
 from autolabel.errors import ImageError
-from autolabel.imaging import (
-    load_dicom_series,
-    load_volume,
-    read_header_or_none,
-    write_dicom_series,
-)
+from autolabel.imaging import load_dicom_series, load_volume, write_dicom_series
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -118,25 +113,6 @@ def test_header_pool_gives_the_same_volume_as_serial(tmp_path, phantom):
     pooled = load_dicom_series(paths, header_workers=2)
     assert np.array_equal(serial.array, pooled.array)
     assert np.array_equal(serial.affine, pooled.affine)
-
-
-def test_headers_read_early_give_the_same_volume(tmp_path, phantom):
-    """Headers parsed as files land (some of them, as a download in progress would have)
-    give exactly the volume of a plain read; a file the early read refuses is reported as
-    usual, by name."""
-    paths = _write(tmp_path, phantom.hu, phantom.affine_lps)
-    early = {str(p): read_header_or_none(p) for p in paths[::2]}
-    assert all(early.values())
-    plain = load_volume(paths)
-    seen = load_volume(paths, known_headers=early)
-    assert np.array_equal(plain.array, seen.array)
-    assert np.array_equal(plain.affine, seen.affine)
-    assert seen.slice_items == plain.slice_items
-    junk = tmp_path / "series" / "notes.txt"
-    junk.write_text("not dicom")
-    assert read_header_or_none(junk) is None
-    with pytest.raises(ImageError, match=r"notes\.txt: not a DICOM file"):
-        load_volume([*paths, junk], known_headers=early)
 
 
 def test_load_volume_reads_a_folder(tmp_path, phantom):

@@ -15,8 +15,6 @@ Public API:
 * :func:`write_dicom_series` -- a voxel array as a CT/MR DICOM series (seeding, tests).
 * :func:`checksum_files` -- one digest of a task's input files (:func:`checksum_digests`
   from digests taken as they were downloaded).
-* :func:`read_header_or_none` -- a DICOM file's header read early (as its download
-  lands), for ``load_volume(known_headers=...)``; :class:`SliceHeader` is what it holds.
 * :class:`ImageLimits` -- the size limits every reader checks before decoding
   (:mod:`autolabel.imaging.checks`).
 * :func:`from_altadb_instance` / :func:`to_altadb_instance` -- DICOM files from and to the
@@ -32,7 +30,6 @@ if TYPE_CHECKING:
     from autolabel.imaging.altadb import from_altadb_instance, to_altadb_instance
     from autolabel.imaging.checks import ImageLimits
     from autolabel.imaging.dicom import load_dicom_series
-    from autolabel.imaging.dicom_headers import SliceHeader, read_header_or_none
     from autolabel.imaging.dicom_write import write_dicom_series
     from autolabel.imaging.files import checksum_digests, checksum_files, load_volume
     from autolabel.imaging.layout import Layout, native_affine, redbrick_layout
@@ -50,8 +47,6 @@ _HOMES = {
     "to_altadb_instance": "altadb",
     "ImageLimits": "checks",
     "load_dicom_series": "dicom",
-    "SliceHeader": "dicom_headers",
-    "read_header_or_none": "dicom_headers",
     "write_dicom_series": "dicom_write",
     "checksum_digests": "files",
     "checksum_files": "files",
@@ -79,7 +74,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ImageLimits",
     "Layout",
-    "SliceHeader",
     "checksum_digests",
     "checksum_files",
     "from_altadb_instance",
@@ -88,7 +82,6 @@ __all__ = [
     "load_nifti",
     "load_volume",
     "native_affine",
-    "read_header_or_none",
     "read_label_nifti",
     "redbrick_layout",
     "to_altadb_instance",

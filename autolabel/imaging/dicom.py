@@ -9,7 +9,7 @@ pydicom's decoders instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +281,6 @@ def load_dicom_series(
     source: str = "",
     header_workers: int | None = None,
     limits: ImageLimits | None = None,
-    known_headers: Mapping[str, SliceHeader] | None = None,
 ) -> Volume:
     """Read the DICOM files of one series, in any order, into a volume on RedBrick's grid.
 
@@ -301,8 +300,7 @@ def load_dicom_series(
       files (SEG, RT, SR), several series, missing slices, uneven spacing, gantry tilt,
       mixed orientation, size or pixel format, and compressed pixel data whose decoder is
       missing (install the ``dicom-codecs`` extra).
-    * ``header_workers``, ``known_headers`` (headers read earlier, by path): see
-      :func:`autolabel.imaging.dicom_headers.read_headers` (its ``workers``, ``known``).
+    * ``header_workers``: see :func:`autolabel.imaging.dicom_headers.read_headers`.
     * ``limits`` (default :class:`ImageLimits`) bound rows x columns x slices before any
       pixel is read; an unusable geometry (zero or non-finite orientation) is refused.
     """
@@ -312,7 +310,7 @@ def load_dicom_series(
     label = source or (str(Path(names[0]).parent) if names else "DICOM series")
     if not names:
         raise ImageError(f"{label}: no DICOM files given")
-    headers = read_headers(names, workers=header_workers, known=known_headers)
+    headers = read_headers(names, workers=header_workers)
     _check_images(headers, label)
     limits = limits or ImageLimits()
     if headers[0].frames > 1:

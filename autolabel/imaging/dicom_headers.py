@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,19 +152,6 @@ def read_header(path: str) -> SliceHeader:
     )
 
 
-def read_header_or_none(path: str | Path) -> SliceHeader | None:
-    """:func:`read_header`, or ``None`` for a file it cannot read (never raises).
-
-    For reading headers early, as each file of a series lands (see
-    :func:`autolabel.pipeline.fetch.load_task_series`): a file refused here is read again
-    by :func:`read_headers`, which reports it as usual.
-    """
-    try:
-        return read_header(os.fspath(path))
-    except Exception:  # an optimisation only: the loader reads the file again and reports it
-        return None
-
-
 def _optional_float(value: Any) -> float | None:
     try:
         return None if value is None or value == "" else float(value)
@@ -195,30 +182,15 @@ def _pool() -> ProcessPoolExecutor:
     return _POOL
 
 
-def read_headers(
-    paths: Sequence[str | Path],
-    *,
-    workers: int | None = None,
-    known: Mapping[str, SliceHeader] | None = None,
-) -> list[SliceHeader]:
+def read_headers(paths: Sequence[str | Path], *, workers: int | None = None) -> list[SliceHeader]:
     """Headers of ``paths`` in the same order.
 
     ``workers=None`` picks a pool of two processes for series of at least
     :data:`POOL_MIN_FILES` files on a machine with at least :data:`POOL_MIN_CPUS` cores,
     else reads serially; ``workers=1`` forces serial reading, ``workers=2`` the pool. The
-    first error found is raised. ``known`` maps a path (as ``os.fspath`` gives it) to its
-    header read earlier (:func:`read_header_or_none`); only the other files are read.
+    first error found is raised.
     """
-    known = known or {}
-    every = [os.fspath(p) for p in paths]
-    if known:
-        found = {name: known[name] for name in every if name in known}
-        if found:
-            rest = [name for name in every if name not in found]
-            read = read_headers(rest, workers=workers) if rest else []
-            found.update(zip(rest, read, strict=True))
-            return [found[name] for name in every]
-    names = every
+    names = [os.fspath(p) for p in paths]
     use_pool = (
         workers != 1 and len(names) >= POOL_MIN_FILES and (os.cpu_count() or 1) >= POOL_MIN_CPUS
     )

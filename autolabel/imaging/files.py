@@ -5,13 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from autolabel.errors import ImageError
 from autolabel.imaging.checks import ImageLimits
 from autolabel.imaging.dicom import load_dicom_series
-from autolabel.imaging.dicom_headers import SliceHeader
 from autolabel.imaging.nifti import is_nifti_path, load_nifti
 from autolabel.records import Volume
 
@@ -48,7 +47,6 @@ def load_volume(
     *,
     source: str = "",
     limits: ImageLimits | None = None,
-    known_headers: Mapping[str, SliceHeader] | None = None,
 ) -> Volume:
     """Load a series from a NIfTI file, a folder of DICOM files, or a list of DICOM files.
 
@@ -59,8 +57,6 @@ def load_volume(
     * Raises :class:`ImageError` for a missing path, an empty folder, or a list that mixes
       NIfTI and DICOM items, and for any series the readers refuse (``limits``, checked
       before decoding; see :mod:`autolabel.imaging.checks`).
-    * ``known_headers``: DICOM headers read earlier (by path), e.g. as a download landed
-      each file (:func:`read_header_or_none`), so they are not parsed twice.
     """
     items = (
         [Path(path_or_paths)]
@@ -87,8 +83,8 @@ def load_volume(
         files = _folder_files(items[0])
         if not files:
             raise ImageError(f"{what}: folder {items[0]} holds no files")
-        return load_dicom_series(files, source=what, limits=limits, known_headers=known_headers)
-    return load_dicom_series(items, source=what, limits=limits, known_headers=known_headers)
+        return load_dicom_series(files, source=what, limits=limits)
+    return load_dicom_series(items, source=what, limits=limits)
 
 
 def checksum_files(paths: Sequence[PathLike]) -> str:

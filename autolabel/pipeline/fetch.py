@@ -12,7 +12,6 @@ labelled, downloads its series into a folder of the work directory, decodes each
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -303,23 +302,11 @@ def load_task_series(
 ) -> tuple[tuple[FetchedSeries, ...], str]:
     """Download and decode every series of ``task`` (read with items); return them and the
     checksum of the input files. ``folder`` is removed afterwards, whatever happens.
-    DICOM headers are parsed as each file lands, overlapping the downloads still running
-    (bench/bench_phases.py); the pixel pass follows once the series is complete.
     Raises :class:`~autolabel.errors.ImageError` naming the task and series (a series over
     ``limits`` is refused before it is decoded).
     """
-    early: dict[str, imaging.SliceHeader] = {}
-
-    def read_early(path: Path) -> None:  # in the download threads, while the rest comes
-        if not imaging.is_nifti_path(path):
-            header = imaging.read_header_or_none(path)
-            if header is not None:
-                early[os.fspath(path)] = header
-
     try:
-        downloaded = [
-            _as_files(series) for series in project.download_items(task, folder, on_file=read_early)
-        ]
+        downloaded = [_as_files(series) for series in project.download_items(task, folder)]
         files = [path for series in downloaded for path in series.paths]
         if not files:
             raise ImageError(f"task {task.task_id} ({task.name}): it has no image items")
@@ -335,9 +322,7 @@ def load_task_series(
             source = f"task {task.task_id} ({task.name}), {label}"
             if not series.paths:
                 raise ImageError(f"{source}: the series has no items")
-            volume = imaging.load_volume(
-                list(series.paths), source=source, limits=limits, known_headers=early
-            )
+            volume = imaging.load_volume(list(series.paths), source=source, limits=limits)
             decoded.append(FetchedSeries(series.index, series.name or "", volume))
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -201,12 +201,7 @@ class Project:
         ]
 
     def download_items(
-        self,
-        task: Task,
-        folder: str | Path,
-        *,
-        workers: int = 4,
-        on_file: Callable[[Path], object] | None = None,
+        self, task: Task, folder: str | Path, *, workers: int = 4
     ) -> list[DownloadedSeries]:
         """Download the task's images into ``folder`` and return the files per series.
 
@@ -214,10 +209,8 @@ class Project:
         series' item order, under ``folder/<index>-<series name>/``, and the SHA-256 digest
         of each file (hashed as it streamed in). The URLs a fresh read came with are used
         (:meth:`Task.item_urls`), else items are presigned once per call; each file is
-        streamed to a temporary name and renamed when complete, with retries. A task from a listing is re-read first to get its items.
-        ``on_file(path)`` is called in the downloading thread as soon as each file is
-        complete under its final name (not for a Datasets series), e.g. to parse it while
-        the others are still coming; it must not raise.
+        streamed to a temporary name and renamed when complete, with retries. A task from
+        a listing is re-read first to get its items.
         """
         if not task.items_loaded:
             task = self.get_task(task.task_id)
@@ -266,7 +259,7 @@ class Project:
             digests = dict(
                 zip(
                     (path for _, path in jobs),
-                    pool.map(lambda job: self._download_one(job[0], job[1], on_file), jobs),
+                    pool.map(lambda job: self.client.download_sha256(*job), jobs),
                     strict=True,
                 )
             )
@@ -276,14 +269,6 @@ class Project:
             else series
             for series in result
         ]
-
-    def _download_one(
-        self, url: str, path: Path, on_file: Callable[[Path], object] | None
-    ) -> bytes:
-        digest = self.client.download_sha256(url, path)
-        if on_file is not None:
-            on_file(path)
-        return digest
 
     def download_labels(self, task: Task, folder: str | Path) -> dict[int, Path]:
         """Download the task's stored label files; ``{series index: local .nii.gz path}``."""
