@@ -22,6 +22,7 @@ alternating which goes first:
 The emulator runs in its own process by default (``--emulator process``), as RedBrick is
 remote: in the bench's process (``--emulator thread``) its request handling shares one
 interpreter lock with the downloads and the header parsing being measured.
+``--latency-ms`` delays every request (an emulator fault rule) as a remote RedBrick would.
 
 The infer phase runs between them (the card's model; its own overhead is
 ``bench_sliding_window.py``'s and the infer bench's business). Medians per task, their
@@ -58,7 +59,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_pipeline import DEFAULT_CARD, load_average, seeded  # noqa: E402
 
 import autolabel  # noqa: E402
-from autolabel.emulator import Connection, Emulator, EmulatorHandle, serve_in_thread  # noqa: E402
+from autolabel.emulator import (  # noqa: E402
+    Connection,
+    Emulator,
+    EmulatorHandle,
+    load_faults,
+    serve_in_thread,
+)
 from autolabel.imaging import load_dicom_series, write_label_nifti  # noqa: E402
 from autolabel.inference import load_model  # noqa: E402
 from autolabel.pipeline import open_books  # noqa: E402
@@ -71,17 +78,27 @@ from autolabel.redbrick import Project, Task  # noqa: E402
 
 
 @contextlib.contextmanager
-def served(data: Path, where: str) -> Iterator[tuple[Connection, Callable[[], dict[str, int]]]]:
+def served(
+    data: Path, where: str, latency_ms: float = 0.0
+) -> Iterator[tuple[Connection, Callable[[], dict[str, int]]]]:
     """Serve ``data`` in this process's thread or in a child process; yield its connection
-    and a function giving the accepted writes per task (read once the server stopped)."""
+    and a function giving the accepted writes per task (read once the server stopped).
+    ``latency_ms`` delays every request (GraphQL and storage) as a remote service would."""
+    faults = (
+        [{"target": "*", "kind": "delay", "delay_s": latency_ms / 1000, "times": None}]
+        if latency_ms > 0
+        else []
+    )
     if where == "thread":
-        with serve_in_thread(data) as emu:
+        with serve_in_thread(data, faults=load_faults(faults)) as emu:
             yield emu.connection, emu.write_counts
         return
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "autolabel", "emulator", "serve", "--data", str(data)]
+    if faults:
+        command += ["--faults", json.dumps(faults)]
     child = subprocess.Popen(
         [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
@@ -205,7 +222,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
         copy = Path(tmp) / "data"
         shutil.copytree(data, copy)
-        with served(copy, args.emulator) as (emu, write_counts), requests.Session() as session:
+        with (
+            served(copy, args.emulator, args.latency_ms) as (emu, write_counts),
+            requests.Session() as session,
+        ):
             project = autolabel.open_project(
                 url=emu.url, org_id=emu.org_id, project_id=emu.project_id, api_key=emu.api_key
             )
@@ -266,6 +286,9 @@ def main() -> None:
     parser.add_argument("--download-threads", type=int, default=4)
     parser.add_argument("--emulator", choices=("process", "thread"), default="process")
     parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="delay every request, as a remote service"
+    )
+    parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "autolabel-bench"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "phases.json")
@@ -313,6 +336,7 @@ def main() -> None:
     summary = {
         "studies": args.studies,
         "emulator": args.emulator,
+        "latency_ms": args.latency_ms,
         "shape": list(args.shape),
         "model": args.model,
         "cpu_count": os.cpu_count(),
