@@ -43,12 +43,14 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +145,13 @@ def spawn(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
     }
 
 
-def run_autolabel(emu: EmulatorHandle, work: Path, model: str) -> dict[str, Any]:
+def run_autolabel(
+    emu: EmulatorHandle, work: Path, model: str, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     command = [
         PYTHON, "-m", "autolabel", "run", "--url", emu.url, "--org", emu.org_id,
         "--project", emu.project_id, "--work", str(work), "--json", "--quiet", "--model", model,
+        *extra,
     ]  # fmt: skip
     env = dict(os.environ, REDBRICK_API_KEY=emu.api_key)
     probe = FirstRequests(emu)
@@ -162,7 +167,9 @@ def run_autolabel(emu: EmulatorHandle, work: Path, model: str) -> dict[str, Any]
     }
 
 
-def run_sdk(emu: EmulatorHandle, work: Path, model: str) -> dict[str, Any]:
+def run_sdk(
+    emu: EmulatorHandle, work: Path, model: str, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     timings = work / "timings.json"
     command = [
         PYTHON, str(ROOT / "bench" / "sdk_baseline.py"), "--url", emu.url, "--org", emu.org_id,
@@ -250,7 +257,30 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any], tolerance: float) -> d
     }
 
 
-def one_run(name: str, data: Path, scratch: Path, model: str) -> dict[str, Any]:
+def card_with_autocast(model: str, autocast: str, scratch: Path) -> str:
+    """A copy of the card folder ``model`` whose ``[runtime] autocast`` is ``autocast``."""
+    source = Path(model)
+    if not (source / "model.toml").is_file():
+        raise SystemExit(f"--autocast needs a model card folder, not {model!r}")
+    copy = scratch / f"card-{source.name}-{autocast}"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(source, copy)
+    toml = copy / "model.toml"
+    text = toml.read_text(encoding="utf-8")
+    line = f'autocast = "{autocast}"'
+    if re.search(r"(?m)^autocast\s*=", text):
+        text = re.sub(r"(?m)^autocast\s*=.*$", line, text)
+    elif "[runtime]" in text:
+        text = text.replace("[runtime]", f"[runtime]\n{line}", 1)
+    else:
+        text += f"\n[runtime]\n{line}\n"
+    toml.write_text(text, encoding="utf-8")
+    return str(copy)
+
+
+def one_run(
+    name: str, data: Path, scratch: Path, model: str, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     """A contender on a fresh copy of the seeded data; its result and stored labels."""
     copy = scratch / f"data-{name}"
     work = scratch / f"work-{name}"
@@ -262,7 +292,7 @@ def one_run(name: str, data: Path, scratch: Path, model: str) -> dict[str, Any]:
     try:
         with serve_in_thread(copy) as emu:
             contender = run_autolabel if name == "autolabel" else run_sdk
-            result = contender(emu, work, model)
+            result = contender(emu, work, model, extra)
             result["labels"] = stored_labels(emu)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
@@ -384,6 +414,14 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_CARD, help="model card (name or path)")
     parser.add_argument("--tolerance", type=float, default=0.001)
     parser.add_argument(
+        "--autocast", choices=("auto", "bf16", "fp16", "off"),
+        help="run a copy of the card (a folder) with this [runtime] autocast",
+    )  # fmt: skip
+    parser.add_argument(
+        "--run-args", nargs="+", default=[], metavar="ARG",
+        help="more arguments for autolabel run (e.g. --run-args=--device=cuda)",
+    )  # fmt: skip
+    parser.add_argument(
         "--memory", type=int, nargs="+", metavar="N",
         help="instead: peak RSS of autolabel run on N small studies, for each N",
     )  # fmt: skip
@@ -415,10 +453,15 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     load_start = load_average()
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        model = (
+            card_with_autocast(args.model, args.autocast, Path(tmp))
+            if args.autocast
+            else args.model
+        )
         for i, pair in enumerate(order, 1):
             print(f"round {i}/{args.repeats}", flush=True)
             for name in pair:
-                runs[name].append(one_run(name, data, Path(tmp), args.model))
+                runs[name].append(one_run(name, data, Path(tmp), model, args.run_args))
     load_end = load_average()
 
     both = len(chosen) == 2
@@ -477,6 +520,10 @@ def main() -> None:
     for name, row in stages.items():
         if "busy_s" in row:
             print(f"| {name} | {row['workers']} | {row['busy_s']:.1f} | {row['per_task_s']:.2f} |")
+    if "infer" in stages and "autolabel" in medians:
+        busy = stages["infer"]["busy_s"] / medians["autolabel"]
+        print(f"\nmodel busy: the infer stage {stages['infer']['busy_s']:.1f} s of"
+              f" {medians['autolabel']:.1f} s wall, {busy:.0%}")  # fmt: skip
     print("\n| autolabel per-task step | median s |")
     print("|---|---:|")
     for step, seconds in stages.get("per_task_steps_median_s", {}).items():
@@ -497,6 +544,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "studies": args.studies,
+        "autocast": args.autocast,
+        "run_args": args.run_args,
+        "model_busy_fraction": (
+            stages["infer"]["busy_s"] / medians["autolabel"]
+            if "infer" in stages and "autolabel" in medians
+            else None
+        ),
         "shape": list(shape),
         "mode": "draft",
         "repeats": args.repeats,
