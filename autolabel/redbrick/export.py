@@ -313,7 +313,9 @@ class Export:
                     if index in files:
                         series["segmentations"] = str(files[index])
             if with_files:
-                downloaded = p.download_items(task, task_folder(folder / "images", task.task_id))
+                downloaded = p.download_items(
+                    task, task_folder(folder / "images", task.task_id), presign=True
+                )
                 for series, got in zip(out["series"], downloaded, strict=False):
                     series["items"] = [str(path) for path in got.paths] or sorted(
                         {str(f.parent) for i in got.instances for f in i.frames}

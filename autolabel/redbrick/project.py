@@ -201,7 +201,7 @@ class Project:
         ]
 
     def download_items(
-        self, task: Task, folder: str | Path, *, workers: int = 4
+        self, task: Task, folder: str | Path, *, workers: int = 4, presign: bool = False
     ) -> list[DownloadedSeries]:
         """Download the task's images into ``folder`` and return the files per series.
 
@@ -210,13 +210,15 @@ class Project:
         of each file (hashed as it streamed in). The URLs a fresh read came with are used
         (:meth:`Task.item_urls`), else items are presigned once per call; each file is
         streamed to a temporary name and renamed when complete, with retries. A task from
-        a listing is re-read first to get its items.
+        a listing is re-read first to get its items. ``presign=True`` presigns even then,
+        as the SDK's export does (redbrick/export/public.py: ``presign_items`` after reading
+        the task), for a facade that must send the SDK's requests.
         """
         if not task.items_loaded:
             task = self.get_task(task.task_id)
         if not task.items:
             return [DownloadedSeries(index=s.index, name=s.name, paths=()) for s in task.series]
-        urls = task.item_urls() or self.client.presign_items(
+        urls = (None if presign else task.item_urls()) or self.client.presign_items(
             self.org_id, task.storage_id or REDBRICK_STORAGE_ID, task.items
         )
         by_item = dict(zip(task.items, urls, strict=True))
