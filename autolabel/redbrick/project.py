@@ -158,10 +158,20 @@ class Project:
 
     # -- reading -------------------------------------------------------------------------
 
-    def get_task(self, task_id: str) -> Task:
-        """The task with its series, items and latest labels; :class:`NotFoundError` if none."""
+    def get_task(self, task_id: str, *, presigned_items: bool = True) -> Task:
+        """The task with its series, items and latest labels; :class:`NotFoundError` if none.
+
+        ``presigned_items=False`` leaves the items' presigned URLs out of the answer (the
+        SDK's lighter read): for a re-read of the task's state, not for downloads.
+        """
         return Task.from_wire(
-            self.client.get_task(self.org_id, self.project_id, task_id, consensus=self.consensus)
+            self.client.get_task(
+                self.org_id,
+                self.project_id,
+                task_id,
+                consensus=self.consensus,
+                presigned_items=presigned_items,
+            )
         )
 
     def list_assigned_tasks(
