@@ -180,9 +180,7 @@ def test_task_read_without_item_urls_matches_sdk(consensus: bool) -> None:
         documents.GET_TASK_CONSENSUS_UNSIGNED if consensus else documents.GET_TASK_UNSIGNED
     )
     theirs = _shape(
-        _sdk_document(
-            lambda c: ExportRepo(c).get_datapoint_latest(ORG, PRJ, TSK, False, consensus)
-        )
+        _sdk_document(lambda c: ExportRepo(c).get_datapoint_latest(ORG, PRJ, TSK, False, consensus))
     )
     assert ours == theirs
     assert ours != _shape(documents.GET_TASK_CONSENSUS if consensus else documents.GET_TASK)

@@ -10,10 +10,10 @@ documents that do not parse or validate.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import uuid
 from collections.abc import Iterable
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any

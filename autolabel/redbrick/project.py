@@ -362,11 +362,13 @@ class Project:
         provenance: Mapping[str, str] | None = None,
     ) -> UploadedLabels:
         """The first half of :meth:`save_labels`: convert ``series`` on the server and upload
-        its label files. Nothing is saved on the task; uploads are safe to redo."""
+        its label files, the uploads sent while the server converts
+        (:meth:`LabelWriter.convert_and_upload`). Nothing is saved on the task; uploads are
+        safe to redo. :class:`~autolabel.errors.ConversionError` (naming the task) when
+        RedBrick rejects the series."""
         task = {"taskId": task_id, "series": self.with_provenance(series, provenance or {})}
         writer = LabelWriter(self.client, self.org_id, self.project_id)
-        (converted,) = writer.convert([task], REDBRICK_STORAGE_ID)
-        return writer.upload(converted)
+        return writer.convert_and_upload(task, REDBRICK_STORAGE_ID)
 
     def commit_labels(
         self, uploaded: UploadedLabels, stage_name: str, *, finalize: bool = False
