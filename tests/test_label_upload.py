@@ -7,13 +7,13 @@ Judged through the official SDK's export (where the labels landed) and the wire 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import sdk_export
 
 from autolabel.cli import main
 from autolabel.emulator import EmulatorHandle
@@ -40,16 +40,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _sdk_export(emulator: EmulatorHandle, task_id: str, destination: Path) -> dict[str, Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the SDK's "API keys will be sunset" notice
-        sdk = redbrick.get_project(
-            emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
-        )
-    (task,) = list(sdk.export.export_tasks(task_id=task_id, destination=str(destination)))
-    return dict(task)
-
-
 def _operation(query: str) -> str:
     return query.split("(", 1)[0].split()[-1]
 
@@ -74,7 +64,7 @@ def test_each_series_gets_its_own_labels_from_one_presign(
     assert len(presigns) == 1 and len(presigns[0]["filesSeg"]) == 2
     assert emulator.write_counts() == {task_id: 1}
 
-    exported = _sdk_export(emulator, task_id, tmp_path / "export")
+    exported = sdk_export(emulator, task_id, tmp_path / "export")
     assert [s["name"] for s in exported["series"]] == list(SHAPES)
     for index, (series, shape) in enumerate(zip(exported["series"], SHAPES.values(), strict=True)):
         assert {v["category"] for v in series["segmentMap"].values()} >= {"Body", "Bone"}
@@ -112,7 +102,7 @@ def test_labels_the_server_refuses_fail_the_task_and_save_nothing(
         assert outcome.error_type == "ConversionError"
         assert outcome.task_id in outcome.reason and "Bone" in outcome.reason
         assert emulator.latest_labels(outcome.task_id) is None
-        exported = _sdk_export(emulator, outcome.task_id, tmp_path / "export" / outcome.task_id)
+        exported = sdk_export(emulator, outcome.task_id, tmp_path / "export" / outcome.task_id)
         assert not any(s.get("segmentations") for s in exported["series"])
         assert not exported.get("labels") and not exported.get("segmentations")
     assert emulator.write_counts() == {}
@@ -141,7 +131,7 @@ def test_a_file_sent_ahead_that_the_conversion_does_not_name_is_not_used(
         (converted,) = writer.convert([{"taskId": task_id, "series": series}], REDBRICK_STORAGE_ID)
         ahead = SentAhead(files={0: (files["other"], "not/an/uploaded/key.nii.gz")})
         writer.commit(writer.upload(converted, ahead), stage_name="Label", finished=False)
-    exported = _sdk_export(emulator, task_id, tmp_path / "export")
+    exported = sdk_export(emulator, task_id, tmp_path / "export")
     (landed,) = [s["segmentations"] for s in exported["series"]]
     stored = np.asarray(nib.load(landed).dataobj)
     assert int(stored.max()) == 1 and stored.shape == shape
