@@ -160,19 +160,10 @@ class Project:
 
     def get_task(self, task_id: str, *, presigned_items: bool = True) -> Task:
         """The task with its series, items and latest labels; :class:`NotFoundError` if none.
-
-        ``presigned_items=False`` leaves the items' presigned URLs out of the answer (the
-        SDK's lighter read): for a re-read of the task's state, not for downloads.
-        """
-        return Task.from_wire(
-            self.client.get_task(
-                self.org_id,
-                self.project_id,
-                task_id,
-                consensus=self.consensus,
-                presigned_items=presigned_items,
-            )
-        )
+        ``presigned_items=False``: without the items' URLs (a re-read of its state)."""
+        kind = {"consensus": self.consensus, "presigned_items": presigned_items}
+        raw = self.client.get_task(self.org_id, self.project_id, task_id, **kind)
+        return Task.from_wire(raw)
 
     def list_assigned_tasks(
         self,
@@ -361,11 +352,9 @@ class Project:
         *,
         provenance: Mapping[str, str] | None = None,
     ) -> UploadedLabels:
-        """The first half of :meth:`save_labels`: convert ``series`` on the server and upload
-        its label files, the uploads sent while the server converts
-        (:meth:`LabelWriter.convert_and_upload`). Nothing is saved on the task; uploads are
-        safe to redo. :class:`~autolabel.errors.ConversionError` (naming the task) when
-        RedBrick rejects the series."""
+        """The first half of :meth:`save_labels`: convert ``series`` on the server while its
+        label files upload (:meth:`LabelWriter.convert_and_upload`). Nothing is saved on
+        the task; uploads are safe to redo."""
         task = {"taskId": task_id, "series": self.with_provenance(series, provenance or {})}
         writer = LabelWriter(self.client, self.org_id, self.project_id)
         return writer.convert_and_upload(task, REDBRICK_STORAGE_ID)
