@@ -443,6 +443,7 @@ def to_series(
         entries = {str(v): {"category": segment_map.categories[v].name} for v in present}
     if not entries and empty == "skip":
         return None
-    written = imaging.write_label_nifti(out, volume, path)
+    largest = None if instances else max(present, default=0)  # the values of ``out``
+    written = imaging.write_label_nifti(out, volume, path, max_value=largest)
     entry: SeriesEntry = {"name": name, "segmentations": str(written), "segmentMap": entries}
     return entry

@@ -145,6 +145,22 @@ def add_series_task(
     return task.task_id
 
 
+def sdk_export(emulator: EmulatorHandle, task_id: str, destination: Path) -> dict[str, Any]:
+    """One task as the official SDK's ``export_tasks`` gives it (label files under
+    ``destination``): how a user sees where the labels landed."""
+    import warnings
+
+    import redbrick
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK's "API keys will be sunset" notice
+        sdk = redbrick.get_project(
+            emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
+        )
+    (task,) = list(sdk.export.export_tasks(task_id=task_id, destination=str(destination)))
+    return dict(task)
+
+
 def blank_ct_items(
     emulator: EmulatorHandle, folder: Path, shape: tuple[int, int, int] = DEFAULT_SHAPE
 ) -> list[str]:

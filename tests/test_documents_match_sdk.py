@@ -170,3 +170,17 @@ def test_consensus_task_document_matches_sdk() -> None:
         _sdk_document(lambda c: ExportRepo(c).get_datapoint_latest(ORG, PRJ, TSK, True, True))
     )
     assert ours == theirs
+
+
+@pytest.mark.parametrize("consensus", [False, True])
+def test_task_read_without_item_urls_matches_sdk(consensus: bool) -> None:
+    """The re-read before a write asks what the SDK asks with ``presign_items=False``
+    (``get_datapoint_latest``): the same task without presigned item URLs."""
+    ours = _shape(
+        documents.GET_TASK_CONSENSUS_UNSIGNED if consensus else documents.GET_TASK_UNSIGNED
+    )
+    theirs = _shape(
+        _sdk_document(lambda c: ExportRepo(c).get_datapoint_latest(ORG, PRJ, TSK, False, consensus))
+    )
+    assert ours == theirs
+    assert ours != _shape(documents.GET_TASK_CONSENSUS if consensus else documents.GET_TASK)

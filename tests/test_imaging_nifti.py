@@ -22,6 +22,7 @@ from autolabel.imaging import (
     write_label_nifti,
     write_volume_nifti,
 )
+from autolabel.records import Volume
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
@@ -246,3 +247,17 @@ def test_nifti_without_its_suffix_is_recognised(tmp_path):
     item.write_bytes((NIB_DATA / "standard.nii.gz").read_bytes())
     vol = load_volume([item])
     assert np.array_equal(vol.array, np.asanyarray(nib.load(NIB_DATA / "standard.nii.gz").dataobj))
+
+
+@pytest.mark.parametrize("largest", [2, 300])
+def test_a_known_largest_value_writes_the_same_file(tmp_path: Path, largest: int) -> None:
+    """``max_value`` (the largest value, known from the counts) skips the dtype scan and
+    writes the same bytes as the scan would: uint8 up to 255, else uint16."""
+    labels = np.zeros((8, 9, 5), dtype=np.int16)
+    labels[2:5, 3:6, 1:3] = largest
+    volume = Volume(array=np.zeros(labels.shape, dtype=np.int16), affine=np.eye(4))
+    scanned = write_label_nifti(labels, volume, tmp_path / "scanned.nii")
+    known = write_label_nifti(labels, volume, tmp_path / "known.nii", max_value=largest)
+    assert known.read_bytes() == scanned.read_bytes()
+    stored, _ = read_label_nifti(known)
+    assert stored.dtype == (np.uint8 if largest <= 255 else np.uint16)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import sdk_export
 
 from autolabel.cli import main
 from autolabel.emulator import EmulatorHandle
@@ -44,16 +44,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def emulator(emulator_factory: Any, study: Path) -> EmulatorHandle:
     handle: EmulatorHandle = emulator_factory(studies=0, from_paths=(study,), multi_series=True)
     return handle
-
-
-def _export(emulator: EmulatorHandle, task_id: str, destination: Path) -> dict[str, Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the SDK's "API keys will be sunset" notice
-        sdk = redbrick.get_project(
-            emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url
-        )
-    (task,) = list(sdk.export.export_tasks(task_id=task_id, destination=str(destination)))
-    return dict(task)
 
 
 def _assert_labels_on_ct_only(exported: dict[str, Any]) -> None:
@@ -100,7 +90,7 @@ def test_run_puts_the_labels_on_the_second_series_as_the_sdk_exports_them(
     assert main(["run", "--work", str(tmp_path / "w"), "--quiet", *emulator.cli_flags()]) == 0
     payload = json.loads(next((tmp_path / "w").rglob("series.json")).read_text(encoding="utf-8"))
     assert [bool(s.get("segmentations")) for s in payload["series"]] == [False, True]
-    _assert_labels_on_ct_only(_export(emulator, task_id, tmp_path / "export"))
+    _assert_labels_on_ct_only(sdk_export(emulator, task_id, tmp_path / "export"))
 
 
 def test_review_correct_puts_the_labels_on_the_second_series(
@@ -114,7 +104,7 @@ def test_review_correct_puts_the_labels_on_the_second_series(
                      "--work", str(tmp_path / "w"), *emulator.cli_flags()])  # fmt: skip
     assert code == 0
     assert emulator.task(task_id).stage_name == "END"
-    _assert_labels_on_ct_only(_export(emulator, task_id, tmp_path / "export"))
+    _assert_labels_on_ct_only(sdk_export(emulator, task_id, tmp_path / "export"))
 
 
 def test_stored_labels_carry_image_index_and_are_read_by_series(

@@ -394,6 +394,18 @@ def _write_steps(exchanges: list[Exchange], ids: Ids) -> list[tuple[Any, ...]]:
     return out
 
 
+def _conversion_first(found: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A run's write steps in the SDK's order. The run sends the conversion while it
+    presigns and PUTs the label file (they do not depend on it), so the conversion may
+    come anywhere before the saving mutation; the PUT still follows its presign and the
+    mutation comes last, after every other step."""
+    names = [step[1] for step in found]
+    assert names[-1] == "putTaskAndLabelsSDK" and names.count("putTaskAndLabelsSDK") == 1
+    assert names.index("presignUploadsSDK") < names.index("PUT")
+    conversions = [s for s in found if s[1] == "validateAndConvertToImportFormatSDK"]
+    return conversions + [s for s in found if s[1] != "validateAndConvertToImportFormatSDK"]
+
+
 def test_run_writes_a_blank_first_series_as_the_sdk_does(
     emulator_factory: Callable[..., EmulatorHandle], tmp_path: Path
 ) -> None:
@@ -414,7 +426,7 @@ def test_run_writes_a_blank_first_series_as_the_sdk_does(
             "--task-id", my_task, "--work", str(tmp_path / "work"),
         ]  # fmt: skip
         assert main(argv) == 0
-    mine = _write_steps(proxy.exchanges, ids)
+    mine = _conversion_first(_write_steps(proxy.exchanges, ids))
     # The labels of the CT series as the run wrote them (series.json, plus the provenance
     # attributes the run adds when it sends them), placed by series name, not position.
     payload = json.loads(next((tmp_path / "work" / "results").glob("*/series.json")).read_text())

@@ -10,6 +10,7 @@ documents that do not parse or validate.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import uuid
 from collections.abc import Iterable
@@ -30,6 +31,11 @@ from autolabel.emulator.store import Store
 
 #: The most tokens a GraphQL document may have (the SDK's largest has under 300).
 MAX_DOCUMENT_TOKENS = 10_000
+
+#: Parsed and validated documents kept per emulator (the SDK sends about 25 distinct ones).
+DOCUMENT_CACHE_SIZE = 128
+#: Longer documents are parsed and validated per request, not kept (the SDK's are < 5 kB).
+CACHED_DOCUMENT_CHARS = 16_384
 
 #: RedBrick API keys are 43 characters long (the SDK refuses any other length).
 API_KEY_LENGTH = 43
@@ -64,6 +70,9 @@ class Operation:
     name: str | None
     root_fields: tuple[str, ...]
     response_keys: tuple[str, ...]
+    #: The document's validation errors against the emulator's schema, when known
+    #: (:meth:`Emulator.operation`); None: :meth:`Emulator.execute` validates it.
+    problems: tuple[str, ...] | None = None
 
     @property
     def targets(self) -> set[str]:
@@ -117,6 +126,7 @@ class Emulator:
         self.faults = FaultBook(faults)
         self.schema = build_executable_schema()
         self.base_url = base_url
+        self._documents: dict[tuple[str, str | None], Operation] = {}
 
     def close(self) -> None:
         """Release the database."""
@@ -128,13 +138,35 @@ class Emulator:
         """The user of an API key, or None when it is missing or unknown."""
         return self.store.user_by_key(api_key) if api_key else None
 
+    def operation(self, query: str, operation_name: str | None = None) -> Operation:
+        """:func:`parse_operation`, validated against the schema, kept for the next request
+        with the same document: a client sends the same few documents over and over, and
+        parsing and validating one again gives the same result (the answers do not change).
+        Raises like :func:`parse_operation`."""
+        keep = len(query) <= CACHED_DOCUMENT_CHARS and isinstance(operation_name, str | None)
+        key = (query, operation_name)
+        known = self._documents.get(key) if keep else None
+        if known is not None:
+            return known
+        op = parse_operation(query, operation_name)
+        problems = tuple(e.message for e in graphql.validate(self.schema, op.document))
+        op = dataclasses.replace(op, problems=problems)
+        if keep:
+            if len(self._documents) >= DOCUMENT_CACHE_SIZE:
+                self._documents.clear()
+            self._documents[key] = op
+        return op
+
     def execute(
         self, op: Operation, variables: dict[str, Any] | None, caller: UserRecord
     ) -> tuple[int, dict[str, Any]]:
         """Run a parsed operation as ``caller``: the HTTP status and JSON body to answer."""
-        problems = graphql.validate(self.schema, op.document)
+        if op.problems is None:
+            problems = tuple(e.message for e in graphql.validate(self.schema, op.document))
+        else:
+            problems = op.problems
         if problems:
-            return 400, error_body(e.message for e in problems)
+            return 400, error_body(problems)
         context = RequestContext(self.store, self.blobs, caller, self.base_url)
         result = graphql.execute(
             self.schema,

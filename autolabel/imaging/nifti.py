@@ -232,7 +232,11 @@ def _write_nifti(target: Path, head: bytes, body: memoryview) -> None:
 
 
 def write_label_nifti(
-    label_map: npt.NDArray[Any], volume: Volume, path: str | os.PathLike[str]
+    label_map: npt.NDArray[Any],
+    volume: Volume,
+    path: str | os.PathLike[str],
+    *,
+    max_value: int | None = None,
 ) -> Path:
     """Write ``label_map`` as a NIfTI label file on ``volume``'s grid; return the path.
 
@@ -245,6 +249,9 @@ def write_label_nifti(
       (:attr:`Volume.qform`), so RedBrick maps each voxel onto the image voxel of the same
       index. F-ordered arrays are written without a copy.
     * ``.nii.gz`` (gzip through isal, level 1) or ``.nii`` by the suffix of ``path``.
+    * ``max_value``: the map's largest value, when the caller knows it (e.g. from
+      :func:`autolabel.inference.spec.label_counts`, which also refused negative values):
+      the scan for the stored dtype is skipped. The file is the same.
     * Atomic (:func:`autolabel.files.atomic_file`): a temporary file in the same folder,
       renamed over ``path``; a killed writer's leftover is removed by the next run.
     """
@@ -258,7 +265,11 @@ def write_label_nifti(
             f"{what}: the label map has shape {array.shape} but the image has "
             f"{volume.shape}; a label file must be on the image's exact voxel grid."
         )
-    dtype = _label_dtype(array, what)
+    known = max_value is not None and 0 <= max_value <= 65535
+    if not known or not np.issubdtype(array.dtype, np.integer):
+        dtype = _label_dtype(array, what)
+    else:
+        dtype = np.dtype(np.uint8) if cast(int, max_value) <= 255 else np.dtype(np.uint16)
     data = np.asfortranarray(array.astype(dtype, copy=False))
     # The transpose of an F-ordered array is C-contiguous: its buffer is the NIfTI order.
     body = data.T.data.cast("B")

@@ -104,8 +104,10 @@ def check_unchanged(
     before: LabelsMarker,
     stamp: Stamp | None = None,
 ) -> Task:
-    """Re-read the task and raise :class:`TaskSkipped` unless it is still ours and untouched."""
-    fresh = project.get_task(task_id)
+    """Re-read the task and raise :class:`TaskSkipped` unless it is still ours and untouched.
+
+    The re-read asks for the task's state, not its images: no presigned item URLs."""
+    fresh = project.get_task(task_id, presigned_items=False)
     ensure_unchanged(fresh, stage_name, project.current_user_id, before, stamp)
     return fresh
 
@@ -184,14 +186,15 @@ def wait_until(
 ) -> tuple[bool, Task | None]:
     """Re-read ``task_id`` with backoff until ``landed(task)`` holds or the wall-clock
     ``deadline`` (``time.time()``) has passed; the last read is made at or after the
-    deadline. Returns ``(landed, last task read)``; the task is None when every re-read
-    failed on the network (the write stays in doubt). Run-fatal errors propagate.
+    deadline. Returns ``(landed, last task read)`` (read without presigned item URLs); the
+    task is None when every re-read failed on the network (the write stays in doubt).
+    Run-fatal errors propagate.
     """
     wait = first_wait_s
     task: Task | None = None
     while True:
         try:
-            task = project.get_task(task_id)
+            task = project.get_task(task_id, presigned_items=False)
         except TransportError:
             task = None
         if task is not None and landed(task):

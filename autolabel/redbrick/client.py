@@ -208,20 +208,29 @@ class RedBrickClient:
         return paginate(page, page_size=page_size, limit=limit)
 
     def get_task(
-        self, org_id: str, project_id: str, task_id: str, *, consensus: bool = False
+        self,
+        org_id: str,
+        project_id: str,
+        task_id: str,
+        *,
+        consensus: bool = False,
+        presigned_items: bool = True,
     ) -> dict[str, Any]:
         """``taskSDK``: one task with items and latest labels; :class:`NotFoundError` if none.
 
         ``consensus`` (a consensus project) reads the labelers' sub-tasks with their own
-        labels, as the SDK does there (:data:`documents.GET_TASK_CONSENSUS`).
+        labels, as the SDK does there (:data:`documents.GET_TASK_CONSENSUS`). Without
+        ``presigned_items`` the answer has no ``itemsPresigned`` (the SDK's
+        ``presign_items=False`` read, :data:`documents.GET_TASK_UNSIGNED`).
         """
         variables = {"orgId": org_id, "projectId": project_id, "taskId": task_id}
-        if consensus:
-            data = self.transport.execute(
-                "taskSDK", documents.GET_TASK_CONSENSUS, variables, idempotent=True
-            )
-        else:
-            data = self._query("taskSDK", variables)
+        document = {
+            (False, True): documents.GET_TASK,
+            (True, True): documents.GET_TASK_CONSENSUS,
+            (False, False): documents.GET_TASK_UNSIGNED,
+            (True, False): documents.GET_TASK_CONSENSUS_UNSIGNED,
+        }[(consensus, presigned_items)]
+        data = self.transport.execute("taskSDK", document, variables, idempotent=True)
         task = data.get("task")
         if not task:
             raise NotFoundError(

@@ -152,16 +152,18 @@ _NORMAL_SUBTASK = f"""
 """
 
 
-def _task_selection(sub_task: str) -> str:
+def _task_selection(sub_task: str, *, presigned_items: bool = True) -> str:
     """The task selection of ``task`` and ``tasksPaged`` (export): items, latest labels,
-    with ``sub_task`` as its ``currentStageSubTask`` selection."""
+    with ``sub_task`` as its ``currentStageSubTask`` selection; without
+    ``presigned_items``, no presigned item URLs (redbrick/repo/shards.py ``task_shard``)."""
+    signed = "itemsPresigned: items(presigned: true)" if presigned_items else ""
     return f"""
     taskId dpId currentStageName priority
     {sub_task}
     datapoint {{
       dpId name
       items(presigned: false)
-      itemsPresigned: items(presigned: true)
+      {signed}
       createdAt
       createdByEntity {{ {_USER} }}
       metaData
@@ -171,10 +173,11 @@ def _task_selection(sub_task: str) -> str:
 """
 
 
-def _get_task(sub_task: str) -> str:
+def _get_task(sub_task: str, *, presigned_items: bool = True) -> str:
+    selection = _task_selection(sub_task, presigned_items=presigned_items)
     return f"""
 query taskSDK($orgId: UUID!, $projectId: UUID!, $taskId: UUID!) {{
-  task(orgId: $orgId, projectId: $projectId, taskId: $taskId) {{ {_task_selection(sub_task)} }}
+  task(orgId: $orgId, projectId: $projectId, taskId: $taskId) {{ {selection} }}
 }}
 """
 
@@ -198,6 +201,14 @@ _CONSENSUS_SUBTASK = f"""
     }}
 """
 GET_TASK_CONSENSUS = _get_task(_CONSENSUS_SUBTASK)
+
+# The same reads without presigned item URLs: what redbrick/repo/export.py
+# ``get_datapoint_latest(..., presign_items=False)`` sends (redbrick/export/public.py
+# ``get_raw_data_latest(task_id=..., presign_items=False)``). For a re-read that needs the
+# stage, the assignee and the latest labels, not the images: one URL per item is minted
+# for nothing otherwise (160 for a 160-slice series).
+GET_TASK_UNSIGNED = _get_task(_NORMAL_SUBTASK, presigned_items=False)
+GET_TASK_CONSENSUS_UNSIGNED = _get_task(_CONSENSUS_SUBTASK, presigned_items=False)
 
 TASKS_PAGED = f"""
 query tasksPagedSDK($orgId: UUID!, $projectId: UUID!, $stageName: String, $cacheTime: DateTime,

@@ -158,11 +158,12 @@ class Project:
 
     # -- reading -------------------------------------------------------------------------
 
-    def get_task(self, task_id: str) -> Task:
-        """The task with its series, items and latest labels; :class:`NotFoundError` if none."""
-        return Task.from_wire(
-            self.client.get_task(self.org_id, self.project_id, task_id, consensus=self.consensus)
-        )
+    def get_task(self, task_id: str, *, presigned_items: bool = True) -> Task:
+        """The task with its series, items and latest labels; :class:`NotFoundError` if none.
+        ``presigned_items=False``: without the items' URLs (a re-read of its state)."""
+        kind = {"consensus": self.consensus, "presigned_items": presigned_items}
+        raw = self.client.get_task(self.org_id, self.project_id, task_id, **kind)
+        return Task.from_wire(raw)
 
     def list_assigned_tasks(
         self,
@@ -353,12 +354,12 @@ class Project:
         *,
         provenance: Mapping[str, str] | None = None,
     ) -> UploadedLabels:
-        """The first half of :meth:`save_labels`: convert ``series`` on the server and upload
-        its label files. Nothing is saved on the task; uploads are safe to redo."""
+        """The first half of :meth:`save_labels`: convert ``series`` on the server while its
+        label files upload (:meth:`LabelWriter.convert_and_upload`). Nothing is saved on
+        the task; uploads are safe to redo."""
         task = {"taskId": task_id, "series": self.with_provenance(series, provenance or {})}
         writer = LabelWriter(self.client, self.org_id, self.project_id)
-        (converted,) = writer.convert([task], REDBRICK_STORAGE_ID)
-        return writer.upload(converted)
+        return writer.convert_and_upload(task, REDBRICK_STORAGE_ID)
 
     def commit_labels(
         self, uploaded: UploadedLabels, stage_name: str, *, finalize: bool = False
