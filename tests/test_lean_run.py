@@ -148,7 +148,10 @@ def test_a_hung_preview_never_hangs_the_run(tmp_path: Path) -> None:
 def test_label_counts_equal_a_plain_count(dtype: type, high: int, order: str) -> None:
     rng = np.random.default_rng(high)
     labels = np.asarray(rng.integers(0, high + 1, (37, 41, 23)), dtype=dtype, order=order)
-    assert label_counts(labels).tolist() == np.bincount(labels.ravel()).tolist()
+    plain = np.bincount(labels.ravel()).tolist()
+    assert label_counts(labels).tolist() == plain
+    top = int(labels.max())
+    assert label_counts(labels, high=top).tolist() == plain  # the caller's maximum: same
 
 
 def test_label_counts_refuse_negative_values() -> None:

@@ -156,15 +156,19 @@ def _values_outside(output: npt.NDArray[np.integer], spec: ModelSpec) -> list[in
     return sorted(found)
 
 
-def label_counts(label_map: npt.NDArray[Any], minlength: int = 0) -> npt.NDArray[np.int64]:
+def label_counts(
+    label_map: npt.NDArray[Any], minlength: int = 0, *, high: int | None = None
+) -> npt.NDArray[np.int64]:
     """Voxel count of every value ``0..max`` of a non-negative integer (or bool) label map
     (at least ``minlength`` counts), read in cache-sized chunks (no copy of a C- or
     F-contiguous map; another view is flattened once); up to
     7 values by one compare each (3x faster than ``bincount``, which copies every voxel to
-    intp). ``ValueError`` if negative."""
+    intp). ``high``: the map's maximum, when the caller has it (saves that pass; a wrong
+    one miscounts). ``ValueError`` if negative."""
     flat = np.asarray(label_map).ravel(order="K")  # a view for C- or F-contiguous maps
     flat = flat.view(np.uint8) if flat.dtype == np.bool_ else flat
-    hi = max(int(flat.max(initial=0)), minlength - 1)
+    top = int(flat.max(initial=0)) if high is None else high
+    hi = max(top, minlength - 1)
     if np.issubdtype(flat.dtype, np.signedinteger) and int(flat.min(initial=0)) < 0:
         raise ValueError("label_counts: the label map holds negative values")
     counts = np.zeros(hi + 1, dtype=np.int64)

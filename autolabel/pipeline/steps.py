@@ -395,10 +395,11 @@ def _counts(
         return None
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
         return None
-    if int(array.max()) > max(segment_map.values, default=0):
+    high = int(array.max())
+    if high > max(segment_map.values, default=0):
         return None
     try:
-        return label_counts(array)
+        return label_counts(array, high=high)
     except ValueError:  # negative values
         return None
 
