@@ -17,7 +17,9 @@ alternating which goes first:
   to save it (server conversion, presign, PUT, the saving mutation), sent with our client
   to a spare task the product leaves alone. Product: the local run's write phase (``LocalSchedule._write``: label file,
   payload, ledger records and intent, server conversion, upload, re-read, the saving
-  mutation); previews go to the run's own preview worker, whose time is printed apart.
+  mutation); previews go to the run's own preview worker, whose time is printed apart
+  (it renders beside the product's write, sharing the CPU: ``--previews off`` times the
+  write phase alone).
 
 The emulator runs in its own process by default (``--emulator process``), as RedBrick is
 remote: in the bench's process (``--emulator thread``) its request handling shares one
@@ -233,7 +235,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             listed = list(project.list_assigned_tasks("Label"))
             spare, chosen = listed[-1], tuple(t.task_id for t in listed[:-1])
             options = RunOptions(
-                model=args.model, device="cpu", work_dir=Path(tmp) / "work", task_ids=chosen
+                model=args.model,
+                device="cpu",
+                work_dir=Path(tmp) / "work",
+                task_ids=chosen,
+                previews=args.previews == "on",
             )
             steps = TaskSteps(project, model, options)
             previews = PreviewWorker()
@@ -286,6 +292,10 @@ def main() -> None:
     parser.add_argument("--download-threads", type=int, default=4)
     parser.add_argument("--emulator", choices=("process", "thread"), default="process")
     parser.add_argument(
+        "--previews", choices=("on", "off"), default="on",
+        help="off: no preview renders beside the product's writes (the write phase alone)",
+    )  # fmt: skip
+    parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="delay every request, as a remote service"
     )
     parser.add_argument(
@@ -337,6 +347,7 @@ def main() -> None:
         "studies": args.studies,
         "emulator": args.emulator,
         "latency_ms": args.latency_ms,
+        "previews": args.previews,
         "shape": list(args.shape),
         "model": args.model,
         "cpu_count": os.cpu_count(),
