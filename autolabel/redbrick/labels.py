@@ -27,12 +27,13 @@ import copy
 import gzip
 import json
 import os
+import threading
 import uuid
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from autolabel.errors import ConversionError, GraphQLError, PlatformError
 from autolabel.redbrick.client import RedBrickClient
@@ -41,6 +42,7 @@ from autolabel.redbrick.types import LabelMapEntry, PresignedUpload
 #: Above this many label objects the SDK stores them as a file instead of inline (§3.2).
 LABELS_ARRAY_LIMIT = 1000
 _DUMMY_ITEMS = "https://test"
+_T = TypeVar("_T")
 
 
 def for_conversion(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,14 +141,13 @@ class LabelWriter:
             if (path := _sendable_file(entry)) is not None
         }
         segments = sum(len(e.get("segmentMap") or {}) for e in entries if isinstance(e, Mapping))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert") as pool:
-            conversion = pool.submit(self.convert, [task], storage_id)
-            try:
-                sent = self._send_ahead(ahead, with_data=segments > LABELS_ARRAY_LIMIT)
-            except PlatformError:
-                conversion.result()  # the server's verdict on the labels comes first
-                raise
-            (converted,) = conversion.result()
+        conversion = _in_background(lambda: self.convert([task], storage_id))
+        try:
+            sent = self._send_ahead(ahead, with_data=segments > LABELS_ARRAY_LIMIT)
+        except PlatformError:
+            conversion.result()  # the server's verdict on the labels comes first
+            raise
+        (converted,) = conversion.result()
         return self.upload(converted, sent)
 
     def upload(self, task: ConvertedTask, ahead: SentAhead | None = None) -> UploadedLabels:
@@ -258,6 +259,25 @@ class LabelWriter:
             content_encoding="gzip",
         )
         return presigned["filePath"]
+
+
+def _in_background(call: Callable[[], _T]) -> Future[_T]:
+    """``call()`` in a daemon thread, its outcome in the returned future. Nothing waits
+    for the thread: a caller interrupted meanwhile (Ctrl-C in the main thread, an error
+    of its own) leaves at once, and the thread ends with its request (a conversion is a
+    pure query: an answer nobody reads changes nothing)."""
+    future: Future[_T] = Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # handed to the caller through the future
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="convert", daemon=True).start()
+    return future
 
 
 def _sendable_file(entry: Any) -> Path | None:
