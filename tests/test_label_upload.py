@@ -175,3 +175,20 @@ def test_ctrl_c_while_the_server_converts_is_not_held_until_it_answers(
         assert converting, "the interrupt waited for the server's answer to the conversion"
     assert emulator.write_counts() == {}
     assert emulator.latest_labels(task_id) is None
+
+
+def test_a_label_file_given_as_a_path_object_is_saved(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """``save_labels`` with ``"segmentations": pathlib.Path(...)`` (what Python code at hand
+    passes) saves that file, as the official export shows; it used to fail with a
+    TypeError from JSON encoding after the file had been uploaded."""
+    task_id = emulator.task_ids("Label")[0]
+    path = _label_file(tmp_path / "l.nii.gz")
+    with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
+        p.save_labels(task_id, "Label", [{"segmentations": path, "segmentMap": {"1": "Liver"}}])
+    exported = sdk_export(emulator, task_id, tmp_path / "export")
+    (series,) = exported["series"]
+    assert [v["category"] for v in series["segmentMap"].values()] == ["Liver"]
+    landed = np.asarray(nib.load(series["segmentations"]).dataobj)
+    np.testing.assert_array_equal(landed, np.asarray(nib.load(path).dataobj))

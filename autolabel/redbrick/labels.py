@@ -49,7 +49,8 @@ def for_conversion(task: Mapping[str, Any]) -> dict[str, Any]:
     """The task as the converter expects it: dummy ``name``/``items``, no ``status`` (§2.11).
 
     ``put_tasks`` labels existing tasks, so names and items are irrelevant; the SDK replaces
-    them so that validation never trips on them.
+    them so that validation never trips on them. A local label file given as a path object
+    (``pathlib.Path``) is sent as its string, as a ``str`` would be.
     """
     out = copy.deepcopy(dict(task))
     out.pop("status", None)
@@ -57,8 +58,20 @@ def for_conversion(task: Mapping[str, Any]) -> dict[str, Any]:
     series = out.get("series")
     if not isinstance(series, list):
         series = [{}] if out.get("classification") else []
-    out["series"] = [{**s, "name": "test", "items": _DUMMY_ITEMS} for s in series]
+    out["series"] = [
+        {**s, "name": "test", "items": _DUMMY_ITEMS, **_named_files(s)} for s in series
+    ]
     return out
+
+
+def _named_files(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``segmentations`` with each path object as its string; {} when it holds none."""
+    name = entry.get("segmentations")
+    if isinstance(name, os.PathLike):
+        return {"segmentations": os.fspath(name)}
+    if isinstance(name, list) and any(isinstance(n, os.PathLike) for n in name):
+        return {"segmentations": [os.fspath(n) if isinstance(n, os.PathLike) else n for n in name]}
+    return {}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
