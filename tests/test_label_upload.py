@@ -7,7 +7,6 @@ Judged through the official SDK's export (where the labels landed) and the wire 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from pathlib import Path
@@ -160,10 +159,15 @@ def test_ctrl_c_while_the_server_converts_is_not_held_until_it_answers(
         {"segmentations": str(_label_file(tmp_path / "l.nii.gz")), "segmentMap": {"1": "Liver"}}
     ]
 
+    main = threading.main_thread().ident
+    assert main is not None
+
     def interrupt_once_converting() -> None:
         for _ in range(2000):  # the conversion request reached the server: press Ctrl-C
-            if slow.fired:
-                os.kill(os.getpid(), signal.SIGINT)
+            if slow.fired:  # to the main thread, as a terminal's Ctrl-C reaches it (a
+                # signal sent to the process may land in another thread, and the main
+                # thread then notices it only when it next wakes)
+                signal.pthread_kill(main, signal.SIGINT)
                 return
             threading.Event().wait(0.01)
 
