@@ -284,6 +284,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "preview_drain_s": preview_wait_s, "exactly_once": once}
 
 
+def _latency(text: str) -> float:
+    """``--latency-ms``: a finite number of milliseconds, at least 0 (a negative delay would
+    be no delay, recorded as a latency the run never had)."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds >= 0, got {text}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=6)
@@ -296,7 +305,7 @@ def main() -> None:
         help="off: no preview renders beside the product's writes (the write phase alone)",
     )  # fmt: skip
     parser.add_argument(
-        "--latency-ms", type=float, default=0.0, help="delay every request, as a remote service"
+        "--latency-ms", type=_latency, default=0.0, help="delay every request, as a remote service"
     )
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "autolabel-bench"

@@ -58,6 +58,7 @@ import nibabel as nib
 import numpy as np
 
 from autolabel.emulator import EmulatorHandle, seed, serve_in_thread
+from autolabel.inference.card import read_card
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -257,11 +258,31 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any], tolerance: float) -> d
     }
 
 
-def card_with_autocast(model: str, autocast: str, scratch: Path) -> str:
-    """A copy of the card folder ``model`` whose ``[runtime] autocast`` is ``autocast``."""
+#: The card kinds whose runners honour ``[runtime] autocast`` (autolabel/inference/__init__.py
+#: ``load_model``: TorchModel and the MONAI bundle); the others run as they are.
+AUTOCAST_KINDS = ("torchscript", "monai-bundle")
+
+
+def check_autocast_card(model: str) -> None:
+    """Refuse ``--autocast`` for what it cannot change: a name instead of a card folder, or
+    a card whose kind ignores autocast (a python card would run the same in "fp16" and
+    "fp32", and the two runs would be reported as a comparison)."""
     source = Path(model)
     if not (source / "model.toml").is_file():
         raise SystemExit(f"--autocast needs a model card folder, not {model!r}")
+    kind = read_card(source / "model.toml").kind
+    if kind not in AUTOCAST_KINDS:
+        raise SystemExit(
+            f"--autocast has no effect on {model} (kind {kind!r}): only "
+            f"{' and '.join(AUTOCAST_KINDS)} cards run under autocast; pass such a card "
+            "with --model"
+        )
+
+
+def card_with_autocast(model: str, autocast: str, scratch: Path) -> str:
+    """A copy of the card folder ``model`` whose ``[runtime] autocast`` is ``autocast``."""
+    check_autocast_card(model)
+    source = Path(model)
     copy = scratch / f"card-{source.name}-{autocast}"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(source, copy)
@@ -439,6 +460,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
+    if args.autocast:  # before anything is seeded
+        check_autocast_card(args.model)
     shape = (args.shape[0], args.shape[1], args.shape[2])
     if args.memory:
         memory(args)

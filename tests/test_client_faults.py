@@ -178,6 +178,25 @@ def test_a_task_read_long_ago_is_presigned_again(
         assert path.read_bytes() == emulator.read_file(item)
 
 
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://storage.example/x.dcm"])
+def test_an_item_url_that_is_not_http_is_refused_unfetched(
+    project: Project, emulator: EmulatorHandle, tmp_path: Path, url: str
+) -> None:
+    """A task read whose item URLs (``itemsPresigned``) are not http(s) -- a broken or
+    hostile server -- is refused at once, naming the scheme: no file is written, and it is
+    not retried as a network failure ("connection failed", with backoff)."""
+    from autolabel.redbrick.types import Task
+
+    raw = project.client.get_task(emulator.org_id, emulator.project_id, emulator.task_ids()[0])
+    raw["datapoint"]["itemsPresigned"] = [url for _ in raw["datapoint"]["items"]]
+    with pytest.raises(PlatformError) as caught:
+        project.download_items(Task.from_wire(raw), tmp_path / "items")
+    assert not isinstance(caught.value, TransportError)
+    scheme = url.split(":", 1)[0]
+    assert f"scheme '{scheme}'" in str(caught.value) and caught.value.operation == "storage GET"
+    assert not [p for p in (tmp_path / "items").rglob("*") if p.is_file()]
+
+
 def test_key_appears_in_no_log_error_or_file(
     project: Project, emulator: EmulatorHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,6 +7,8 @@ Judged through the official SDK's export (where the labels landed) and the wire 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +137,62 @@ def test_a_file_sent_ahead_that_the_conversion_does_not_name_is_not_used(
     (landed,) = [s["segmentations"] for s in exported["series"]]
     stored = np.asarray(nib.load(landed).dataobj)
     assert int(stored.max()) == 1 and stored.shape == shape
+
+
+def _label_file(path: Path, shape: tuple[int, int, int] = (32, 32, 16)) -> Path:
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[4:12, 4:12, 2:6] = 1
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
+    return path
+
+
+def test_ctrl_c_while_the_server_converts_is_not_held_until_it_answers(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """A library user's Ctrl-C (KeyboardInterrupt in the main thread) while RedBrick is
+    still converting leaves ``save_labels`` at once: the conversion is a query whose
+    answer nobody needs any more, so nothing waits for it (it was joined before, holding
+    the interrupt for as long as a slow server took), and nothing is saved."""
+    task_id = emulator.task_ids("Label")[0]
+    slow = emulator.add_fault("validateAndConvertToImportFormatSDK", "delay", delay_s=10.0, times=1)
+    series = [
+        {"segmentations": str(_label_file(tmp_path / "l.nii.gz")), "segmentMap": {"1": "Liver"}}
+    ]
+
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt_once_converting() -> None:
+        for _ in range(2000):  # the conversion request reached the server: press Ctrl-C
+            if slow.fired:  # to the main thread, as a terminal's Ctrl-C reaches it (a
+                # signal sent to the process may land in another thread, and the main
+                # thread then notices it only when it next wakes)
+                signal.pthread_kill(main, signal.SIGINT)
+                return
+            threading.Event().wait(0.01)
+
+    with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
+        threading.Thread(target=interrupt_once_converting, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            p.save_labels(task_id, "Label", series)
+        converting = [t for t in threading.enumerate() if t.name == "convert" and t.is_alive()]
+        assert converting, "the interrupt waited for the server's answer to the conversion"
+    assert emulator.write_counts() == {}
+    assert emulator.latest_labels(task_id) is None
+
+
+def test_a_label_file_given_as_a_path_object_is_saved(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    """``save_labels`` with ``"segmentations": pathlib.Path(...)`` (what Python code at hand
+    passes) saves that file, as the official export shows; it used to fail with a
+    TypeError from JSON encoding after the file had been uploaded."""
+    task_id = emulator.task_ids("Label")[0]
+    path = _label_file(tmp_path / "l.nii.gz")
+    with get_project(emulator.org_id, emulator.project_id, emulator.api_key, url=emulator.url) as p:
+        p.save_labels(task_id, "Label", [{"segmentations": path, "segmentMap": {"1": "Liver"}}])
+    exported = sdk_export(emulator, task_id, tmp_path / "export")
+    (series,) = exported["series"]
+    assert [v["category"] for v in series["segmentMap"].values()] == ["Liver"]
+    landed = np.asarray(nib.load(series["segmentations"]).dataobj)
+    np.testing.assert_array_equal(landed, np.asarray(nib.load(path).dataobj))

@@ -38,3 +38,13 @@ def without_query(url: str) -> str:
     """A presigned URL without its signature, fit for logs and messages."""
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def storage_url_problem(url: str) -> str | None:
+    """Why a storage URL RedBrick handed out is not one to fetch or send to: only
+    ``http(s)`` URLs are (``file:``, ``ftp:`` and the like could never be presigned storage,
+    and retrying them as a network failure only hides the server's mistake); None if fine."""
+    scheme = urllib.parse.urlsplit(str(url)).scheme.lower()
+    if scheme in ("http", "https"):
+        return None
+    return f"RedBrick gave a storage URL with scheme {scheme or 'none'!r}, not http(s)"

@@ -27,12 +27,13 @@ import copy
 import gzip
 import json
 import os
+import threading
 import uuid
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from autolabel.errors import ConversionError, GraphQLError, PlatformError
 from autolabel.redbrick.client import RedBrickClient
@@ -41,13 +42,15 @@ from autolabel.redbrick.types import LabelMapEntry, PresignedUpload
 #: Above this many label objects the SDK stores them as a file instead of inline (§3.2).
 LABELS_ARRAY_LIMIT = 1000
 _DUMMY_ITEMS = "https://test"
+_T = TypeVar("_T")
 
 
 def for_conversion(task: Mapping[str, Any]) -> dict[str, Any]:
     """The task as the converter expects it: dummy ``name``/``items``, no ``status`` (§2.11).
 
     ``put_tasks`` labels existing tasks, so names and items are irrelevant; the SDK replaces
-    them so that validation never trips on them.
+    them so that validation never trips on them. A local label file given as a path object
+    (``pathlib.Path``) is sent as its string, as a ``str`` would be.
     """
     out = copy.deepcopy(dict(task))
     out.pop("status", None)
@@ -55,8 +58,20 @@ def for_conversion(task: Mapping[str, Any]) -> dict[str, Any]:
     series = out.get("series")
     if not isinstance(series, list):
         series = [{}] if out.get("classification") else []
-    out["series"] = [{**s, "name": "test", "items": _DUMMY_ITEMS} for s in series]
+    out["series"] = [
+        {**s, "name": "test", "items": _DUMMY_ITEMS, **_named_files(s)} for s in series
+    ]
     return out
+
+
+def _named_files(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``segmentations`` with each path object as its string; {} when it holds none."""
+    name = entry.get("segmentations")
+    if isinstance(name, os.PathLike):
+        return {"segmentations": os.fspath(name)}
+    if isinstance(name, list) and any(isinstance(n, os.PathLike) for n in name):
+        return {"segmentations": [os.fspath(n) if isinstance(n, os.PathLike) else n for n in name]}
+    return {}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -139,14 +154,13 @@ class LabelWriter:
             if (path := _sendable_file(entry)) is not None
         }
         segments = sum(len(e.get("segmentMap") or {}) for e in entries if isinstance(e, Mapping))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert") as pool:
-            conversion = pool.submit(self.convert, [task], storage_id)
-            try:
-                sent = self._send_ahead(ahead, with_data=segments > LABELS_ARRAY_LIMIT)
-            except PlatformError:
-                conversion.result()  # the server's verdict on the labels comes first
-                raise
-            (converted,) = conversion.result()
+        conversion = _in_background(lambda: self.convert([task], storage_id))
+        try:
+            sent = self._send_ahead(ahead, with_data=segments > LABELS_ARRAY_LIMIT)
+        except PlatformError:
+            conversion.result()  # the server's verdict on the labels comes first
+            raise
+        (converted,) = conversion.result()
         return self.upload(converted, sent)
 
     def upload(self, task: ConvertedTask, ahead: SentAhead | None = None) -> UploadedLabels:
@@ -258,6 +272,25 @@ class LabelWriter:
             content_encoding="gzip",
         )
         return presigned["filePath"]
+
+
+def _in_background(call: Callable[[], _T]) -> Future[_T]:
+    """``call()`` in a daemon thread, its outcome in the returned future. Nothing waits
+    for the thread: a caller interrupted meanwhile (Ctrl-C in the main thread, an error
+    of its own) leaves at once, and the thread ends with its request (a conversion is a
+    pure query: an answer nobody reads changes nothing)."""
+    future: Future[_T] = Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # handed to the caller through the future
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="convert", daemon=True).start()
+    return future
 
 
 def _sendable_file(entry: Any) -> Path | None:

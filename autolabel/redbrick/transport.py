@@ -40,10 +40,7 @@ from autolabel.errors import (
     PlatformError,
     TransportError,
 )
-from autolabel.redbrick.endpoint import (
-    graphql_endpoint,
-    without_query,
-)
+from autolabel.redbrick.endpoint import graphql_endpoint, storage_url_problem, without_query
 from autolabel.redbrick.messages import error_from_messages
 from autolabel.redbrick.retry import RETRYABLE_STATUSES, RetryPolicy, retry_after_seconds
 
@@ -316,6 +313,7 @@ class Transport:
     ) -> bytes:
         """:meth:`download`, returning the SHA-256 digest of the bytes written: hashed as
         they stream in (the attempt that completed), so the file is never read again."""
+        self._check_storage_url(url, operation)
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
         return self._with_retries(
@@ -362,6 +360,7 @@ class Transport:
         Headers are those the SDK sends (``x-ms-blob-type: BlockBlob`` for Azure-backed
         storage). Success is HTTP 200 or 201; anything else raises (§3.1).
         """
+        self._check_storage_url(url, operation)
         shown = without_query(url)
         headers = {"Content-Type": content_type, "x-ms-blob-type": "BlockBlob"}
         if content_encoding:
@@ -382,6 +381,12 @@ class Transport:
                     operation=operation,
                     status=response.status_code,
                 )
+
+    def _check_storage_url(self, url: str, operation: str) -> None:
+        if (problem := storage_url_problem(url)) is not None:
+            raise PlatformError(
+                f"{operation}: {without_query(url)}: {problem}", operation=operation
+            )
 
     def _storage_error(
         self, response: requests.Response, shown: str, operation: str
