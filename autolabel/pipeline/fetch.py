@@ -24,7 +24,7 @@ from autolabel.records import Volume
 from autolabel.redbrick import Project, Task
 from autolabel.redbrick.pages import ListingErrorHandler
 from autolabel.redbrick.session import DownloadedSeries
-from autolabel.redbrick.types import Labels, is_uuid
+from autolabel.redbrick.types import Labels, category_attributes, is_uuid
 
 #: Told about a task a run leaves out: ``(task_id, task_name, reason)``.
 SkipHandler = Callable[[str, str, str], None]
@@ -105,12 +105,10 @@ def stampable(project: Project, labels: Sequence[dict[str, Any]]) -> bool:
     """Whether some label object is of a category whose taxonomy object defines the
     provenance attribute: a run's write of it carries the stamp (``Project.with_provenance``),
     so labels without any stamp there were saved by something else."""
-    allowed = {
-        str(ot.get("category"))
-        for ot in project.taxonomy.get("objectTypes") or []
-        if any(a.get("name") == PROVENANCE_ATTRIBUTE for a in ot.get("attributes") or [])
-    }
-    return any(str(label.get("category")) in allowed for label in labels)
+    attributes = category_attributes(project.taxonomy)
+    return any(
+        PROVENANCE_ATTRIBUTE in attributes.get(str(label.get("category")), {}) for label in labels
+    )
 
 
 def model_stamps(labels: Sequence[dict[str, Any]]) -> set[str]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from autolabel.errors import ConfigError
 from autolabel.inference.confidence import SeriesConfidence
+from autolabel.redbrick.types import category_attributes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -253,11 +254,11 @@ def with_confidence_attribute(
     """``entries`` with each segment's confidence in its :data:`CONFIDENCE_ATTRIBUTE`
     attribute, where the taxonomy gives the segment's category one (a NUMBER gets the
     number, a TEXT the number as text with 3 decimals; other types are left alone)."""
-    kinds: dict[str, str] = {}
-    for obj in taxonomy.get("objectTypes") or []:
-        for attribute in obj.get("attributes") or []:
-            if attribute.get("name") == CONFIDENCE_ATTRIBUTE:
-                kinds[str(obj.get("category"))] = str(attribute.get("attrType"))
+    kinds = {
+        category: names[CONFIDENCE_ATTRIBUTE]
+        for category, names in category_attributes(taxonomy).items()
+        if CONFIDENCE_ATTRIBUTE in names
+    }
     out = [dict(e) for e in entries]
     if not confidence or not kinds:
         return out

@@ -13,9 +13,10 @@
   (redbrick/labeling/public.py ``put_tasks``, redbrick/utils/upload.py
   ``process_segmentation_upload``);
 * ``kept``: a person saved labels since (or this key saved other labels: another model's
-  stamp, or none where the taxonomy makes a run's labels carry one: a script), the task was handed to someone else, or the labels before the run were this
-  key's own (an earlier autolabel write, of which autolabel keeps no copy: undo that run
-  too, and both revert to no labels);
+  stamp, or none where the taxonomy makes a run's labels carry one: a script), the task
+  was handed to someone else, or the labels before the run were this key's own (an
+  earlier autolabel write, of which autolabel keeps no copy: undo that run too, and both
+  revert to no labels);
 * ``needs_reviewer``: the write was submitted and the task has left the stage; ``todo``
   says what a reviewer must do to send it back (reject it in the review stage; from Ground
   Truth ``move_tasks_to_start``), after which the same undo reverts it;

@@ -30,6 +30,14 @@ from autolabel.redbrick.types import (
     PresignedUpload,
 )
 
+#: The ``taskSDK`` document by (consensus project, with presigned item URLs).
+_TASK_DOCUMENTS = {
+    (False, True): documents.GET_TASK,
+    (True, True): documents.GET_TASK_CONSENSUS,
+    (False, False): documents.GET_TASK_UNSIGNED,
+    (True, False): documents.GET_TASK_CONSENSUS_UNSIGNED,
+}
+
 
 class RedBrickClient:
     """All RedBrick operations autolabel uses, against one API with one key.
@@ -224,12 +232,7 @@ class RedBrickClient:
         ``presign_items=False`` read, :data:`documents.GET_TASK_UNSIGNED`).
         """
         variables = {"orgId": org_id, "projectId": project_id, "taskId": task_id}
-        document = {
-            (False, True): documents.GET_TASK,
-            (True, True): documents.GET_TASK_CONSENSUS,
-            (False, False): documents.GET_TASK_UNSIGNED,
-            (True, False): documents.GET_TASK_CONSENSUS_UNSIGNED,
-        }[(consensus, presigned_items)]
+        document = _TASK_DOCUMENTS[(consensus, presigned_items)]
         data = self.transport.execute("taskSDK", document, variables, idempotent=True)
         task = data.get("task")
         if not task:

@@ -174,7 +174,8 @@ class LabelWriter:
             for position in range(len(task.labels_map))
             if (path := self._series_file(task, position)) is not None
         }
-        keys = {p: ahead.files[p][1] for p, path in local.items() if _same_file(ahead, p, path)}
+        # the positions whose converted file is the one sent ahead keep that upload
+        keys = {p: key for p, (path, key) in ahead.files.items() if local.get(p) == path}
         todo = [p for p in local if p not in keys]
         labels = [_without_null_groups(label) for label in (task.labels or [])]
         labels_data: str | None = json.dumps(labels) if task.labels is not None else None
@@ -299,17 +300,10 @@ def _sendable_file(entry: Any) -> Path | None:
     if not isinstance(entry, Mapping) or entry.get("binaryMask") or entry.get("pngMask"):
         return None
     name = entry.get("segmentations")
-    if isinstance(name, list) and len(name) == 1:
-        name = name[0]
-    if not isinstance(name, str | os.PathLike):
+    if not name or not isinstance(name, str | os.PathLike | list):
         return None
-    path = Path(name)
-    return path if path.is_file() else None
-
-
-def _same_file(ahead: SentAhead, position: int, path: Path) -> bool:
-    sent = ahead.files.get(position)
-    return sent is not None and sent[0] == path
+    files = _label_files(name)
+    return files[0] if len(files) == 1 and files[0].is_file() else None
 
 
 def _label_files(name: Any) -> list[Path]:

@@ -42,6 +42,7 @@ from autolabel.redbrick.types import (
     LabelStorage,
     Stage,
     Task,
+    category_attributes,
 )
 from autolabel.redbrick.upload import Upload
 
@@ -162,8 +163,7 @@ class Project:
         """The task with its series, items and latest labels; :class:`NotFoundError` if none.
         ``presigned_items=False``: without the items' URLs (a re-read of its state)."""
         kind = {"consensus": self.consensus, "presigned_items": presigned_items}
-        raw = self.client.get_task(self.org_id, self.project_id, task_id, **kind)
-        return Task.from_wire(raw)
+        return Task.from_wire(self.client.get_task(self.org_id, self.project_id, task_id, **kind))
 
     def list_assigned_tasks(
         self,
@@ -380,15 +380,12 @@ class Project:
         out = copy.deepcopy([dict(s) for s in series])
         if not provenance:
             return out
-        allowed = {
-            ot.get("category"): {a.get("name") for a in ot.get("attributes") or []}
-            for ot in self.taxonomy.get("objectTypes") or []
-        }
+        allowed = category_attributes(self.taxonomy)
         for entry in out:
             segment_map = entry.get("segmentMap") or {}
             for key, value in list(segment_map.items()):
                 spec = value if isinstance(value, dict) else {"category": value}
-                names = allowed.get(spec.get("category"), set())
+                names = allowed.get(str(spec.get("category")), {})
                 extra = {k: v for k, v in provenance.items() if k in names}
                 if extra:
                     segment_map[key] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypedDict
@@ -389,3 +390,14 @@ def _labels(latest: dict[str, Any], series_info: list[Any], item_count: int) -> 
         created_by=creator.get("userId"),
         created_at=latest.get("createdAt"),
     )
+
+
+def category_attributes(taxonomy: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Each taxonomy category's attributes: ``{category: {attribute name: attrType}}``
+    (Taxonomy V2 ``objectTypes``); what a segment of that category may carry."""
+    return {
+        str(ot.get("category")): {
+            str(a.get("name")): str(a.get("attrType")) for a in ot.get("attributes") or []
+        }
+        for ot in taxonomy.get("objectTypes") or []
+    }
